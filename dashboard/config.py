@@ -1,0 +1,305 @@
+"""Read the dashboard's TOML config (projects, environments, policies) into frozen dataclasses."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+PROJECT_KEYS = {
+    "script_location",
+    "alembic_ini",
+    "version_table",
+    "version_table_schema",
+    "loader",
+    "python",
+    "description",
+}
+ENVIRONMENT_KEYS = {
+    "project",
+    "url",
+    "url_env",
+    "timeout",
+    "time_limit",
+    "approvals_required",
+    "downgrade_approvals_required",
+    "order",
+    "description",
+}
+LOADERS = ("static", "alembic")
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message names the file, table and key."""
+
+
+class NotConfigured(Exception):
+    """An environment's database URL is not available (its variable is unset)."""
+
+
+@dataclass(frozen=True)
+class Project:
+    """One Alembic script directory and its version table settings."""
+
+    name: str
+    script_location: Path
+    alembic_ini: Path | None = None
+    version_table: str = "alembic_version"
+    version_table_schema: str | None = None
+    loader: str = "static"
+    python: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One database that a project migrates."""
+
+    name: str
+    project: str
+    url: str | None = field(default=None, repr=False)
+    url_env: str | None = None
+    timeout: float = 5.0
+    time_limit: float = 1800.0
+    approvals_required: int = 0
+    downgrade_approvals_required: int = 0
+    order: int = 0
+    description: str = ""
+
+    def database_url(self) -> str:
+        """Return the URL with its password, or raise NotConfigured."""
+        if self.url is not None:
+            return self.url
+        value = os.environ.get(self.url_env or "", "").strip()
+        if not value:
+            raise NotConfigured(f"not configured: {self.url_env} is not set")
+        return value
+
+    def display_url(self) -> str:
+        """Return the URL with its password masked, or why there is none."""
+        try:
+            return mask_url(self.database_url())
+        except NotConfigured as exc:
+            return str(exc)
+
+    def approvals_for(self, direction: str) -> int:
+        """Return how many approvals an action in this direction needs."""
+        if direction == "downgrade":
+            return self.downgrade_approvals_required
+        return self.approvals_required
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """The whole config: projects and environments by name, and where it came from."""
+
+    path: Path
+    projects: dict[str, Project]
+    environments: dict[str, Environment]
+
+    def environments_of(self, project: str) -> list[Environment]:
+        """Return a project's environments in display order."""
+        envs = [e for e in self.environments.values() if e.project == project]
+        return sorted(envs, key=lambda e: (e.order, e.name))
+
+    def ordered_environments(self) -> list[Environment]:
+        """Return every environment in display order."""
+        return sorted(self.environments.values(), key=lambda e: (e.project, e.order, e.name))
+
+
+def mask_url(url: str) -> str:
+    """Render a database URL with its password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
+    """Read and validate a config file, raising ConfigError with file, table and key."""
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    unknown = set(raw) - {"projects", "environments"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
+    projects_raw = _table(path, raw, "projects")
+    envs_raw = _table(path, raw, "environments")
+    projects = {
+        name: _project(path, name, _table(path, projects_raw, name, f"projects.{name}"))
+        for name in projects_raw
+    }
+    environments = {
+        name: _environment(
+            path, name, _table(path, envs_raw, name, f"environments.{name}"), projects
+        )
+        for name in envs_raw
+    }
+    return DashboardConfig(path=path, projects=projects, environments=environments)
+
+
+def _table(path: Path, raw: dict[str, Any], key: str, where: str | None = None) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{where or key}] must be a table")
+    return value
+
+
+def _check_keys(path: Path, where: str, table: dict[str, Any], allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{path}: [{where}] unknown key {key!r}")
+
+
+def _get(path: Path, where: str, table: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = table.get(key, default)
+    if value is default:
+        return value
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{path}: [{where}] {key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _project(path: Path, name: str, table: dict[str, Any]) -> Project:
+    where = f"projects.{name}"
+    _check_keys(path, where, table, PROJECT_KEYS)
+    here = path.parent
+    location = _get(path, where, table, "script_location", str, None)
+    ini = _get(path, where, table, "alembic_ini", str, None)
+    if (location is None) == (ini is None):
+        raise ConfigError(f"{path}: [{where}] needs exactly one of script_location or alembic_ini")
+    alembic_ini = (here / ini).resolve() if ini else None
+    if alembic_ini is not None:
+        if not alembic_ini.is_file():
+            raise ConfigError(f"{path}: [{where}] alembic_ini {alembic_ini} does not exist")
+        script_location = _script_location_from_ini(path, where, alembic_ini)
+    else:
+        script_location = (here / location).resolve()
+    if not script_location.is_dir():
+        raise ConfigError(f"{path}: [{where}] script_location {script_location} does not exist")
+    loader = _get(path, where, table, "loader", str, "static")
+    if loader not in LOADERS:
+        raise ConfigError(f"{path}: [{where}] loader must be one of {', '.join(LOADERS)}")
+    python = _get(path, where, table, "python", str, None)
+    if loader == "alembic" and python is None:
+        raise ConfigError(f'{path}: [{where}] loader = "alembic" needs python = "/path/to/python"')
+    return Project(
+        name=name,
+        script_location=script_location,
+        alembic_ini=alembic_ini,
+        version_table=_get(path, where, table, "version_table", str, "alembic_version"),
+        version_table_schema=_get(path, where, table, "version_table_schema", str, None),
+        loader=loader,
+        python=python,
+        description=_get(path, where, table, "description", str, ""),
+    )
+
+
+def _script_location_from_ini(path: Path, where: str, ini: Path) -> Path:
+    import configparser
+
+    parser = configparser.ConfigParser(defaults={"here": str(ini.parent)})
+    try:
+        parser.read(ini, encoding="utf-8")
+        location = parser.get("alembic", "script_location")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: [{where}] cannot read script_location from {ini}: {exc}"
+        ) from exc
+    return (ini.parent / location).resolve()
+
+
+def _environment(
+    path: Path, name: str, table: dict[str, Any], projects: dict[str, Project]
+) -> Environment:
+    where = f"environments.{name}"
+    _check_keys(path, where, table, ENVIRONMENT_KEYS)
+    project = _get(path, where, table, "project", str, None)
+    if project is None:
+        raise ConfigError(f"{path}: [{where}] project is required")
+    if project not in projects:
+        raise ConfigError(f"{path}: [{where}] project {project!r} is not defined in [projects]")
+    url = _get(path, where, table, "url", str, None)
+    url_env = _get(path, where, table, "url_env", str, None)
+    if (url is None) == (url_env is None):
+        raise ConfigError(f"{path}: [{where}] needs exactly one of url or url_env")
+    if url is not None:
+        url = _local_url(path, where, url)
+    approvals = _get(path, where, table, "approvals_required", int, 0)
+    downgrade = _get(path, where, table, "downgrade_approvals_required", int, approvals)
+    timeout = _get(path, where, table, "timeout", float, 5.0)
+    time_limit = _get(path, where, table, "time_limit", float, 1800.0)
+    for key, value in (
+        ("approvals_required", approvals),
+        ("downgrade_approvals_required", downgrade),
+    ):
+        if value < 0:
+            raise ConfigError(f"{path}: [{where}] {key} must not be negative")
+    for key, value in (("timeout", timeout), ("time_limit", time_limit)):
+        if value <= 0:
+            raise ConfigError(f"{path}: [{where}] {key} must be positive")
+    return Environment(
+        name=name,
+        project=project,
+        url=url,
+        url_env=url_env,
+        timeout=timeout,
+        time_limit=time_limit,
+        approvals_required=approvals,
+        downgrade_approvals_required=downgrade,
+        order=_get(path, where, table, "order", int, 0),
+        description=_get(path, where, table, "description", str, ""),
+    )
+
+
+def _local_url(path: Path, where: str, url: str) -> str:
+    """Validate a URL and anchor relative SQLite paths at the config file's folder."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"{path}: [{where}] url is not a database URL") from exc
+    db = parsed.database
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and db
+        and db != ":memory:"
+        and not Path(db).is_absolute()
+    ):
+        return parsed.set(database=str((path.parent / db).resolve())).render_as_string(
+            hide_password=False
+        )
+    return url
+
+
+_cache: dict[Path, tuple[int, DashboardConfig]] = {}
+
+
+def current_config() -> DashboardConfig:
+    """Return the config named by settings.DASHBOARD_CONFIG, re-read when the file changes."""
+    from django.conf import settings
+
+    path = Path(settings.DASHBOARD_CONFIG).resolve()
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise ConfigError(f"{path}: config file does not exist") from exc
+    cached = _cache.get(path)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    config = load_config(path)
+    _cache[path] = (mtime, config)
+    return config

@@ -1,0 +1,235 @@
+"""The dashboard's own tables: snapshots, actions, approvals, audit events and API tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Snapshot(models.Model):
+    """What one read of an environment's version table found."""
+
+    class State(models.TextChoices):
+        CURRENT = "current", "current"  # heads equal the script directory's heads
+        BEHIND = "behind", "behind"  # every head known, revisions pending
+        AHEAD = (
+            "ahead",
+            "ahead",
+        )  # reserved for a head past the script's heads (never computed today)
+        UNINITIALIZED = "uninitialized", "uninitialized"  # no version table, or an empty one
+        UNKNOWN = "unknown", "unknown"  # a head the script directory does not have
+        UNREACHABLE = "unreachable", "unreachable"  # could not connect or read in time
+        NOT_CONFIGURED = "not_configured", "not configured"  # its URL variable is unset
+        INVALID = "invalid", "invalid history"  # heads known but the history cannot plan from them
+
+    environment = models.CharField(max_length=100, db_index=True)
+    project = models.CharField(max_length=100)
+    heads = models.JSONField(default=list)
+    state = models.CharField(max_length=20, choices=State.choices)
+    pending = models.JSONField(default=list)
+    error = models.TextField(blank=True)
+    latency_ms = models.FloatField(null=True)
+    read_at = models.DateTimeField()
+    changed = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-read_at", "-id"]
+        indexes = [models.Index(fields=["environment", "-read_at"], name="snapshot_env_read_at")]
+
+    def __str__(self) -> str:
+        return f"{self.environment} {self.state} at {self.read_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ActionQuerySet(models.QuerySet["Action"]):
+    """Queries over actions that read as adjectives."""
+
+    def awaiting_approval(self) -> ActionQuerySet:
+        return self.filter(status=Action.Status.REQUESTED)
+
+    def active(self) -> ActionQuerySet:
+        return self.filter(status__in=Action.ACTIVE)
+
+    def running(self) -> ActionQuerySet:
+        return self.filter(status=Action.Status.RUNNING)
+
+    def finished(self) -> ActionQuerySet:
+        return self.filter(status__in=Action.FINISHED)
+
+
+class Action(models.Model):
+    """A request to upgrade or downgrade one environment to a target, with its pinned plan."""
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested", "requested"  # waiting for approvals
+        APPROVED = "approved", "approved"  # enough approvals, not yet handed to the queue
+        QUEUED = "queued", "queued"  # enqueued for a worker
+        RUNNING = "running", "running"  # a worker runs Alembic now
+        SUCCEEDED = "succeeded", "succeeded"  # exit 0 and the environment at the expected heads
+        FAILED = "failed", "failed"  # Alembic failed, the plan was stale, or the heads were wrong
+        INTERRUPTED = "interrupted", "interrupted"  # the worker died while running it
+        REJECTED = "rejected", "rejected"  # an approver said no
+        CANCELLED = "cancelled", "cancelled"  # withdrawn before or while it ran
+
+    class Direction(models.TextChoices):
+        UPGRADE = "upgrade", "upgrade"
+        DOWNGRADE = "downgrade", "downgrade"
+
+    ACTIVE = (Status.REQUESTED, Status.APPROVED, Status.QUEUED, Status.RUNNING)
+    FINISHED = (
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.INTERRUPTED,
+        Status.REJECTED,
+        Status.CANCELLED,
+    )
+
+    environment = models.CharField(max_length=100, db_index=True)
+    project = models.CharField(max_length=100)
+    direction = models.CharField(max_length=10, choices=Direction.choices)
+    target = models.CharField(max_length=255)
+    target_heads = models.JSONField(default=list)
+    from_heads = models.JSONField(default=list)
+    plan = models.JSONField(default=list)
+    sql = models.TextField(blank=True)
+    sql_sha256 = models.CharField(max_length=64, blank=True)
+    sql_note = models.TextField(blank=True)
+    lint = models.JSONField(default=list)
+    fingerprint = models.CharField(max_length=64)
+    plan_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.REQUESTED)
+    approvals_required = models.PositiveIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_name = models.CharField(max_length=150)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True)
+    queued_at = models.DateTimeField(null=True)
+    started_at = models.DateTimeField(null=True)
+    finished_at = models.DateTimeField(null=True)
+    heartbeat_at = models.DateTimeField(null=True)
+    after_heads = models.JSONField(null=True)
+    error = models.TextField(blank=True)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    log = models.TextField(blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+
+    objects = ActionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # The database, not only a check, keeps two runs off one environment.
+            models.UniqueConstraint(
+                fields=["environment"],
+                condition=Q(status="running"),
+                name="one_running_action_per_environment",
+            ),
+            models.CheckConstraint(
+                condition=Q(direction__in=["upgrade", "downgrade"]), name="action_direction_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.direction} {self.environment} to {self.target} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class Approval(models.Model):
+    """One approver's decision on one action, bound to the plan hash it saw."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "approve"
+        REJECT = "reject", "reject"
+
+    action = models.ForeignKey(Action, on_delete=models.CASCADE, related_name="approvals")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(max_length=150)
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    comment = models.TextField(blank=True)
+    plan_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # Each approver counts once per action.
+            models.UniqueConstraint(
+                fields=["action", "username"], name="one_decision_per_approver"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} {self.decision} #{self.action_id}"
+
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    """Refuse bulk changes: the trail is append-only."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise PermissionError("audit events cannot be changed")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise PermissionError("audit events cannot be deleted")
+
+
+class AuditEvent(models.Model):
+    """One append-only, hash-chained record of something that happened."""
+
+    created_at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    verb = models.CharField(max_length=64, db_index=True)
+    environment = models.CharField(max_length=100, blank=True, db_index=True)
+    # A plain id, not a foreign key: deleting an action must never rewrite the trail.
+    action_id = models.PositiveBigIntegerField(null=True, db_index=True)
+    payload = models.JSONField(default=dict)
+    ip = models.GenericIPAddressField(null=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.verb}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise PermissionError("audit events cannot be changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise PermissionError("audit events cannot be deleted")
+
+
+class ApiToken(models.Model):
+    """A read-only bearer token for CI, stored as its sha256."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

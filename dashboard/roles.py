@@ -1,0 +1,34 @@
+"""Roles are Django groups; this module names them and answers who may do what."""
+
+from __future__ import annotations
+
+from typing import Any
+
+VIEWER = "viewer"
+OPERATOR = "operator"
+APPROVER = "approver"
+ADMIN = "admin"
+ROLES = (VIEWER, OPERATOR, APPROVER, ADMIN)
+
+
+def role_of(user: Any) -> str | None:
+    """Return the user's role (the strongest group they are in), or None."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    if user.is_superuser:
+        return ADMIN
+    names = {g.name for g in user.groups.all()}
+    for role in reversed(ROLES):
+        if role in names:
+            return role
+    return None
+
+
+def can_request(user: Any) -> bool:
+    """Say whether the user may request (and cancel their own) actions."""
+    return role_of(user) in (OPERATOR, ADMIN)
+
+
+def can_approve(user: Any) -> bool:
+    """Say whether the user may approve or reject other people's actions."""
+    return role_of(user) in (APPROVER, ADMIN)

@@ -1,0 +1,34 @@
+"""Writes: every change to the dashboard's state goes through a function here."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+
+from dashboard.roles import ADMIN, ROLES
+
+
+def user_exists(*, username: str) -> bool:
+    """Say whether a user with this name exists."""
+    return get_user_model().objects.filter(username=username).exists()
+
+
+@transaction.atomic
+def user_set_role(*, username: str, role: str, password: str | None = None) -> bool:
+    """Create the user or change its role (and password if given); return True when created."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if not username.strip():
+        raise ValueError("a username is required")
+    user_model = get_user_model()
+    user, created = user_model.objects.get_or_create(username=username)
+    if password:
+        user.set_password(password)
+    elif created:
+        user.set_unusable_password()
+    # Only admins reach Django's admin site.
+    user.is_staff = user.is_superuser = role == ADMIN
+    user.save()
+    user.groups.set([Group.objects.get(name=role)])
+    return created

@@ -1,0 +1,17 @@
+"""Test settings: the product's settings with a throwaway key and fast password hashing."""
+
+import os
+
+os.environ.setdefault("DASHBOARD_INSECURE_DEV_KEY", "1")
+
+from dashboard.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+# Tests serve static files from the app folders; production runs collectstatic first.
+STORAGES = {
+    **STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+STATIC_ROOT = None

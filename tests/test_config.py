@@ -1,0 +1,190 @@
+"""The config file: every mistake is a clear error naming the file, the table and the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dashboard.config import ConfigError, NotConfigured, load_config, mask_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "scripts").mkdir(exist_ok=True)
+    path = tmp_path / "dashboard.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+[projects.blog]
+script_location = "scripts"
+version_table = "my_versions"
+version_table_schema = "meta"
+
+[environments.staging]
+project = "blog"
+url_env = "STAGING_DATABASE_URL"
+timeout = 3
+approvals_required = 1
+downgrade_approvals_required = 2
+order = 2
+description = "Release candidates"
+
+[environments.dev]
+project = "blog"
+url = "sqlite:///dev.db"
+"""
+
+
+def test_good_config_reads_every_key(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    blog = config.projects["blog"]
+    assert blog.script_location == tmp_path / "scripts"
+    assert (blog.version_table, blog.version_table_schema) == ("my_versions", "meta")
+    staging = config.environments["staging"]
+    assert staging.timeout == 3.0
+    assert staging.approvals_for("upgrade") == 1
+    assert staging.approvals_for("downgrade") == 2
+    dev = config.environments["dev"]
+    # A relative SQLite path is anchored at the config file, not the working directory.
+    assert dev.database_url() == f"sqlite:///{tmp_path / 'dev.db'}"
+    assert dev.approvals_for("downgrade") == 0
+    assert [e.name for e in config.environments_of("blog")] == ["dev", "staging"]
+
+
+def test_downgrade_approvals_default_to_upgrade_approvals(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD.replace("downgrade_approvals_required = 2\n", "")))
+    assert config.environments["staging"].approvals_for("downgrade") == 1
+
+
+def test_unset_url_env_is_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STAGING_DATABASE_URL", raising=False)
+    staging = load_config(write(tmp_path, GOOD)).environments["staging"]
+    with pytest.raises(NotConfigured, match="not configured: STAGING_DATABASE_URL is not set"):
+        staging.database_url()
+    monkeypatch.setenv("STAGING_DATABASE_URL", "postgresql://app:hunter2@db.example/app")
+    assert staging.database_url() == "postgresql://app:hunter2@db.example/app"
+    assert "hunter2" not in staging.display_url()
+    assert "hunter2" not in repr(staging)
+
+
+def test_mask_url_hides_the_password() -> None:
+    assert mask_url("postgresql://u:s3cret@h/db") == "postgresql://u:***@h/db"
+    assert "s3cret" not in mask_url("mysql+pymysql://u:s3cret@h:3306/db")
+
+
+BAD = [
+    ("[projects.blog\n", r"dashboard\.toml: not valid TOML"),
+    ('colour = "blue"\n', r"unknown top-level key 'colour'"),
+    (
+        '[projects.blog]\nscript_location = "scripts"\nflavour = 1\n',
+        r"\[projects\.blog\] unknown key 'flavour'",
+    ),
+    (
+        "[projects.blog]\n",
+        r"\[projects\.blog\] needs exactly one of script_location or alembic_ini",
+    ),
+    (
+        '[projects.blog]\nscript_location = "nowhere"\n',
+        r"\[projects\.blog\] script_location .*nowhere does not exist",
+    ),
+    (
+        '[projects.blog]\nalembic_ini = "alembic.ini"\n',
+        r"\[projects\.blog\] alembic_ini .*alembic\.ini does not exist",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "shop"\nurl = "sqlite://"\n',
+        r"\[environments\.prod\] project 'shop' is not defined in \[projects\]",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n',
+        r"\[environments\.prod\] needs exactly one of url or url_env",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url = "sqlite://"\nurl_env = "PROD_URL"\n',
+        r"\[environments\.prod\] needs exactly one of url or url_env",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url_env = "X"\ntimeout = "soon"\n',
+        r"\[environments\.prod\] timeout must be a float",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url_env = "X"\napprovals_required = -1\n',
+        r"\[environments\.prod\] approvals_required must not be negative",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url_env = "X"\nwhatever = true\n',
+        r"\[environments\.prod\] unknown key 'whatever'",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\nloader = "alembic"\n',
+        r"\[projects\.blog\] loader = \"alembic\" needs python",
+    ),
+    ("projects = 3\n", r"\[projects\] must be a table"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_url_error_never_echoes_the_url(tmp_path: Path) -> None:
+    text = (
+        '[projects.blog]\nscript_location = "scripts"\n'
+        '[environments.prod]\nproject = "blog"\nurl = "pw-in-here:::"\n'
+    )
+    with pytest.raises(
+        ConfigError, match=r"\[environments\.prod\] url is not a database URL"
+    ) as info:
+        load_config(write(tmp_path, text))
+    assert "pw-in-here" not in str(info.value)
+
+
+def test_alembic_ini_gives_the_script_location(tmp_path: Path) -> None:
+    (tmp_path / "proj" / "migrations").mkdir(parents=True)
+    (tmp_path / "proj" / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/migrations\n"
+    )
+    path = tmp_path / "dashboard.toml"
+    path.write_text('[projects.p]\nalembic_ini = "proj/alembic.ini"\n')
+    project = load_config(path).projects["p"]
+    assert project.script_location == tmp_path / "proj" / "migrations"
+    assert project.alembic_ini == tmp_path / "proj" / "alembic.ini"
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_system_check_reports_a_broken_config_at_start_up(tmp_path: Path) -> None:
+    path = write(tmp_path, '[environments.prod]\nproject = "nope"\nurl = "sqlite://"\n')
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DASHBOARD_CONFIG": str(path),
+            "DEBUG": "1",
+            "DASHBOARD_VAR_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "dashboard.E001" in result.stderr
+    assert (
+        f"{path}: [environments.prod] project 'nope' is not defined in [projects]" in result.stderr
+    )
