@@ -11,4 +11,4 @@ class DashboardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from dashboard import checks  # noqa: F401 (registers the system checks)
+        from dashboard import checks, signals  # noqa: F401 (registers checks and receivers)

@@ -199,7 +199,8 @@ class AuditEvent(models.Model):
     payload = models.JSONField(default=dict)
     ip = models.GenericIPAddressField(null=True)
     user_agent = models.CharField(max_length=512, blank=True)
-    prev_hash = models.CharField(max_length=64)
+    # Unique, so two concurrent writers cannot both extend the same link: one retries.
+    prev_hash = models.CharField(max_length=64, unique=True)
     hash = models.CharField(max_length=64, unique=True)
 
     objects = AuditEventQuerySet.as_manager()

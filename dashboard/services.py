@@ -6,7 +6,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
-from dashboard.roles import ADMIN, ROLES
+from dashboard import audit
+from dashboard.roles import ADMIN, ROLES, role_of
 
 
 def user_exists(*, username: str) -> bool:
@@ -15,7 +16,9 @@ def user_exists(*, username: str) -> bool:
 
 
 @transaction.atomic
-def user_set_role(*, username: str, role: str, password: str | None = None) -> bool:
+def user_set_role(
+    *, username: str, role: str, password: str | None = None, actor_name: str = audit.SYSTEM
+) -> bool:
     """Create the user or change its role (and password if given); return True when created."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
@@ -23,6 +26,7 @@ def user_set_role(*, username: str, role: str, password: str | None = None) -> b
         raise ValueError("a username is required")
     user_model = get_user_model()
     user, created = user_model.objects.get_or_create(username=username)
+    before = None if created else role_of(user)
     if password:
         user.set_password(password)
     elif created:
@@ -31,4 +35,10 @@ def user_set_role(*, username: str, role: str, password: str | None = None) -> b
     user.is_staff = user.is_superuser = role == ADMIN
     user.save()
     user.groups.set([Group.objects.get(name=role)])
+    if before != role:
+        audit.record(
+            "user.role_changed",
+            actor_name=actor_name,
+            payload={"username": username, "from": before, "to": role, "created": created},
+        )
     return created

@@ -1,0 +1,186 @@
+"""The audit trail is append-only and tamper-evident."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test import Client
+
+from dashboard import audit
+from dashboard.models import AuditEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.django_db
+
+
+def _trail(n: int) -> list[AuditEvent]:
+    return [
+        audit.record(
+            "test.event", actor_name="tester", payload={"n": i, "nested": {"b": 1, "a": [i]}}
+        )
+        for i in range(n)
+    ]
+
+
+def test_untouched_trail_verifies_and_counts() -> None:
+    _trail(5)
+    result = audit.verify()
+    assert (result.verified, result.broken_at) == (5, None)
+    assert AuditEvent.objects.order_by("id").first().prev_hash == audit.GENESIS
+
+
+def test_orm_refuses_to_change_or_delete_events() -> None:
+    event = _trail(1)[0]
+    event.verb = "forged"
+    with pytest.raises(PermissionError):
+        event.save()
+    with pytest.raises(PermissionError):
+        event.delete()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.all().update(verb="forged")
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.all().delete()
+
+
+@pytest.mark.parametrize("column", ["verb", "payload", "actor_name", "created_at"])
+def test_an_edit_behind_the_orms_back_is_found(
+    column: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = _trail(4)
+    victim = events[2]
+    values = {
+        "verb": "'forged'",
+        "payload": "'{\"n\": 99}'",
+        "actor_name": "'mallory'",
+        "created_at": "created_at",  # rewritten below per backend
+    }
+    with connection.cursor() as cursor:
+        if column == "created_at":
+            cursor.execute(
+                "SELECT created_at FROM dashboard_auditevent WHERE id = %s", [events[0].pk]
+            )
+            earlier = cursor.fetchone()[0]
+            cursor.execute(
+                "UPDATE dashboard_auditevent SET created_at = %s WHERE id = %s",
+                [earlier, victim.pk],
+            )
+        else:
+            sql = f"UPDATE dashboard_auditevent SET {column} = {values[column]} WHERE id = %s"  # noqa: S608
+            if connection.vendor == "postgresql":
+                pytest.skip("the PostgreSQL trigger refuses the edit itself (tested separately)")
+            cursor.execute(sql, [victim.pk])
+    with pytest.raises(CommandError, match=f"audit event {victim.pk} does not verify") as info:
+        call_command("verify_audit")
+    assert info.value.returncode == 1
+
+
+def test_a_deleted_event_breaks_the_chain_at_its_successor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if connection.vendor == "postgresql":
+        pytest.skip("the PostgreSQL trigger refuses the delete itself (tested separately)")
+    events = _trail(4)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM dashboard_auditevent WHERE id = %s", [events[1].pk])
+    result = audit.verify()
+    assert result.broken_at == events[2].pk
+    assert result.verified == 1
+
+
+def test_verify_audit_command_reports_the_count(capsys: pytest.CaptureFixture[str]) -> None:
+    _trail(3)
+    call_command("verify_audit")
+    assert "verified 3 audit events" in capsys.readouterr().out
+
+
+def test_sign_in_failure_success_and_sign_out_are_recorded(client: Client) -> None:
+    call_command("adduser", "ann", role="viewer", password="correct-horse-9")
+    client.post(
+        "/accounts/login/", {"username": "ann", "password": "nope"}, HTTP_USER_AGENT="pytest-agent"
+    )
+    client.post("/accounts/login/", {"username": "ann", "password": "correct-horse-9"})
+    client.post("/accounts/logout/")
+    verbs = list(AuditEvent.objects.order_by("id").values_list("verb", "actor_name"))
+    assert verbs == [
+        ("user.role_changed", "system"),
+        ("auth.sign_in_failed", "ann"),
+        ("auth.sign_in", "ann"),
+        ("auth.sign_out", "ann"),
+    ]
+    failed = AuditEvent.objects.get(verb="auth.sign_in_failed")
+    assert failed.user_agent == "pytest-agent"
+    assert failed.ip == "127.0.0.1"
+    assert "nope" not in str(failed.payload)
+
+
+def test_role_change_is_recorded() -> None:
+    call_command("adduser", "bob", role="viewer", password="correct-horse-9")
+    call_command("adduser", "bob", role="approver")
+    change = AuditEvent.objects.filter(verb="user.role_changed").last()
+    assert change.payload == {
+        "username": "bob",
+        "from": "viewer",
+        "to": "approver",
+        "created": False,
+    }
+
+
+def test_postgresql_trigger_refuses_update_and_delete(postgres_url: str, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": postgres_url,
+        "DASHBOARD_INSECURE_DEV_KEY": "1",
+        "DEBUG": "1",
+    }
+    env["DASHBOARD_VAR_DIR"] = str(tmp_path)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=180,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "adduser",
+            "eve",
+            "--role",
+            "viewer",
+            "--password",
+            "correct-horse-9",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM dashboard_auditevent")).scalar() == 1
+        for statement in (
+            "UPDATE dashboard_auditevent SET verb = 'forged'",
+            "DELETE FROM dashboard_auditevent",
+        ):
+            with (
+                pytest.raises(sa.exc.DBAPIError, match="audit events are append-only"),
+                engine.begin() as conn,
+            ):
+                conn.execute(sa.text(statement))
+        # Deleting a user nulls actor_id: the one change the trigger lets through.
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM auth_user_groups"))
+            conn.execute(sa.text("UPDATE dashboard_auditevent SET actor_id = NULL"))
+            assert (
+                conn.execute(sa.text("SELECT actor_name FROM dashboard_auditevent")).scalar()
+                == "system"
+            )
+    finally:
+        engine.dispose()
