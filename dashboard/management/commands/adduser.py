@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dashboard import services
 from dashboard.roles import ROLES
+from dashboard.services import users
 
 
 class Command(BaseCommand):
@@ -27,11 +27,11 @@ class Command(BaseCommand):
         self, *args: Any, username: str, role: str, password: str | None, **options: Any
     ) -> None:
         password = password or os.environ.get("DASHBOARD_PASSWORD") or None
-        exists = services.user_exists(username=username)
+        exists = users.user_exists(username=username)
         if password is None and not exists:
             password = self._prompt()
         try:
-            created = services.user_set_role(username=username, role=role, password=password)
+            created = users.user_set_role(username=username, role=role, password=password)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         verb = "created" if created else "updated"

@@ -1,4 +1,4 @@
-"""Writes: every change to the dashboard's state goes through a function here."""
+"""User accounts and their roles."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reads for pages: ready-made rows so templates hold no logic and run no queries."""
+"""The overview: every configured project and its environments."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Views are adapters: parse the request, call a selector or service, render."""
+"""Pages that belong to no one feature: the overview and the health check."""
 
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
@@ -7,13 +7,13 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from dashboard import selectors
+from dashboard.selectors import overview as overview_selectors
 
 
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     """Show every project's environments."""
-    return render(request, "overview.html", {"overview": selectors.overview()})
+    return render(request, "overview.html", {"overview": overview_selectors.overview()})
 
 
 @login_not_required

@@ -1,0 +1,1 @@
+"""Reads for pages: ready-made rows so templates hold no logic and run no queries."""

@@ -1,0 +1,1 @@
+"""Views are adapters: parse the request, call one selector or service, render."""
