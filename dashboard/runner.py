@@ -1,0 +1,536 @@
+"""Run Alembic in a subprocess for an action: upgrade, downgrade, offline SQL."""
+
+from __future__ import annotations
+
+import codecs
+import configparser
+import contextlib
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict, Unpack
+from urllib.parse import quote, quote_plus
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from dashboard.config import Project, mask_url
+
+CHECK_INTERVAL = 0.2  # seconds between time-limit and cancel checks when the child is quiet
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the process group
+DRAIN_GRACE = 1.0  # seconds to wait for EOF after exit, in case a grandchild holds the pipe
+TAIL_LINES = 200
+MAX_LINE = 64 * 1024  # a longer run of output without a newline is cut into lines
+CONFIG_PREFIX = "dashboard-alembic-"  # + the owner's pid: private folders of generated configs
+
+PROGRESS_RE = re.compile(
+    r"Running (?P<direction>upgrade|downgrade) (?P<sources>.*?) ->(?: (?P<rest>.*))?$"
+)
+_GENERATED_ID = re.compile(r"[0-9a-f]{12}")
+_HERE = re.compile(r"%%|%\(here\)s")
+_OFFLINE_IMPOSSIBLE = (
+    "cannot proceed in --sql mode",  # batch mode needs to reflect the table
+    "No support for ALTER of constraints in SQLite dialect",
+)
+_DIALECT_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
+
+# PR_SET_PDEATHSIG is set by this bootstrap, which then execs `python -m alembic`, rather
+# than by preexec_fn: preexec_fn runs Python between fork and exec, which can deadlock when
+# another thread (the worker's heartbeat) holds a lock at fork time. The setting survives
+# execve. The signal fires when the *thread* that forked the child ends; run_alembic blocks
+# that thread until the child has exited, so only the death of the whole worker fires it.
+_BOOTSTRAP = """\
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0:
+        print("warning: PR_SET_PDEATHSIG failed", file=sys.stderr)
+    if os.getppid() != int(sys.argv[1]):
+        os._exit(1)
+os.execv(sys.executable, [sys.executable, "-m", "alembic", *sys.argv[2:]])
+"""
+
+# Used when the project has no alembic.ini, or one without logging: Alembic reports each
+# step ("Running upgrade A -> B") only through the alembic logger at INFO.
+_LOGGING_SECTIONS = """\
+[loggers]
+keys = root,sqlalchemy,alembic
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+qualname =
+
+[logger_sqlalchemy]
+level = WARNING
+handlers =
+qualname = sqlalchemy.engine
+
+[logger_alembic]
+level = INFO
+handlers =
+qualname = alembic
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+level = NOTSET
+formatter = generic
+
+[formatter_generic]
+format = %(levelname)-5.5s [%(name)s] %(message)s
+datefmt = %H:%M:%S
+"""
+
+
+class RunnerError(Exception):
+    """Alembic could not be run or did not produce what was asked."""
+
+
+class OfflineSQLUnavailable(RunnerError):
+    """The plan's SQL cannot be rendered without a database connection."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How an Alembic run ended and the last lines it printed (passwords masked)."""
+
+    returncode: int | None
+    timed_out: bool
+    cancelled: bool
+    duration_s: float
+    output_tail: list[str]
+
+    @property
+    def succeeded(self) -> bool:
+        """Say whether Alembic finished on its own with exit status 0."""
+        return self.returncode == 0 and not self.timed_out and not self.cancelled
+
+
+@dataclass(frozen=True)
+class ProgressStep:
+    """One step Alembic announced it is about to run."""
+
+    direction: str
+    from_revisions: tuple[str, ...]
+    to_revisions: tuple[str, ...]
+    message: str
+
+
+class RunOptions(TypedDict, total=False):
+    """Keyword options of run_alembic, shared by upgrade and downgrade."""
+
+    on_line: Callable[[str], None] | None
+    time_limit: float
+    should_cancel: Callable[[], bool] | None
+    extra_env: dict[str, str] | None
+
+
+def run_alembic(
+    project: Project,
+    url: str,
+    args: list[str],
+    *,
+    on_line: Callable[[str], None] | None = None,
+    time_limit: float = 1800,
+    should_cancel: Callable[[], bool] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> RunResult:
+    """Run `alembic <args>` against url, streaming masked output lines to on_line."""
+    mask = _Masker(url)
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+    def emit(line: str) -> None:
+        line = mask(line)
+        tail.append(line)
+        if on_line is not None:
+            on_line(line)
+
+    outcome = _execute(
+        project,
+        url,
+        args,
+        on_stdout=emit,
+        on_stderr=None,
+        time_limit=time_limit,
+        should_cancel=should_cancel,
+        extra_env=extra_env,
+    )
+    return RunResult(
+        returncode=outcome.returncode,
+        timed_out=outcome.stopped == "timed_out",
+        cancelled=outcome.stopped == "cancelled",
+        duration_s=outcome.duration_s,
+        output_tail=list(tail),
+    )
+
+
+def upgrade(project: Project, url: str, target: str, **kw: Unpack[RunOptions]) -> RunResult:
+    """Upgrade the database at url to target."""
+    return run_alembic(project, url, ["upgrade", target], **kw)
+
+
+def downgrade(project: Project, url: str, target: str, **kw: Unpack[RunOptions]) -> RunResult:
+    """Downgrade the database at url to target."""
+    return run_alembic(project, url, ["downgrade", target], **kw)
+
+
+def offline_sql(
+    project: Project,
+    url: str,
+    *,
+    direction: str,
+    from_rev: str | None,
+    to_rev: str,
+    timeout: float = 120,
+) -> str:
+    """Return the SQL Alembic would run from from_rev to to_rev, without connecting."""
+    if direction == "upgrade":
+        # From base, the plain target renders CREATE TABLE alembic_version too.
+        revision_range = to_rev if from_rev is None else f"{from_rev}:{to_rev}"
+    elif direction == "downgrade":
+        if from_rev is None:
+            raise ValueError("an offline downgrade needs the revision it starts from")
+        revision_range = f"{from_rev}:{to_rev}"
+    else:
+        raise ValueError(f"direction must be upgrade or downgrade, not {direction!r}")
+    mask = _Masker(url)
+    sql: list[str] = []
+    diagnostics: deque[str] = deque(maxlen=TAIL_LINES)
+    outcome = _execute(
+        project,
+        url,
+        [direction, revision_range, "--sql"],
+        on_stdout=lambda line: sql.append(mask(line)),
+        on_stderr=lambda line: diagnostics.append(mask(line)),
+        time_limit=timeout,
+        should_cancel=None,
+        extra_env=None,
+    )
+    if outcome.stopped == "timed_out":
+        raise RunnerError(f"offline SQL for {revision_range} took longer than {timeout:g} s")
+    if outcome.returncode == 0:
+        return "\n".join(sql) + "\n"
+    # Alembic prints its own failures as "FAILED: ..." on stdout, tracebacks on stderr.
+    failures = [line for line in sql if line.startswith("FAILED:")]
+    detail = [*failures, *(line for line in diagnostics if not line.startswith("INFO"))][-20:]
+    if any(marker in line for line in detail for marker in _OFFLINE_IMPOSSIBLE):
+        raise OfflineSQLUnavailable(
+            f"offline SQL is not available for this plan on {_dialect_name(url)}: "
+            "batch operations cannot be rendered offline"
+        )
+    raise RunnerError(
+        f"alembic {direction} {revision_range} --sql exited with status {outcome.returncode}:\n"
+        + "\n".join(detail)
+    )
+
+
+def parse_progress(
+    line: str, known_revisions: Collection[str] | None = None
+) -> ProgressStep | None:
+    """Parse Alembic's "Running upgrade A -> B, message" line, or return None.
+
+    A downgrade of a merge point lists several targets, and Alembic joins targets and
+    message with the same ", ": a token counts as a target when it is in known_revisions,
+    or, without them, when it looks like an id Alembic generates (12 hex digits).
+    """
+    match = PROGRESS_RE.search(line)
+    if match is None:
+        return None
+    direction = match["direction"]
+    sources = tuple(match["sources"].split(", ")) if match["sources"] else ()
+    parts = (match["rest"] or "").split(", ")
+    count = 1
+    if direction == "downgrade" and parts[0]:
+        while count < len(parts) and _is_revision(parts[count], known_revisions):
+            count += 1
+    targets = tuple(part for part in parts[:count] if part)
+    return ProgressStep(
+        direction=direction,
+        from_revisions=sources,
+        to_revisions=targets,
+        message=", ".join(parts[count:]),
+    )
+
+
+def _is_revision(token: str, known_revisions: Collection[str] | None) -> bool:
+    if known_revisions is not None:
+        return token in known_revisions
+    return _GENERATED_ID.fullmatch(token) is not None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    returncode: int | None
+    stopped: str | None  # "timed_out", "cancelled" or None when the child ended on its own
+    duration_s: float
+
+
+def _execute(
+    project: Project,
+    url: str,
+    args: list[str],
+    *,
+    on_stdout: Callable[[str], None],
+    on_stderr: Callable[[str], None] | None,
+    time_limit: float,
+    should_cancel: Callable[[], bool] | None,
+    extra_env: dict[str, str] | None,
+) -> _Outcome:
+    python = project.python or sys.executable
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "DATABASE_URL": url,  # never on the command line: `ps` shows it to every user
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONIOENCODING": "utf-8",
+    }
+    if project.alembic_ini is not None:
+        cwd = project.alembic_ini.parent  # prepend_sys_path and relative paths start here
+    else:
+        cwd = project.script_location.parent
+    _sweep_config_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{CONFIG_PREFIX}{os.getpid()}-") as folder:
+        ini = _write_config(project, url, Path(folder))
+        argv = [python, "-c", _BOOTSTRAP, str(os.getpid()), "-c", str(ini), *args]
+        return _supervise(
+            argv,
+            cwd=cwd,
+            env=env,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            time_limit=time_limit,
+            should_cancel=should_cancel,
+        )
+
+
+def _write_config(project: Project, url: str, folder: Path) -> Path:
+    """Write the ini Alembic will read, with the URL, readable by this user only."""
+    parser = configparser.RawConfigParser()
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    if project.alembic_ini is not None:
+        # The copy lives elsewhere, so %(here)s must keep meaning the original folder.
+        here = _ini_escape(str(project.alembic_ini.parent))
+        try:
+            text = project.alembic_ini.read_text(encoding="utf-8")
+            parser.read_string(
+                _HERE.sub(lambda m: m[0] if m[0] == "%%" else here, text),
+                source=str(project.alembic_ini),
+            )
+        except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+            raise RunnerError(f"cannot read {project.alembic_ini}: {exc}") from exc
+    if not parser.has_section("alembic"):
+        parser.add_section("alembic")
+    main = parser["alembic"]
+    main["script_location"] = _ini_escape(str(project.script_location))
+    main["sqlalchemy.url"] = _ini_escape(url)
+    # Not keys Alembic reads itself, but an env.py can pass them to context.configure().
+    main.setdefault("version_table", _ini_escape(project.version_table))
+    if project.version_table_schema is not None:
+        main.setdefault("version_table_schema", _ini_escape(project.version_table_schema))
+    if not parser.has_section("loggers"):
+        parser.read_string(_LOGGING_SECTIONS)
+    path = folder / "alembic.ini"
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        parser.write(handle)
+    return path
+
+
+def _sweep_config_folders() -> None:
+    """Remove config folders (they hold passwords) left behind by killed workers."""
+    owner = re.compile(re.escape(CONFIG_PREFIX) + r"(\d+)-")
+    for entry in Path(tempfile.gettempdir()).glob(f"{CONFIG_PREFIX}*"):
+        match = owner.match(entry.name)
+        if match is None or int(match[1]) == os.getpid():
+            continue
+        try:
+            os.kill(int(match[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, and someone else's
+
+
+def _ini_escape(value: str) -> str:
+    return value.replace("%", "%%")
+
+
+def _supervise(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    on_stdout: Callable[[str], None],
+    on_stderr: Callable[[str], None] | None,
+    time_limit: float,
+    should_cancel: Callable[[], bool] | None,
+) -> _Outcome:
+    """Run argv in its own process group, pump its output, stop it when told to."""
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if on_stderr is None else subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise RunnerError(f"cannot start {argv[0]}: {exc}") from exc
+    pipes = [(proc.stdout, on_stdout), (proc.stderr, on_stderr)]
+    streams = [_LineStream(pipe.fileno(), sink) for pipe, sink in pipes if pipe and sink]
+    stopped: str | None = None
+    term_sent_at: float | None = None
+    exited_at: float | None = None
+    group_killed = False
+    last_check = started
+    try:
+        with selectors.DefaultSelector() as selector:
+            for stream in streams:
+                os.set_blocking(stream.fd, False)
+                selector.register(stream.fd, selectors.EVENT_READ, stream)
+            while True:
+                if selector.get_map():
+                    for key, _ in selector.select(CHECK_INTERVAL):
+                        if not key.data.read():
+                            selector.unregister(key.fd)
+                else:
+                    time.sleep(CHECK_INTERVAL)
+                now = time.monotonic()
+                if exited_at is None and _has_exited(proc):
+                    exited_at = now
+                if exited_at is not None:
+                    if stopped and not group_killed:
+                        # Grandchildren may outlive the leader; its zombie still pins the
+                        # group id, so this cannot hit a recycled group.
+                        _signal_group(proc, signal.SIGKILL)
+                        group_killed = True
+                    if not selector.get_map() or now - exited_at >= DRAIN_GRACE:
+                        break
+                    continue
+                if stopped is None and now - last_check >= CHECK_INTERVAL:
+                    last_check = now
+                    if now - started >= time_limit:
+                        stopped = "timed_out"
+                    elif should_cancel is not None and should_cancel():
+                        stopped = "cancelled"
+                    if stopped:
+                        _signal_group(proc, signal.SIGTERM)
+                        term_sent_at = now
+                if term_sent_at is not None and now - term_sent_at >= KILL_GRACE:
+                    _signal_group(proc, signal.SIGKILL)
+                    term_sent_at = None
+        for stream in streams:
+            stream.finish()
+    finally:
+        if exited_at is None and not _has_exited(proc):
+            # Unwinding on an error (a failing on_line, KeyboardInterrupt): never leave it running.
+            _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+        for pipe, _sink in pipes:
+            if pipe is not None:
+                pipe.close()
+    return _Outcome(proc.returncode, stopped, time.monotonic() - started)
+
+
+def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Say whether the child exited, without reaping it (its pid stays reserved)."""
+    try:
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        return os.waitid(os.P_PID, proc.pid, flags) is not None
+    except ChildProcessError:
+        return True
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+class _LineStream:
+    """Split one pipe's bytes into text lines as they arrive."""
+
+    def __init__(self, fd: int, sink: Callable[[str], None]) -> None:
+        self.fd = fd
+        self.sink = sink
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+        self.finished = False
+
+    def read(self) -> bool:
+        """Consume what is available; return False at end of file."""
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            self.finish()
+            return False
+        *lines, self.pending = (self.pending + self.decoder.decode(chunk)).split("\n")
+        for line in lines:
+            self.sink(line.removesuffix("\r"))
+        if len(self.pending) > MAX_LINE:
+            self.sink(self.pending)
+            self.pending = ""
+        return True
+
+    def finish(self) -> None:
+        """Emit a last line that had no newline."""
+        if self.finished:
+            return
+        self.finished = True
+        rest = self.pending + self.decoder.decode(b"", final=True)
+        self.pending = ""
+        if rest:
+            self.sink(rest.removesuffix("\r"))
+
+
+class _Masker:
+    """Replace a database URL and its password wherever they appear in a line."""
+
+    def __init__(self, url: str) -> None:
+        secrets = {url, _ini_escape(url)}
+        self.replacement_url = mask_url(url)
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            parsed = None
+        passwords: set[str] = set()
+        if parsed is not None and parsed.password:
+            password = str(parsed.password)
+            for form in (password, quote(password, safe=""), quote_plus(password)):
+                passwords |= {form, _ini_escape(form)}
+        self.urls = sorted(secrets, key=len, reverse=True)
+        self.passwords = sorted(passwords, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for secret in self.urls:
+            line = line.replace(secret, self.replacement_url)
+        for secret in self.passwords:
+            line = line.replace(secret, "***")
+        return line
+
+
+def _dialect_name(url: str) -> str:
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        return "this database"
+    return _DIALECT_NAMES.get(backend, backend)
