@@ -15,3 +15,10 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 STATIC_ROOT = None
+
+# A file, not Django's in-memory default, so worker and server subprocesses started by tests
+# can share the test database (they get its path through DATABASE_URL).
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(VAR_DIR / f"test-dashboard-{os.getpid()}.sqlite3"),
+    }
