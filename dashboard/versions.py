@@ -1,0 +1,413 @@
+"""Read environments' Alembic version tables safely: timeouts, no pooling, in parallel."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, quote_plus
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import NullPool
+
+from dashboard.config import Environment, NotConfigured, Project
+
+ErrorKind = Literal["not_configured", "unreachable", "timeout", "auth", "error"]
+
+# How long the caller waits past an environment's timeout before abandoning the read: the
+# drivers' own timeouts normally fire first and give the more precise message.
+DEADLINE_GRACE = 0.5
+MAX_MESSAGE = 300
+# Engines are unpooled (they hold no connections); keeping them saves the dialect's
+# first-connect queries on every later refresh of the same environment.
+ENGINE_CACHE_SIZE = 256
+
+_PASSWORD_FRAGMENT = re.compile(
+    r"""(?P<key>\b(?:password|passwd|pwd)\s*[=:]\s*)(?P<value>'[^']*'|"[^"]*"|[^\s,;&)]+)""",
+    re.IGNORECASE,
+)
+_QUOTED = r"""["']([^"']*)["']"""
+_engines: OrderedDict[tuple[URL, float], sa.Engine] = OrderedDict()
+_engines_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one environment's version table said, or why it could not be read."""
+
+    environment: str
+    heads: tuple[str, ...]
+    table_exists: bool
+    error: str | None
+    error_kind: ErrorKind | None
+    latency_ms: float
+    read_at: datetime
+
+    @property
+    def ok(self) -> bool:
+        """Say whether the version table (or its absence) was read."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What an error message needs to name: where we connected and which table we read."""
+
+    url: URL
+    version_table: str
+    version_table_schema: str | None
+    timeout: float
+
+    @property
+    def address(self) -> str:
+        host = self.url.host or "localhost"
+        return f"{host}:{self.url.port}" if self.url.port else host
+
+
+def read_environment(env: Environment, project: Project) -> Reading:
+    """Read one environment's heads with its project's version table settings; never raise."""
+    started = time.perf_counter()
+    try:
+        url = env.database_url()
+    except NotConfigured as exc:
+        return _failure(env.name, "not_configured", str(exc), started)
+    return read_url(
+        url,
+        version_table=project.version_table,
+        version_table_schema=project.version_table_schema,
+        timeout=env.timeout,
+        environment=env.name,
+    )
+
+
+def read_url(
+    url: str,
+    *,
+    version_table: str = "alembic_version",
+    version_table_schema: str | None = None,
+    timeout: float = 5.0,
+    environment: str = "",
+) -> Reading:
+    """Read the heads at a database URL, giving up after timeout plus a short grace; never raise."""
+    started = time.perf_counter()
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        # The unparsed string may hold a password, so the message must not quote it.
+        return _failure(environment, "error", "not a valid database URL", started)
+    target = _Target(parsed, version_table, version_table_schema, timeout)
+    box: list[Reading] = []
+    # A daemon thread, so a read stuck inside a driver never blocks the caller past its
+    # deadline nor the interpreter's exit; it is abandoned and ends when the driver gives up.
+    worker = threading.Thread(
+        target=lambda: box.append(_read(target, environment)),
+        name=f"version-read-{environment or parsed.get_backend_name()}",
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout + DEADLINE_GRACE)
+    if box:
+        return box[0]
+    return _failure(environment, "timeout", f"timed out after {_seconds(timeout)}", started)
+
+
+def read_many(
+    pairs: Iterable[tuple[Environment, Project]], *, max_workers: int = 50
+) -> list[Reading]:
+    """Read many environments in parallel, in input order; never raise."""
+    jobs = list(pairs)
+    if not jobs:
+        return []
+    # Every read is bounded by its own deadline, so a hung server holds one worker for at most
+    # its timeout; with more environments than workers the reads run in waves.
+    workers = max(1, min(max_workers, len(jobs)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="version-reads") as pool:
+        return list(pool.map(lambda job: read_environment(*job), jobs))
+
+
+def forget_engines() -> None:
+    """Drop the cached engines, e.g. after a config reload changed the URLs."""
+    with _engines_lock:
+        _engines.clear()
+
+
+def mask_secrets(message: str, password: str | None) -> str:
+    """Remove a password and any password=... fragments from a message."""
+    if password:
+        for form in {password, quote_plus(password), quote(password, safe="")}:
+            message = message.replace(form, "***")
+    return _PASSWORD_FRAGMENT.sub(lambda m: f"{m.group('key')}***", message)
+
+
+def _read(target: _Target, environment: str) -> Reading:
+    started = time.perf_counter()
+    url = target.url
+    qualified = _qualified(target, None)
+    try:
+        if _is_sqlite_file(url) and not Path(str(url.database)).is_file():
+            return _failure(
+                environment, "error", f"database file {url.database} does not exist", started
+            )
+        with _engine(url, target.timeout).connect() as conn:
+            inspector = sa.inspect(conn)
+            qualified = _qualified(target, inspector.default_schema_name)
+            context = MigrationContext.configure(
+                conn,
+                opts={
+                    "version_table": target.version_table,
+                    "version_table_schema": target.version_table_schema,
+                },
+            )
+            heads = tuple(sorted(context.get_current_heads()))
+            # Alembic reads both a missing and an empty table as (); only then ask which.
+            exists = bool(heads) or inspector.has_table(
+                target.version_table, schema=target.version_table_schema
+            )
+        return Reading(
+            environment=environment,
+            heads=heads,
+            table_exists=exists,
+            error=None,
+            error_kind=None,
+            latency_ms=_elapsed_ms(started),
+            read_at=datetime.now(UTC),
+        )
+    except Exception as exc:  # a reading reports every failure instead of raising
+        kind, message = _describe(exc, target, qualified)
+        return _failure(environment, kind, mask_secrets(message, url.password), started)
+
+
+def _engine(url: URL, timeout: float) -> sa.Engine:
+    """Return the cached unpooled engine for this URL and timeout, creating it if needed."""
+    key = (url, timeout)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is not None:
+            _engines.move_to_end(key)
+            return engine
+    engine = _create_engine(url, timeout)
+    with _engines_lock:
+        _engines[key] = engine
+        while len(_engines) > ENGINE_CACHE_SIZE:
+            _engines.popitem(last=False)
+    return engine
+
+
+def _create_engine(url: URL, timeout: float) -> sa.Engine:
+    """Create an unpooled engine whose driver gives up on connect and statements in time."""
+    if _is_sqlite_file(url):
+        # Read-only through a URI, so a mistyped path fails instead of creating an empty file.
+        path = Path(str(url.database)).resolve()
+        uri = f"file:{quote(str(path), safe='/')}?mode=ro"
+
+        def connect_read_only() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+
+        return sa.create_engine(url, poolclass=NullPool, creator=connect_read_only)
+    return sa.create_engine(url, poolclass=NullPool, connect_args=_connect_args(url, timeout))
+
+
+def _connect_args(url: URL, timeout: float) -> dict[str, Any]:
+    """Return the driver's own connect and statement timeouts for this URL."""
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    seconds = max(1, int(timeout))
+    millis = max(1, int(timeout * 1000))
+    if backend == "postgresql" and driver in ("psycopg2", "psycopg"):
+        existing = url.query.get("options")
+        options = f"-c statement_timeout={millis} -c lock_timeout={millis}"
+        options += " -c default_transaction_read_only=on"
+        if isinstance(existing, str) and existing.strip():
+            options = f"{existing.strip()} {options}"
+        args: dict[str, Any] = {"connect_timeout": seconds, "options": options}
+        if "application_name" not in url.query:
+            args["application_name"] = "migration-dashboard"
+        return args
+    if backend == "postgresql" and driver == "pg8000":
+        return {"timeout": timeout}
+    if backend in ("mysql", "mariadb") and driver == "pymysql":
+        return {"connect_timeout": timeout, "read_timeout": timeout, "write_timeout": timeout}
+    if backend in ("mysql", "mariadb") and driver == "mysqldb":
+        return {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
+    if backend in ("mysql", "mariadb") and driver == "mysqlconnector":
+        return {"connection_timeout": seconds}
+    if backend == "sqlite":
+        return {"timeout": timeout}
+    return {}
+
+
+def _is_sqlite_file(url: URL) -> bool:
+    database = url.database
+    return (
+        url.get_backend_name() == "sqlite"
+        and bool(database)
+        and database != ":memory:"
+        and str(url.query.get("uri", "")).lower() not in ("true", "1")
+    )
+
+
+def _describe(exc: Exception, target: _Target, table: str) -> tuple[ErrorKind, str]:
+    """Turn a driver or SQLAlchemy exception into an error kind and a short message."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        original: BaseException = exc.orig
+    else:
+        original = exc
+    if isinstance(exc, NoSuchModuleError):
+        return "error", f"unsupported database URL scheme {target.url.drivername!r}"
+    if isinstance(exc, ArgumentError):
+        return "error", "not a valid database URL"
+    if isinstance(exc, ImportError):
+        module = f" {exc.name!r}" if exc.name else ""
+        return "error", f"driver{module} for {target.url.drivername}:// is not installed"
+    if isinstance(original, TimeoutError):
+        return "timeout", f"timed out after {_seconds(target.timeout)}"
+    backend = target.url.get_backend_name()
+    if backend == "postgresql":
+        described = _describe_postgres(original, target, table)
+    elif backend in ("mysql", "mariadb"):
+        described = _describe_mysql(original, target, table)
+    elif backend == "sqlite":
+        described = _describe_sqlite(original, target)
+    else:
+        described = None
+    return described or ("error", _first_line(original))
+
+
+def _describe_postgres(
+    original: BaseException, target: _Target, table: str
+) -> tuple[ErrorKind, str] | None:
+    code = getattr(original, "pgcode", None)
+    text = str(original)
+    lowered = text.lower()
+    user = target.url.username or ""
+    if code == "57014":
+        return "timeout", f"timed out after {_seconds(target.timeout)}"
+    if code == "55P03":
+        return (
+            "timeout",
+            f"version table {table}: lock not granted within {_seconds(target.timeout)}",
+        )
+    if code == "42501":
+        return "error", f"version table {table}: permission denied"
+    if "timeout expired" in lowered:
+        return "timeout", f"timed out after {_seconds(target.timeout)}"
+    if "connection refused" in lowered:
+        return "unreachable", f"could not connect to {target.address}: connection refused"
+    if match := re.search(r'could not translate host name "([^"]*)"', text):
+        return "unreachable", f"could not resolve host {match.group(1)!r}"
+    for reason in ("no route to host", "network is unreachable"):
+        if reason in lowered:
+            return "unreachable", f"could not connect to {target.address}: {reason}"
+    if "server closed the connection unexpectedly" in lowered:
+        return "unreachable", f"{target.address} closed the connection unexpectedly"
+    if match := re.search(r"authentication failed for user " + _QUOTED, text):
+        return "auth", f"authentication failed for user {match.group(1)!r}"
+    if match := re.search(r"role " + _QUOTED + " does not exist", text):
+        return "auth", f"role {match.group(1)!r} does not exist"
+    if "no pg_hba.conf entry" in lowered:
+        return "auth", f"server refuses user {user!r} from this host (pg_hba.conf)"
+    if "password" in lowered and "no password supplied" in lowered:
+        return "auth", f"server wants a password for user {user!r} and the URL has none"
+    if match := re.search(r"database " + _QUOTED + " does not exist", text):
+        return "error", f"database {match.group(1)!r} does not exist"
+    if match := re.search(r"permission denied for database " + _QUOTED, text):
+        return "auth", f"user {user!r} may not connect to database {match.group(1)!r}"
+    return None
+
+
+def _describe_mysql(
+    original: BaseException, target: _Target, table: str
+) -> tuple[ErrorKind, str] | None:
+    args: tuple[Any, ...] = getattr(original, "args", ())
+    code = args[0] if args and isinstance(args[0], int) else None
+    text = str(args[1]) if len(args) > 1 else str(original)
+    lowered = text.lower()
+    user = target.url.username or ""
+    if code in (2003, 2013) and "timed out" in lowered:
+        return "timeout", f"timed out after {_seconds(target.timeout)}"
+    if code == 2003 and "refused" in lowered:
+        return "unreachable", f"could not connect to {target.address}: connection refused"
+    if code == 2005 or (
+        code == 2003 and ("name or service" in lowered or "getaddrinfo" in lowered)
+    ):
+        return "unreachable", f"could not resolve host {target.url.host or ''!r}"
+    if code == 2003:
+        return "unreachable", f"could not connect to {target.address}"
+    if code in (2006, 2013):
+        return "unreachable", f"{target.address} closed the connection unexpectedly"
+    if code == 1045:
+        return "auth", f"authentication failed for user {user!r}"
+    if code == 1044:
+        return "auth", f"user {user!r} may not access database {target.url.database or ''!r}"
+    if code == 1049:
+        return "error", f"database {target.url.database or ''!r} does not exist"
+    if code in (1142, 1143):
+        return "error", f"version table {table}: permission denied"
+    if code == 1205:
+        return (
+            "timeout",
+            f"version table {table}: lock not granted within {_seconds(target.timeout)}",
+        )
+    if code in (1969, 3024):
+        return "timeout", f"timed out after {_seconds(target.timeout)}"
+    return None
+
+
+def _describe_sqlite(original: BaseException, target: _Target) -> tuple[ErrorKind, str] | None:
+    lowered = str(original).lower()
+    path = target.url.database
+    if "database is locked" in lowered:
+        return "timeout", f"database is locked (waited {_seconds(target.timeout)})"
+    if "file is not a database" in lowered:
+        return "error", f"{path} is not a SQLite database"
+    if "unable to open database file" in lowered:
+        return "error", f"cannot open database file {path}"
+    return None
+
+
+def _qualified(target: _Target, default_schema: str | None) -> str:
+    schema = target.version_table_schema or default_schema
+    return f"{schema}.{target.version_table}" if schema else target.version_table
+
+
+def _lock_wait(target: _Target) -> str:
+    return f"lock not granted within {_seconds(target.timeout)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    if len(line) > MAX_MESSAGE:
+        line = line[: MAX_MESSAGE - 3] + "..."
+    return line
+
+
+def _seconds(value: float) -> str:
+    text = f"{value:.1f}"
+    return f"{text if float(text) == value else f'{value:g}'} s"
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _failure(environment: str, kind: ErrorKind, message: str, started: float) -> Reading:
+    return Reading(
+        environment=environment,
+        heads=(),
+        table_exists=False,
+        error=message,
+        error_kind=kind,
+        latency_ms=_elapsed_ms(started),
+        read_at=datetime.now(UTC),
+    )
