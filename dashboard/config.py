@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -74,11 +75,11 @@ class Environment:
     def database_url(self) -> str:
         """Return the URL with its password, or raise NotConfigured."""
         if self.url is not None:
-            return self.url
+            return with_installed_driver(self.url)
         value = os.environ.get(self.url_env or "", "").strip()
         if not value:
             raise NotConfigured(f"not configured: {self.url_env} is not set")
-        return value
+        return with_installed_driver(value)
 
     def display_url(self) -> str:
         """Return the URL with its password masked, or why there is none."""
@@ -110,6 +111,27 @@ class DashboardConfig:
     def ordered_environments(self) -> list[Environment]:
         """Return every environment in display order."""
         return sorted(self.environments.values(), key=lambda e: (e.project, e.order, e.name))
+
+
+# SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3 and mysql:// as mysqlclient; people write
+# the bare forms, and we ship psycopg2 and PyMySQL.
+_DEFAULT_DRIVERS = {
+    "postgresql": ("psycopg", "postgresql+psycopg2"),
+    "mysql": ("MySQLdb", "mysql+pymysql"),
+    "mariadb": ("MySQLdb", "mariadb+pymysql"),
+}
+
+
+def with_installed_driver(url: str) -> str:
+    """Point a URL without an explicit driver at the driver this installation has."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    default = _DEFAULT_DRIVERS.get(parsed.drivername)
+    if default is None or importlib.util.find_spec(default[0]) is not None:
+        return url
+    return parsed.set(drivername=default[1]).render_as_string(hide_password=False)
 
 
 def mask_url(url: str) -> str:

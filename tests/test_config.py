@@ -65,8 +65,8 @@ def test_unset_url_env_is_not_a_crash(tmp_path: Path, monkeypatch: pytest.Monkey
     staging = load_config(write(tmp_path, GOOD)).environments["staging"]
     with pytest.raises(NotConfigured, match="not configured: STAGING_DATABASE_URL is not set"):
         staging.database_url()
-    monkeypatch.setenv("STAGING_DATABASE_URL", "postgresql://app:hunter2@db.example/app")
-    assert staging.database_url() == "postgresql://app:hunter2@db.example/app"
+    monkeypatch.setenv("STAGING_DATABASE_URL", "postgresql+psycopg2://app:hunter2@db.example/app")
+    assert staging.database_url() == "postgresql+psycopg2://app:hunter2@db.example/app"
     assert "hunter2" not in staging.display_url()
     assert "hunter2" not in repr(staging)
 
@@ -188,3 +188,21 @@ def test_system_check_reports_a_broken_config_at_start_up(tmp_path: Path) -> Non
     assert (
         f"{path}: [environments.prod] project 'nope' is not defined in [projects]" in result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "used"),
+    [
+        ("postgresql://u:p@h/db", "postgresql+psycopg2://u:p@h/db"),
+        ("mysql://u:p@h/db", "mysql+pymysql://u:p@h/db"),
+        ("mariadb://u:p@h/db", "mariadb+pymysql://u:p@h/db"),
+        ("postgresql+psycopg2://u:p@h/db", "postgresql+psycopg2://u:p@h/db"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+    ],
+)
+def test_bare_urls_use_the_installed_drivers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str, used: str
+) -> None:
+    monkeypatch.setenv("STAGING_DATABASE_URL", written)
+    staging = load_config(write(tmp_path, GOOD)).environments["staging"]
+    assert staging.database_url() == used
