@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -24,7 +24,7 @@ def canonical(event: AuditEvent) -> str:
     created: datetime = event.created_at
     return json.dumps(
         {
-            "created_at": created.astimezone(timezone.UTC).isoformat(timespec="microseconds"),
+            "created_at": created.astimezone(UTC).isoformat(timespec="microseconds"),
             "actor_name": event.actor_name,
             "verb": event.verb,
             "environment": event.environment,

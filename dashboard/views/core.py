@@ -6,14 +6,18 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
 
-from dashboard.selectors import overview as overview_selectors
+from dashboard.selectors import status as status_selectors
+from dashboard.views.status import HtmxHttpRequest
 
 
 @require_GET
-def overview(request: HttpRequest) -> HttpResponse:
-    """Show every project's environments."""
-    return render(request, "overview.html", {"overview": overview_selectors.overview()})
+@vary_on_headers("HX-Request")
+def overview(request: HtmxHttpRequest) -> HttpResponse:
+    """Show the matrix of projects and environments from their latest snapshots."""
+    template = "overview.html#matrix" if request.htmx else "overview.html"
+    return render(request, template, {"matrix": status_selectors.status_matrix()})
 
 
 @login_not_required

@@ -1,0 +1,50 @@
+"""Django Tasks entry points: thin shells that call services."""
+
+from __future__ import annotations
+
+from django.tasks import task
+
+from dashboard.services import status
+
+
+@task
+def refresh_status_periodically() -> int:
+    """Read every environment, store snapshots, then schedule the next run; return the count."""
+    try:
+        return len(status.status_refresh())
+    finally:
+        # Scheduled even when this run fails (a broken config), so fixing it needs no restart.
+        status.schedule_periodic_refresh(delay=status.refresh_interval())
+
+
+@task
+def prepare_action(action_id: int) -> str:
+    """Render an action's offline SQL and lint in the worker; return its status."""
+    from dashboard.services import actions
+
+    return str(actions.action_prepare(action_id=action_id).status)
+
+
+@task
+def run_action(action_id: int) -> str:
+    """Run a queued action, or try again shortly while its environment is busy; return its status."""
+    from dashboard.models import Action
+    from dashboard.services import actions
+
+    action = actions.action_run(action_id=action_id, worker=actions.worker_name())
+    if action.status == Action.Status.QUEUED:
+        actions.enqueue_run(action_id, delay=actions.retry_delay(action))
+    return str(action.status)
+
+
+@task
+def keep_house() -> dict[str, object]:
+    """Mark silent runs interrupted, requeue lost runs, record config changes; then reschedule."""
+    from dataclasses import asdict
+
+    from dashboard import worker
+
+    try:
+        return asdict(worker.Housekeeping().run_once())
+    finally:
+        worker.schedule_housekeeping(delay=worker.housekeeping_interval())
