@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -15,10 +16,6 @@ class Snapshot(models.Model):
     class State(models.TextChoices):
         CURRENT = "current", "current"  # heads equal the script directory's heads
         BEHIND = "behind", "behind"  # every head known, revisions pending
-        AHEAD = (
-            "ahead",
-            "ahead",
-        )  # reserved for a head past the script's heads (never computed today)
         UNINITIALIZED = "uninitialized", "uninitialized"  # no version table, or an empty one
         UNKNOWN = "unknown", "unknown"  # a head the script directory does not have
         UNREACHABLE = "unreachable", "unreachable"  # could not connect or read in time
@@ -30,9 +27,17 @@ class Snapshot(models.Model):
     heads = models.JSONField(default=list)
     state = models.CharField(max_length=20, choices=State.choices)
     pending = models.JSONField(default=list)
+    # The script directory's heads when read: what "current" meant then.
+    script_heads = models.JSONField(default=list)
+    # Messages of the heads, script heads and pending revisions, as the history said then.
+    messages = models.JSONField(default=dict)
+    # Why the state is what it is, in a sentence ("no version table alembic_version").
+    detail = models.TextField(blank=True)
+    # The read's failure or the history's complaint; empty when the table was read and planned.
     error = models.TextField(blank=True)
     latency_ms = models.FloatField(null=True)
     read_at = models.DateTimeField()
+    # The heads differ from the previous successful read's (the first successful read counts).
     changed = models.BooleanField(default=False)
 
     class Meta:
@@ -52,8 +57,17 @@ class ActionQuerySet(models.QuerySet["Action"]):
     def active(self) -> ActionQuerySet:
         return self.filter(status__in=Action.ACTIVE)
 
+    def queued(self) -> ActionQuerySet:
+        return self.filter(status=Action.Status.QUEUED)
+
     def running(self) -> ActionQuerySet:
         return self.filter(status=Action.Status.RUNNING)
+
+    def silent_since(self, moment: datetime) -> ActionQuerySet:
+        """Return running actions whose last heartbeat (or start) is older than moment."""
+        return self.running().filter(
+            Q(heartbeat_at__lt=moment) | Q(heartbeat_at__isnull=True, started_at__lt=moment)
+        )
 
     def finished(self) -> ActionQuerySet:
         return self.filter(status__in=Action.FINISHED)
@@ -119,6 +133,11 @@ class Action(models.Model):
     log = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True)
     worker = models.CharField(max_length=255, blank=True)
+    # When the offline SQL and its lint were stored (or sql_note says why there is none).
+    prepared_at = models.DateTimeField(null=True)
+    # Set on a running action; its worker polls it and terminates Alembic.
+    cancel_requested = models.BooleanField(default=False)
+    cancel_requested_by = models.CharField(max_length=150, blank=True)
 
     objects = ActionQuerySet.as_manager()
 
@@ -142,6 +161,11 @@ class Action(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def is_prepared(self) -> bool:
+        """Say whether the plan's SQL (or the reason there is none) is ready for review."""
+        return self.prepared_at is not None
 
 
 class Approval(models.Model):

@@ -139,6 +139,7 @@ class RunOptions(TypedDict, total=False):
     time_limit: float
     should_cancel: Callable[[], bool] | None
     extra_env: dict[str, str] | None
+    drop_env: Collection[str] | None
 
 
 def run_alembic(
@@ -150,8 +151,13 @@ def run_alembic(
     time_limit: float = 1800,
     should_cancel: Callable[[], bool] | None = None,
     extra_env: dict[str, str] | None = None,
+    drop_env: Collection[str] | None = None,
 ) -> RunResult:
-    """Run `alembic <args>` against url, streaming masked output lines to on_line."""
+    """Run `alembic <args>` against url, streaming masked output lines to on_line.
+
+    drop_env names variables of this process the child must not inherit (the dashboard's
+    own secrets, other environments' URLs).
+    """
     mask = _Masker(url)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
 
@@ -170,6 +176,7 @@ def run_alembic(
         time_limit=time_limit,
         should_cancel=should_cancel,
         extra_env=extra_env,
+        drop_env=drop_env,
     )
     return RunResult(
         returncode=outcome.returncode,
@@ -198,6 +205,7 @@ def offline_sql(
     from_rev: str | None,
     to_rev: str,
     timeout: float = 120,
+    drop_env: Collection[str] | None = None,
 ) -> str:
     """Return the SQL Alembic would run from from_rev to to_rev, without connecting."""
     if direction == "upgrade":
@@ -221,6 +229,7 @@ def offline_sql(
         time_limit=timeout,
         should_cancel=None,
         extra_env=None,
+        drop_env=drop_env,
     )
     if outcome.stopped == "timed_out":
         raise RunnerError(f"offline SQL for {revision_range} took longer than {timeout:g} s")
@@ -291,10 +300,12 @@ def _execute(
     time_limit: float,
     should_cancel: Callable[[], bool] | None,
     extra_env: dict[str, str] | None,
+    drop_env: Collection[str] | None = None,
 ) -> _Outcome:
     python = project.python or sys.executable
+    dropped = set(drop_env or ())
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in dropped},
         **(extra_env or {}),
         "DATABASE_URL": url,  # never on the command line: `ps` shows it to every user
         "PYTHONUNBUFFERED": "1",
@@ -396,6 +407,8 @@ def _supervise(
         raise RunnerError(f"cannot start {argv[0]}: {exc}") from exc
     pipes = [(proc.stdout, on_stdout), (proc.stderr, on_stderr)]
     streams = [_LineStream(pipe.fileno(), sink) for pipe, sink in pipes if pipe and sink]
+    # Readable when the child exits, so the loop notices at once instead of at its next check.
+    exit_fd = _open_pidfd(proc.pid)
     stopped: str | None = None
     term_sent_at: float | None = None
     exited_at: float | None = None
@@ -406,10 +419,12 @@ def _supervise(
             for stream in streams:
                 os.set_blocking(stream.fd, False)
                 selector.register(stream.fd, selectors.EVENT_READ, stream)
+            if exit_fd is not None:
+                selector.register(exit_fd, selectors.EVENT_READ, None)
             while True:
                 if selector.get_map():
                     for key, _ in selector.select(CHECK_INTERVAL):
-                        if not key.data.read():
+                        if key.data is None or not key.data.read():
                             selector.unregister(key.fd)
                 else:
                     time.sleep(CHECK_INTERVAL)
@@ -447,7 +462,20 @@ def _supervise(
         for pipe, _sink in pipes:
             if pipe is not None:
                 pipe.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
     return _Outcome(proc.returncode, stopped, time.monotonic() - started)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """Return a descriptor that becomes readable when pid exits (Linux 5.3+), or None."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except OSError:
+        return None
 
 
 def _has_exited(proc: subprocess.Popen[bytes]) -> bool:

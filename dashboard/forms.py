@@ -1,0 +1,65 @@
+"""Forms validate what a page posts or filters by; the decisions are the services'."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from django import forms
+
+from dashboard.models import Action
+
+REASON_MAX = 2000
+
+
+class ActionRequestForm(forms.Form):
+    """An upgrade or rollback request: direction, a target from the picker, and why."""
+
+    direction = forms.ChoiceField(choices=Action.Direction.choices)
+    target = forms.ChoiceField(choices=())
+    reason = forms.CharField(
+        max_length=REASON_MAX,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "why, and what you checked"}),
+    )
+
+    def __init__(self, *args: Any, targets: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The picker's entries are the only targets the page offered.
+        cast(forms.ChoiceField, self.fields["target"]).choices = targets
+
+
+class ApprovalForm(forms.Form):
+    """An approval, bound to the plan hash the approver saw."""
+
+    plan_hash = forms.CharField(max_length=64)
+    comment = forms.CharField(max_length=REASON_MAX, required=False, strip=True)
+
+
+class RejectionForm(forms.Form):
+    """A rejection and its reason."""
+
+    reason = forms.CharField(max_length=REASON_MAX, strip=True)
+
+
+class ActionFilterForm(forms.Form):
+    """The actions list's filters."""
+
+    environment = forms.CharField(max_length=100, required=False)
+    status = forms.ChoiceField(choices=[("", "any"), *Action.Status.choices], required=False)
+
+
+class AuditFilterForm(forms.Form):
+    """The audit page's filters, shared by its exports."""
+
+    environment = forms.CharField(max_length=100, required=False)
+    user = forms.CharField(max_length=150, required=False)
+    verb = forms.CharField(max_length=64, required=False)
+    date_from = forms.DateField(required=False)
+    date_to = forms.DateField(required=False)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        start, end = cleaned.get("date_from"), cleaned.get("date_to")
+        if start and end and start > end:
+            raise forms.ValidationError("The start date is after the end date.")
+        return cleaned

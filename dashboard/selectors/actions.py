@@ -1,0 +1,424 @@
+"""Actions for pages: the action page, its live progress, and the actions list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from django.core.paginator import Page, Paginator
+from django.urls import NoReverseMatch, reverse
+from django.utils.safestring import SafeString
+
+from dashboard.config import ConfigError, Project, current_config
+from dashboard.history import Graph
+from dashboard.models import Action, ActionQuerySet, Approval
+from dashboard.roles import ADMIN, can_approve, can_request, role_of
+from dashboard.scripts import ScriptLocationError, load_history
+from dashboard.selectors.sql import highlight_sql
+
+SHORT_ID = 12
+LOG_TAIL = 30
+PER_PAGE = 50
+DIRECTION_LABELS = {"upgrade": "Upgrade", "downgrade": "Roll back"}
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One revision of an action's plan, in run order."""
+
+    position: int
+    revision: str
+    short: str
+    message: str
+    labels: str
+
+
+@dataclass(frozen=True)
+class LintRow:
+    """One lock-risk warning on the SQL, with the line it points at."""
+
+    line: int | None
+    level: str
+    message: str
+    sql_line: str
+
+
+@dataclass(frozen=True)
+class ApprovalRow:
+    """One approver's decision as the action page lists it."""
+
+    username: str
+    decision: str
+    comment: str
+    created_at: datetime
+    for_this_plan: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The live part of the action page: status, i of n, the log's tail and the result."""
+
+    action_id: int
+    status: str
+    status_label: str
+    cancelling: str
+    done: int
+    total: int
+    log_tail: str
+    log_lines: int
+    shown_lines: int
+    finished: bool
+    after_heads: list[str] | None
+    error: str
+    may_cancel: bool
+    poll_url: str | None
+    cancel_url: str
+
+
+@dataclass(frozen=True)
+class Review:
+    """The SQL under review, its warnings, and the approval forms when this user may decide."""
+
+    action_id: int
+    state: str  # "preparing", "ready" or "unavailable"
+    sql_html: SafeString
+    sql_sha256: str
+    sql_note: str
+    lint: list[LintRow]
+    plan_hash: str
+    may_decide: bool
+    decided_by_you: str
+    poll_url: str | None
+    approve_url: str
+    reject_url: str
+
+
+@dataclass(frozen=True)
+class ActionPage:
+    """Everything the action page shows."""
+
+    action: Action
+    direction_label: str
+    plan: list[PlanRow]
+    history_problem: str
+    approvals: list[ApprovalRow]
+    approvals_counted: int
+    approvals_text: str
+    progress: Progress
+    review: Review
+    environment_url: str
+    list_url: str
+
+
+@dataclass(frozen=True)
+class ActionRow:
+    """One action in the list."""
+
+    id: int
+    url: str
+    environment: str
+    direction_label: str
+    target: str
+    status: str
+    status_label: str
+    requested_by: str
+    created_at: datetime
+    approvals: str
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a filter's <select>."""
+
+    value: str
+    label: str
+    selected: bool
+
+
+@dataclass(frozen=True)
+class ActionList:
+    """The actions list: those awaiting this user's decision first, then the rest newest first."""
+
+    awaiting: list[ActionRow]
+    rows: list[ActionRow]
+    page: Page[Action]
+    environments: list[Option]
+    statuses: list[Option]
+    query: str
+    previous_url: str | None
+    next_url: str | None
+    filtered: bool
+
+
+def short(revision: str) -> str:
+    """Return a revision id as pages show it."""
+    return revision[:SHORT_ID]
+
+
+def project_graph(project: Project) -> Graph:
+    """Return the project's revision graph (static parse, cached by fingerprint)."""
+    return load_history(project.script_location, alembic_ini=project.alembic_ini).graph
+
+
+def _may_cancel(user: Any, action: Action) -> bool:
+    if action.is_finished or action.cancel_requested:
+        return False
+    if role_of(user) == ADMIN:
+        return True
+    return _is_requester(user, action) and can_request(user)
+
+
+def _is_requester(user: Any, action: Action) -> bool:
+    """Say whether the user requested the action (by id, or by name once the row is gone)."""
+    if action.requested_by_id is not None and action.requested_by_id == user.pk:
+        return True
+    return bool(action.requested_by_name == user.get_username())
+
+
+def _progress(user: Any, action: Action) -> Progress:
+    lines = action.log.splitlines()
+    finished = action.is_finished
+    return Progress(
+        action_id=action.pk,
+        status=action.status,
+        status_label=action.get_status_display(),
+        cancelling=action.cancel_requested_by or "someone"
+        if action.cancel_requested and not finished
+        else "",
+        done=action.progress_done,
+        total=action.progress_total or len(action.plan),
+        log_tail="\n".join(lines[-LOG_TAIL:]),
+        log_lines=len(lines),
+        shown_lines=min(len(lines), LOG_TAIL),
+        finished=finished,
+        after_heads=action.after_heads,
+        error=action.error,
+        may_cancel=_may_cancel(user, action),
+        poll_url=None if finished else reverse("action-progress", args=[action.pk]),
+        cancel_url=reverse("action-cancel", args=[action.pk]),
+    )
+
+
+def _lint_rows(action: Action) -> list[LintRow]:
+    sql_lines = action.sql.splitlines()
+    rows = []
+    for item in action.lint if isinstance(action.lint, list) else []:
+        if not isinstance(item, dict):
+            continue
+        line = item.get("line")
+        number = line if isinstance(line, int) else None
+        rows.append(
+            LintRow(
+                line=number,
+                level=str(item.get("level") or "warning"),
+                message=str(item.get("message") or ""),
+                sql_line=(
+                    sql_lines[number - 1].strip()
+                    if number is not None and 0 < number <= len(sql_lines)
+                    else ""
+                ),
+            )
+        )
+    return rows
+
+
+def _review(user: Any, action: Action, approvals: list[Approval]) -> Review:
+    prepared = action.is_prepared
+    if not prepared:
+        state = "preparing"
+    elif action.sql_sha256:
+        state = "ready"
+    else:
+        state = "unavailable"
+    mine = next((a for a in approvals if a.username == user.get_username()), None)
+    may_decide = (
+        can_approve(user)
+        and not _is_requester(user, action)
+        and action.status == Action.Status.REQUESTED
+        and prepared
+        and mine is None
+    )
+    preparing_live = not prepared and not action.is_finished
+    return Review(
+        action_id=action.pk,
+        state=state,
+        sql_html=highlight_sql(action.sql),
+        sql_sha256=action.sql_sha256,
+        sql_note=action.sql_note,
+        lint=_lint_rows(action),
+        plan_hash=action.plan_hash,
+        may_decide=may_decide,
+        decided_by_you=mine.get_decision_display() if mine is not None else "",
+        poll_url=reverse("action-detail", args=[action.pk]) if preparing_live else None,
+        approve_url=reverse("action-approve", args=[action.pk]),
+        reject_url=reverse("action-reject", args=[action.pk]),
+    )
+
+
+def _plan_rows(action: Action) -> tuple[list[PlanRow], str]:
+    graph: Graph | None = None
+    problem = ""
+    try:
+        project = current_config().projects.get(action.project)
+        if project is not None:
+            graph = project_graph(project)
+    except (ConfigError, ScriptLocationError) as exc:
+        problem = f"Revision messages are unavailable: {exc}"
+    rows = []
+    for position, rev in enumerate(action.plan, start=1):
+        known = graph is not None and rev in graph.revisions
+        rows.append(
+            PlanRow(
+                position=position,
+                revision=rev,
+                short=short(rev),
+                message=graph.revisions[rev].message if graph is not None and known else "",
+                labels=", ".join(graph.labels_of(rev)) if graph is not None and known else "",
+            )
+        )
+    return rows, problem
+
+
+def action_page(*, user: Any, action_id: int) -> ActionPage | None:
+    """Return the action page's content, or None when there is no such action."""
+    action = Action.objects.filter(pk=action_id).first()
+    if action is None:
+        return None
+    approvals = list(action.approvals.all())
+    plan, problem = _plan_rows(action)
+    counted = sum(
+        1
+        for a in approvals
+        if a.decision == Approval.Decision.APPROVE and a.plan_hash == action.plan_hash
+    )
+    return ActionPage(
+        action=action,
+        direction_label=DIRECTION_LABELS.get(action.direction, action.direction),
+        plan=plan,
+        history_problem=problem,
+        approvals=[
+            ApprovalRow(
+                username=a.username,
+                decision=a.decision,
+                comment=a.comment,
+                created_at=a.created_at,
+                for_this_plan=a.plan_hash == action.plan_hash,
+            )
+            for a in approvals
+        ],
+        approvals_counted=counted,
+        approvals_text=_approvals_text(counted, action.approvals_required),
+        progress=_progress(user, action),
+        review=_review(user, action, approvals),
+        environment_url=_environment_url(action.environment),
+        list_url=reverse("action-list"),
+    )
+
+
+def _approvals_text(counted: int, required: int) -> str:
+    return f"{counted} of {required}" if required else "none needed"
+
+
+def _environment_url(name: str) -> str:
+    try:
+        return reverse("environment", args=[name])
+    except NoReverseMatch:
+        return ""
+
+
+def action_progress(*, user: Any, action_id: int) -> Progress | None:
+    """Return the live part of the action page, or None when there is no such action."""
+    action = Action.objects.filter(pk=action_id).first()
+    return _progress(user, action) if action is not None else None
+
+
+def _awaiting(user: Any, actions: ActionQuerySet) -> ActionQuerySet:
+    """Return the actions this user could approve now: requested, prepared, not theirs, undecided."""
+    if not can_approve(user):
+        return actions.none()
+    return (
+        actions.awaiting_approval()
+        .filter(prepared_at__isnull=False)
+        .exclude(requested_by=user)
+        .exclude(requested_by_name=user.get_username())
+        .exclude(approvals__username=user.get_username())
+    )
+
+
+def _row(action: Action, counts: dict[int, int]) -> ActionRow:
+    counted = counts.get(action.pk, 0)
+    return ActionRow(
+        id=action.pk,
+        url=reverse("action-detail", args=[action.pk]),
+        environment=action.environment,
+        direction_label=DIRECTION_LABELS.get(action.direction, action.direction),
+        target=action.target if len(action.target) <= 40 else short(action.target),
+        status=action.status,
+        status_label=action.get_status_display(),
+        requested_by=action.requested_by_name,
+        created_at=action.created_at,
+        approvals=_approvals_text(counted, action.approvals_required),
+    )
+
+
+def action_list(
+    *, user: Any, environment: str = "", status: str = "", page: str | int | None = 1
+) -> ActionList:
+    """Return the actions list: awaiting this user's decision first, then the rest newest first."""
+    actions = Action.objects.all()
+    if environment:
+        actions = actions.filter(environment=environment)
+    if status:
+        actions = actions.filter(status=status)
+    awaiting = list(_awaiting(user, actions).order_by("created_at", "id"))
+    rest = actions.exclude(pk__in=[a.pk for a in awaiting]).order_by("-created_at", "-id")
+    current = Paginator(rest, PER_PAGE).get_page(page)
+    counts = _approval_counts([*awaiting, *current.object_list])
+    query = urlencode({k: v for k, v in (("environment", environment), ("status", status)) if v})
+    return ActionList(
+        awaiting=[_row(a, counts) for a in awaiting],
+        rows=[_row(a, counts) for a in current.object_list],
+        page=current,
+        environments=_environment_options(environment),
+        statuses=[Option("", "any status", not status)]
+        + [Option(value, label, value == status) for value, label in Action.Status.choices],
+        query=query,
+        previous_url=_page_url(query, current.previous_page_number())
+        if current.has_previous()
+        else None,
+        next_url=_page_url(query, current.next_page_number()) if current.has_next() else None,
+        filtered=bool(environment or status),
+    )
+
+
+def _approval_counts(actions: list[Action]) -> dict[int, int]:
+    """Return how many approvals for its current plan each action has, in one query."""
+    hashes = {a.pk: a.plan_hash for a in actions}
+    found = Approval.objects.filter(
+        action_id__in=hashes, decision=Approval.Decision.APPROVE
+    ).values_list("action_id", "plan_hash")
+    counts: dict[int, int] = {}
+    for action_id, plan_hash in found:
+        if plan_hash == hashes[action_id]:
+            counts[action_id] = counts.get(action_id, 0) + 1
+    return counts
+
+
+def _page_url(query: str, number: int) -> str:
+    return "?" + "&".join(p for p in (query, f"page={number}") if p)
+
+
+def _environment_options(selected: str) -> list[Option]:
+    try:
+        names = [env.name for env in current_config().ordered_environments()]
+    except ConfigError:
+        names = []
+    seen = set(names)
+    names += sorted(set(Action.objects.values_list("environment", flat=True).distinct()) - seen)
+    if selected and selected not in names:
+        names.append(selected)
+    return [Option("", "every environment", not selected)] + [
+        Option(name, name, name == selected) for name in names
+    ]

@@ -1,0 +1,178 @@
+"""The request form: which targets the revision picker offers for an environment and direction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from django.urls import reverse
+
+from dashboard.config import ConfigError, current_config
+from dashboard.history import Graph
+from dashboard.models import Action, Snapshot
+from dashboard.roles import can_request
+from dashboard.scripts import ScriptLocationError
+from dashboard.selectors.actions import DIRECTION_LABELS, project_graph, short
+from dashboard.selectors.status import latest_snapshots
+
+# Snapshot states whose heads are all revisions the script directory has.
+KNOWN_HEADS = (
+    Snapshot.State.CURRENT,
+    Snapshot.State.BEHIND,
+    Snapshot.State.UNINITIALIZED,
+    Snapshot.State.INVALID,
+)
+
+
+@dataclass(frozen=True)
+class TargetChoice:
+    """One entry of the revision picker."""
+
+    value: str
+    label: str
+
+
+@dataclass(frozen=True)
+class DirectionTab:
+    """One direction of the request form, as a link that keeps working without JavaScript."""
+
+    value: str
+    label: str
+    url: str
+    current: bool
+
+
+@dataclass(frozen=True)
+class RequestPage:
+    """Everything the request form shows for one environment and direction."""
+
+    environment: str
+    project: str
+    description: str
+    approvals_required: int
+    direction: str
+    direction_label: str
+    tabs: list[DirectionTab]
+    targets: list[TargetChoice]
+    heads: list[str]
+    heads_read_at: datetime | None
+    heads_known: bool
+    problem: str
+    note: str
+    may_request: bool
+    url: str
+
+    @property
+    def target_choices(self) -> list[tuple[str, str]]:
+        """Return the picker's entries as a form's choices."""
+        return [(choice.value, choice.label) for choice in self.targets]
+
+
+def _revision_label(graph: Graph, rev: str) -> str:
+    revision = graph.revisions[rev]
+    labels = graph.labels_of(rev)
+    text = f"{short(rev)} {revision.message}".strip()
+    marks = [f"[{', '.join(labels)}]"] if labels else []
+    if rev in graph.heads:
+        marks.append("(head)")
+    return " ".join([text, *marks])
+
+
+def _upgrade_targets(graph: Graph, heads: list[str] | None) -> list[TargetChoice]:
+    applied: set[str] = set()
+    for head in heads or ():
+        applied |= {head, *graph.ancestors(head)}
+    latest = ", ".join(short(h) for h in graph.heads)
+    choices = [TargetChoice("heads", f"heads: every head ({latest})")]
+    for rev in graph.topological():
+        if rev not in applied:
+            choices.append(TargetChoice(rev, _revision_label(graph, rev)))
+    return choices
+
+
+def _downgrade_targets(graph: Graph, heads: list[str] | None) -> list[TargetChoice]:
+    if heads is None:
+        below = set(graph.revisions)
+    else:
+        below = set()
+        for head in heads:
+            below |= graph.ancestors(head)
+    choices = [
+        TargetChoice(rev, _revision_label(graph, rev))
+        for rev in graph.topological()
+        if rev in below
+    ]
+    choices.append(TargetChoice("base", "base: remove every revision"))
+    return choices
+
+
+def request_page(*, user: Any, environment: str, direction: str) -> RequestPage | None:
+    """Return the request form's content, or None when the config has no such environment."""
+    try:
+        config = current_config()
+    except ConfigError:
+        return None
+    env = config.environments.get(environment)
+    if env is None:
+        return None
+    if direction not in Action.Direction.values:
+        direction = Action.Direction.UPGRADE
+    url = reverse("action-request", args=[env.name])
+    snapshot = latest_snapshots(env.project).get(env.name)
+    problem = ""
+    graph: Graph | None = None
+    try:
+        graph = project_graph(config.projects[env.project])
+    except ScriptLocationError as exc:
+        problem = f"The script directory cannot be read: {exc}"
+    heads: list[str] | None = None
+    if snapshot is not None and snapshot.state in KNOWN_HEADS:
+        heads = list(snapshot.heads)
+        if graph is not None and not all(h in graph.revisions for h in heads):
+            heads = None
+    if graph is None:
+        targets: list[TargetChoice] = []
+    elif direction == Action.Direction.UPGRADE:
+        targets = _upgrade_targets(graph, heads)
+    else:
+        targets = _downgrade_targets(graph, heads)
+    return RequestPage(
+        environment=env.name,
+        project=env.project,
+        description=env.description,
+        approvals_required=env.approvals_for(direction),
+        direction=direction,
+        direction_label=DIRECTION_LABELS[direction],
+        tabs=[
+            DirectionTab(
+                value=value,
+                label=label,
+                url=f"{url}?{urlencode({'direction': value})}",
+                current=value == direction,
+            )
+            for value, label in DIRECTION_LABELS.items()
+        ],
+        targets=targets,
+        heads=list(snapshot.heads) if snapshot is not None else [],
+        heads_read_at=snapshot.read_at if snapshot is not None else None,
+        heads_known=heads is not None,
+        problem=problem,
+        note=_request_note(direction, heads, targets),
+        may_request=can_request(user),
+        url=url,
+    )
+
+
+def _request_note(direction: str, heads: list[str] | None, targets: list[TargetChoice]) -> str:
+    if heads is None:
+        return (
+            "This environment's heads are not known yet, so every revision is offered;"
+            " the plan is made from a fresh read when you submit."
+        )
+    if direction == Action.Direction.UPGRADE and len(targets) == 1:
+        return "Every revision is already applied here, as of the last read."
+    if direction == Action.Direction.DOWNGRADE and not heads:
+        return "Nothing is applied here, as of the last read."
+    return "Only the revisions this direction can reach are offered; the plan is made from a fresh read when you submit."

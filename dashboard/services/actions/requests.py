@@ -1,0 +1,247 @@
+"""Request an action: plan it from a fresh read of the environment, then prepare its SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from dashboard import audit, history, plans, roles, scripts, versions
+from dashboard.config import ConfigError, NotConfigured, current_config
+from dashboard.models import Action
+from dashboard.services.actions.decisions import queue_action
+from dashboard.services.actions.errors import (
+    ActionRefused,
+    AmbiguousDowngrade,
+    AmbiguousTarget,
+    EnvironmentUnavailable,
+    NotAllowed,
+    NothingToDo,
+    NotReachable,
+    UnknownTarget,
+)
+from dashboard.services.actions.lookups import (
+    action_or_refuse,
+    config_or_refuse,
+    environment_or_refuse,
+    locked_action_or_refuse,
+)
+from dashboard.services.actions.runs import child_secrets, heads_text
+
+
+def action_request(
+    *,
+    user: Any,
+    environment: str,
+    direction: str,
+    target: str,
+    reason: str = "",
+    request: HttpRequest | None = None,
+    prepare: bool = False,
+) -> Action:
+    """Plan an upgrade or downgrade from a fresh read of the environment and record the request.
+
+    prepare=True renders the offline SQL and its lint now (the command line); otherwise a
+    worker task does it, because only the worker may run a project's code.
+    """
+    if not roles.can_request(user):
+        raise NotAllowed("only operators and admins may request actions")
+    if direction not in Action.Direction.values:
+        raise ActionRefused(f"direction must be upgrade or downgrade, not {direction!r}")
+    target = target.strip()
+    if not target:
+        raise UnknownTarget(
+            "name a target: a revision id or prefix, head, heads, base or label@head"
+        )
+    config = config_or_refuse()
+    env, project = environment_or_refuse(config, environment)
+    try:
+        loaded = plans.load_project_history(project, may_run_project_code=prepare)
+    except plans.ProjectCodeNeeded as exc:
+        raise ActionRefused(str(exc)) from exc
+    except (scripts.ScriptLocationError, OSError) as exc:
+        raise EnvironmentUnavailable(f"cannot read project {project.name}: {exc}") from exc
+    reading = versions.read_environment(env, project)
+    if not reading.ok:
+        raise EnvironmentUnavailable(f"cannot read {env.name} now: {reading.error}")
+    unknown = [head for head in reading.heads if head not in loaded.graph]
+    if unknown:
+        raise EnvironmentUnavailable(
+            f"{env.name} is at {', '.join(unknown)}, which project {project.name}'s script"
+            " directory does not have; nothing can be planned from there"
+        )
+    plan = _plan(loaded.graph, reading.heads, target, direction, env.name)
+    if not plan.steps:
+        raise NothingToDo(
+            f"nothing to do: {env.name} is at {heads_text(reading.heads)}, and"
+            f" {direction} {target} would run no revision"
+        )
+    revisions = plan.revisions
+    with transaction.atomic():
+        action = Action.objects.create(
+            environment=env.name,
+            project=project.name,
+            direction=direction,
+            target=target,
+            target_heads=list(plan.target_heads),
+            from_heads=list(reading.heads),
+            plan=revisions,
+            fingerprint=loaded.fingerprint,
+            plan_hash=plans.plan_hash(
+                environment=env.name,
+                direction=direction,
+                target=target,
+                from_heads=reading.heads,
+                plan=revisions,
+                sql_sha256="",
+                fingerprint=loaded.fingerprint,
+            ),
+            approvals_required=env.approvals_for(direction),
+            requested_by=user if getattr(user, "pk", None) else None,
+            requested_by_name=user.get_username(),
+            reason=reason.strip(),
+            progress_total=len(revisions),
+        )
+        audit.record(
+            "action.requested",
+            actor=user,
+            request=request,
+            environment=env.name,
+            action_id=action.pk,
+            payload={
+                "direction": direction,
+                "target": target,
+                "from_heads": list(reading.heads),
+                "plan": revisions,
+                "target_heads": list(plan.target_heads),
+                "approvals_required": action.approvals_required,
+                "reason": action.reason,
+            },
+        )
+        if not prepare:
+            action_id = action.pk
+            transaction.on_commit(lambda: _enqueue_prepare(action_id))
+    if prepare:
+        return action_prepare(action_id=action.pk)
+    return action
+
+
+def action_prepare(*, action_id: int) -> Action:
+    """Render the plan's offline SQL and lint, fix its plan hash; queue it if none must approve."""
+    action = action_or_refuse(action_id)
+    if action.is_prepared or action.status != Action.Status.REQUESTED:
+        return action
+    prepared = _prepare_sql(action)
+    with transaction.atomic():
+        action = locked_action_or_refuse(action_id)
+        if action.is_prepared or action.status != Action.Status.REQUESTED:
+            return action
+        action.sql = prepared.sql
+        action.sql_sha256 = prepared.sql_sha256
+        action.sql_note = prepared.note
+        action.lint = prepared.lint
+        action.prepared_at = timezone.now()
+        action.plan_hash = _plan_hash_of(action)
+        action.save(
+            update_fields=["sql", "sql_sha256", "sql_note", "lint", "prepared_at", "plan_hash"]
+        )
+        audit.record(
+            "action.prepared",
+            actor_name=audit.SYSTEM,
+            environment=action.environment,
+            action_id=action.pk,
+            payload={
+                "plan_hash": action.plan_hash,
+                "sql_sha256": action.sql_sha256,
+                "sql_note": action.sql_note,
+                "lint_warnings": sum(1 for item in action.lint if item.get("line") is not None),
+            },
+        )
+        if action.approvals_required == 0:
+            audit.record(
+                "action.approved",
+                actor_name=audit.SYSTEM,
+                environment=action.environment,
+                action_id=action.pk,
+                payload={"plan_hash": action.plan_hash, "approvals": 0, "required": 0},
+            )
+            queue_action(action)
+    return action
+
+
+def _plan(
+    graph: history.Graph, heads: Sequence[str], target: str, direction: str, environment: str
+) -> plans.Plan:
+    way: history.Direction = "downgrade" if direction == "downgrade" else "upgrade"
+    try:
+        return plans.make_plan(graph, heads, target, way)
+    except history.AmbiguousDowngrade as exc:
+        raise AmbiguousDowngrade(str(exc), _proposals(str(exc))) from exc
+    except history.AmbiguousUpgrade as exc:
+        raise AmbiguousTarget(str(exc), _proposals(str(exc))) from exc
+    except (
+        history.UnknownRevision,
+        history.AmbiguousRevision,
+        history.NotOnBranch,
+        history.MultipleHeads,
+    ) as exc:
+        raise UnknownTarget(f"target {target!r}: {exc}") from exc
+    except (history.BrokenHistory, history.CycleDetected) as exc:
+        raise EnvironmentUnavailable(str(exc)) from exc
+    except history.HistoryError as exc:
+        raise NotReachable(
+            f"cannot {direction} {environment} from {heads_text(heads)} to {target}: {exc}"
+        ) from exc
+
+
+def _proposals(message: str) -> list[str]:
+    """Return the explicit targets the history's message offers after "one of: "."""
+    _, found, choices = message.rpartition("one of: ")
+    if not found:
+        return []
+    return [choice.strip() for choice in choices.split(", ") if choice.strip()]
+
+
+def _enqueue_prepare(action_id: int) -> None:
+    from dashboard.tasks import prepare_action
+
+    prepare_action.enqueue(action_id)
+
+
+def _plan_hash_of(action: Action) -> str:
+    return plans.plan_hash(
+        environment=action.environment,
+        direction=action.direction,
+        target=action.target,
+        from_heads=action.from_heads,
+        plan=action.plan,
+        sql_sha256=action.sql_sha256,
+        fingerprint=action.fingerprint,
+    )
+
+
+def _prepare_sql(action: Action) -> plans.PreparedSQL:
+    try:
+        config = current_config()
+    except ConfigError as exc:
+        return plans.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+    env = config.environments.get(action.environment)
+    if env is None or env.project != action.project:
+        return plans.PreparedSQL(note=f"environment {action.environment} is no longer configured")
+    try:
+        url = env.database_url()
+    except NotConfigured as exc:
+        return plans.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+    direction: history.Direction = "downgrade" if action.direction == "downgrade" else "upgrade"
+    return plans.prepare_sql(
+        config.projects[env.project],
+        url,
+        direction=direction,
+        from_heads=action.from_heads,
+        target=action.target,
+        target_heads=action.target_heads,
+        drop_env=child_secrets(config, env),
+    )

@@ -1,0 +1,468 @@
+"""Run queued actions one per environment, and look after runs whose worker went away."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from dashboard import audit, plans, runner, scripts, versions
+from dashboard.config import (
+    ConfigError,
+    DashboardConfig,
+    Environment,
+    NotConfigured,
+    current_config,
+)
+from dashboard.models import Action
+from dashboard.services.actions.errors import SCRIPT_CHANGED
+from dashboard.services.actions.lookups import locked_action_or_refuse
+from dashboard.worker import RunMonitor
+
+logger = logging.getLogger(__name__)
+
+RETRY_DELAY = 1.0  # seconds before a queued action whose environment is busy tries again
+LONG_WAIT_RETRY_DELAY = 5.0  # ... once it has waited longer than LONG_WAIT
+LONG_WAIT = timedelta(seconds=30)
+PREPARE_GRACE = timedelta(minutes=2)  # a request's SQL may take this long before it counts as lost
+# Never handed to Alembic's child: the dashboard's own secrets.
+DASHBOARD_SECRETS = ("SECRET_KEY", "DASHBOARD_PASSWORD")
+_ERROR_LINE = re.compile(r"^(FAILED:|[A-Za-z_][\w.]*(Error|Exception|Exit)\b)")
+
+
+def action_run(*, action_id: int, worker: str) -> Action:
+    """Run a queued action now, unless its environment is busy or an older one waits first.
+
+    Returns the action: still queued when it must wait (the caller retries later),
+    finished otherwise. A stale plan fails without running anything.
+    """
+    action, claimed = _claim(action_id, worker)
+    if not claimed:
+        return action
+    try:
+        return _run_claimed(action)
+    except Exception as exc:
+        # Never leave the action "running" with nobody behind it.
+        after_heads = _heads_now(action)
+        _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"the run broke off ({type(exc).__name__}: {exc}); "
+            + where(action.environment, action.from_heads, after_heads, action.target_heads),
+            after_heads=after_heads,
+        )
+        raise
+    except BaseException:
+        # The worker is being stopped (a second SIGTERM, Ctrl-C): Alembic was killed with it.
+        after_heads = _heads_now(action)
+        _finish(
+            action,
+            Action.Status.INTERRUPTED,
+            error="the worker was stopped while running it; "
+            + where(action.environment, action.from_heads, after_heads, action.target_heads),
+            after_heads=after_heads,
+        )
+        raise
+
+
+def action_interrupt_silent(*, limit: float) -> list[Action]:
+    """Mark running actions whose heartbeat is older than limit seconds as interrupted."""
+    interrupted = []
+    cutoff = timezone.now() - timedelta(seconds=limit)
+    for action in Action.objects.silent_since(cutoff):
+        after_heads = _heads_now(action)
+        with transaction.atomic():
+            current = Action.objects.select_for_update().filter(pk=action.pk).first()
+            if (
+                current is None
+                or not Action.objects.silent_since(cutoff).filter(pk=action.pk).exists()
+            ):
+                continue  # it finished or heartbeat meanwhile
+            last = current.heartbeat_at or current.started_at
+            error = (
+                f"the worker {current.worker or '(unknown)'} stopped heartbeating"
+                f" at {last:%Y-%m-%d %H:%M:%S} UTC (limit {limit:g} s);"
+                f" {where(current.environment, current.from_heads, after_heads, current.target_heads)}"
+            )
+            current.status = Action.Status.INTERRUPTED
+            current.finished_at = timezone.now()
+            current.after_heads = after_heads
+            current.error = error
+            current.save(update_fields=["status", "finished_at", "after_heads", "error"])
+            audit.record(
+                "action.interrupted",
+                actor_name=audit.SYSTEM,
+                environment=current.environment,
+                action_id=current.pk,
+                payload={
+                    "worker": current.worker,
+                    "last_heartbeat": last.isoformat() if last else None,
+                    "after_heads": after_heads,
+                    "error": error,
+                },
+            )
+        interrupted.append(current)
+        _refresh_status(current.environment)
+    return interrupted
+
+
+def action_requeue_lost() -> list[int]:
+    """Enqueue again the runs (and SQL preparations) whose queue entry is gone or failed.
+
+    Returns the ids of the actions handed to the queue again.
+    """
+    from django.tasks import TaskResultStatus
+    from django_tasks_db.backend import DatabaseBackend
+    from django_tasks_db.models import DBTaskResult
+
+    from dashboard.tasks import prepare_action, run_action
+
+    if not isinstance(run_action.get_backend(), DatabaseBackend):
+        return []
+    alive = DBTaskResult.objects.filter(
+        status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING]
+    )
+    running_ids = {
+        str(pk)
+        for pk in alive.filter(task_path=run_action.module_path).values_list("id", flat=True)
+    }
+    lost_runs = [
+        pk
+        for pk, task_id in Action.objects.queued().values_list("pk", "task_id")
+        if _normal_id(task_id) not in running_ids
+    ]
+    for pk in lost_runs:
+        enqueue_run(pk)
+    preparing = {
+        args_kwargs["args"][0]
+        for args_kwargs in alive.filter(task_path=prepare_action.module_path).values_list(
+            "args_kwargs", flat=True
+        )
+        if args_kwargs.get("args")
+    }
+    # Young requests may still be in their requester's transaction or the CLI's hands.
+    settled = timezone.now() - PREPARE_GRACE
+    lost_preparations = [
+        pk
+        for pk in Action.objects.awaiting_approval()
+        .filter(prepared_at__isnull=True, created_at__lt=settled)
+        .values_list("pk", flat=True)
+        if pk not in preparing
+    ]
+    for pk in lost_preparations:
+        prepare_action.enqueue(pk)
+    return lost_runs + lost_preparations
+
+
+def enqueue_run(action_id: int, *, delay: float = 0.0) -> None:
+    """Put the action's run on the task queue (after delay seconds) and remember the task id."""
+    from dashboard.tasks import run_action
+
+    task = run_action
+    if delay > 0:
+        task = run_action.using(run_after=timezone.now() + timedelta(seconds=delay))
+    result = task.enqueue(action_id)
+    Action.objects.filter(pk=action_id).update(task_id=str(result.id))
+
+
+def retry_delay(action: Action) -> float:
+    """Return how long a queued action waits before trying its busy environment again."""
+    queued_at = action.queued_at or action.created_at
+    waited = timezone.now() - queued_at
+    return LONG_WAIT_RETRY_DELAY if waited > LONG_WAIT else RETRY_DELAY
+
+
+def worker_name() -> str:
+    """Return this process's name as recorded on the actions it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def child_secrets(config: DashboardConfig, env: Environment) -> set[str]:
+    """Return the variables Alembic's child must not inherit when it works on env."""
+    names = set(DASHBOARD_SECRETS)
+    for other in config.environments.values():
+        if other.url_env and other.url_env != env.url_env:
+            names.add(other.url_env)
+    return names
+
+
+def heads_text(heads: Sequence[str] | None) -> str:
+    """Return heads as people read them: ids joined by commas, or base."""
+    if heads is None:
+        return "(unknown)"
+    return ", ".join(heads) if heads else "base"
+
+
+def where(
+    environment: str,
+    from_heads: Sequence[str],
+    after_heads: Sequence[str] | None,
+    target_heads: Sequence[str],
+) -> str:
+    """Say where the environment ended up compared with where it was and where it was going."""
+    if after_heads is None:
+        return f"{environment}'s heads could not be read afterwards"
+    after = set(after_heads)
+    if after == set(target_heads):
+        return f"{environment} is at {heads_text(after_heads)}"
+    if after == set(from_heads):
+        return f"{environment} is still at {heads_text(after_heads)}: nothing stayed applied"
+    return (
+        f"{environment} is now at {heads_text(after_heads)}, partly applied"
+        f" (it was at {heads_text(from_heads)}; the plan ends at {heads_text(target_heads)})"
+    )
+
+
+def _claim(action_id: int, worker: str) -> tuple[Action, bool]:
+    """Move the action from queued to running unless its environment is busy or has an elder."""
+    with transaction.atomic():
+        action = locked_action_or_refuse(action_id)
+        if action.status != Action.Status.QUEUED:
+            return action, False
+        same_environment = Action.objects.filter(environment=action.environment)
+        if same_environment.running().exists():
+            return action, False
+        # Actions of one environment run in the order they were requested.
+        if same_environment.queued().filter(pk__lt=action.pk).exists():
+            return action, False
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                # The partial unique index, not the check above, has the last word.
+                Action.objects.filter(pk=action.pk, status=Action.Status.QUEUED).update(
+                    status=Action.Status.RUNNING,
+                    started_at=now,
+                    heartbeat_at=now,
+                    worker=worker,
+                    progress_done=0,
+                )
+        except IntegrityError:
+            return action, False
+        action.refresh_from_db()
+        audit.record(
+            "action.started",
+            actor_name=audit.SYSTEM,
+            environment=action.environment,
+            action_id=action.pk,
+            payload={"worker": worker, "from_heads": action.from_heads, "plan": action.plan},
+        )
+    return action, True
+
+
+def _run_claimed(action: Action) -> Action:
+    """Check the plan still holds, run Alembic, and record what the environment says after."""
+    try:
+        config = current_config()
+    except ConfigError as exc:
+        return _finish(action, Action.Status.FAILED, error=f"the config cannot be read: {exc}")
+    env = config.environments.get(action.environment)
+    if env is None or env.project != action.project:
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"environment {action.environment} is no longer configured; nothing ran",
+        )
+    project = config.projects[env.project]
+    try:
+        url = env.database_url()
+    except NotConfigured as exc:
+        return _finish(action, Action.Status.FAILED, error=f"{exc}; nothing ran")
+    try:
+        fingerprint = plans.current_fingerprint(project)
+    except (scripts.ScriptLocationError, OSError) as exc:
+        return _finish(
+            action, Action.Status.FAILED, error=f"cannot read project {project.name}: {exc}"
+        )
+    if fingerprint != action.fingerprint:
+        return _finish(action, Action.Status.FAILED, error=f"{SCRIPT_CHANGED}; nothing ran")
+    before = versions.read_environment(env, project)
+    if not before.ok:
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"cannot read {env.name} before the run: {before.error}; nothing ran",
+        )
+    if set(before.heads) != set(action.from_heads):
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=(
+                f"stale plan: {env.name} moved from {heads_text(action.from_heads)}"
+                f" to {heads_text(before.heads)}; nothing ran"
+            ),
+            after_heads=list(before.heads),
+        )
+    known = set(action.plan) | set(action.from_heads) | set(action.target_heads)
+    monitor = RunMonitor(action.pk, known_revisions=known)
+    monitor.start()
+    try:
+        result = runner.run_alembic(
+            project,
+            url,
+            [action.direction, action.target],
+            on_line=monitor.line,
+            time_limit=env.time_limit,
+            should_cancel=monitor.should_cancel,
+            drop_env=child_secrets(config, env),
+        )
+    except runner.RunnerError as exc:
+        monitor.stop()
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"Alembic could not be run: {exc}",
+            after_heads=_heads_now(action, config),
+        )
+    except BaseException:
+        monitor.stop()
+        raise
+    monitor.stop()
+    after = versions.read_environment(env, project)
+    after_heads = list(after.heads) if after.ok else None
+    place = where(env.name, action.from_heads, after_heads, action.target_heads)
+    if not after.ok:
+        place = f"{place} ({after.error})"
+    action.refresh_from_db(fields=["cancel_requested_by"])
+    if result.cancelled:
+        return _finish(
+            action,
+            Action.Status.CANCELLED,
+            error=f"cancelled by {action.cancel_requested_by or 'someone'} while running; {place}",
+            after_heads=after_heads,
+            progress=monitor.steps,
+        )
+    if result.timed_out:
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"stopped at the time limit of {env.time_limit:g} s; {place}",
+            after_heads=after_heads,
+            progress=monitor.steps,
+        )
+    if result.returncode != 0:
+        cause = _error_line(result.output_tail)
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"alembic exited with status {result.returncode}"
+            + (f" ({cause})" if cause else "")
+            + f"; {place}",
+            after_heads=after_heads,
+            progress=monitor.steps,
+        )
+    if after_heads is None or set(after_heads) != set(action.target_heads):
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"alembic exited 0 but {place}, not at {heads_text(action.target_heads)}",
+            after_heads=after_heads,
+            progress=monitor.steps,
+        )
+    return _finish(
+        action,
+        Action.Status.SUCCEEDED,
+        after_heads=after_heads,
+        progress=len(action.plan),
+        duration_s=result.duration_s,
+    )
+
+
+def _finish(
+    action: Action,
+    status: str,
+    *,
+    error: str = "",
+    after_heads: list[str] | None = None,
+    progress: int | None = None,
+    duration_s: float | None = None,
+) -> Action:
+    """Record how a running action ended, audit it, and refresh the environment's snapshot."""
+    changes: dict[str, Any] = {
+        "status": status,
+        "finished_at": timezone.now(),
+        "error": error,
+        "after_heads": after_heads,
+    }
+    if progress is not None:
+        changes["progress_done"] = progress
+    with transaction.atomic():
+        Action.objects.filter(
+            pk=action.pk, status__in=[Action.Status.RUNNING, Action.Status.INTERRUPTED]
+        ).update(**changes)
+        payload: dict[str, Any] = {"after_heads": after_heads, "worker": action.worker}
+        if error:
+            payload["error"] = error
+        if duration_s is not None:
+            payload["duration_s"] = round(duration_s, 3)
+        audit.record(
+            f"action.{status}",
+            actor_name=audit.SYSTEM,
+            environment=action.environment,
+            action_id=action.pk,
+            payload=payload,
+        )
+    _start_next(action.environment)
+    _refresh_status(action.environment)
+    action.refresh_from_db()
+    return action
+
+
+def _start_next(environment: str) -> None:
+    """Hand the environment's next queued action to the queue now instead of at its retry."""
+    following = Action.objects.queued().filter(environment=environment).order_by("pk").first()
+    if following is not None:
+        try:
+            enqueue_run(following.pk)
+        except Exception:  # its own retry still comes
+            logger.exception("could not enqueue action %s", following.pk)
+
+
+def _heads_now(action: Action, config: DashboardConfig | None = None) -> list[str] | None:
+    """Read the action's environment again; None when it cannot be read."""
+    try:
+        config = config or current_config()
+        env = config.environments[action.environment]
+        reading = versions.read_environment(env, config.projects[env.project])
+    except (ConfigError, KeyError):
+        return None
+    return list(reading.heads) if reading.ok else None
+
+
+def _error_line(lines: Sequence[str]) -> str:
+    """Return the line of Alembic's output that names the failure, if any."""
+    for line in reversed(lines):
+        text = line.strip()
+        if _ERROR_LINE.match(text):
+            return text[:300]
+    return ""
+
+
+def _normal_id(task_id: str) -> str:
+    """Return a task id in the dashed form DBTaskResult ids are listed in."""
+    try:
+        return str(uuid.UUID(task_id))
+    except ValueError:
+        return task_id
+
+
+def _refresh_status(environment: str) -> None:
+    """Store a fresh snapshot of the environment so the overview shows the new revision."""
+    try:
+        from dashboard.services import status
+    except ImportError:
+        return
+    refresh = getattr(status, "status_refresh", None)
+    if refresh is None:
+        return
+    try:
+        refresh(environments=[environment])
+    except Exception:  # the snapshot is a convenience; the action's own record is complete
+        logger.exception("could not refresh the status of %s", environment)

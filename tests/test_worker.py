@@ -1,0 +1,159 @@
+"""The worker's housekeeping: interrupted runs, lost queue entries, config changes, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.tasks import TaskResultStatus
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+
+from dashboard import runner, worker
+from dashboard.config import Project, load_config
+from dashboard.models import Action, AuditEvent
+from dashboard.tasks import keep_house, prepare_action, run_action
+from tests.actions_support import SAMPLE_INI, insert_heads, touch_sqlite, write_config
+
+pytestmark = pytest.mark.django_db
+
+
+def _action(status: str, **fields: Any) -> Action:
+    return Action.objects.create(
+        environment="staging",
+        project="blog",
+        direction="upgrade",
+        target="heads",
+        from_heads=[],
+        target_heads=["6c0a8d3f5e94"],
+        plan=["3f8c1a2b9d04"],
+        fingerprint="f",
+        plan_hash="h",
+        requested_by_name="olga",
+        status=status,
+        **fields,
+    )
+
+
+def test_silent_runs_become_interrupted_after_the_configured_limit(
+    tmp_path: Path, settings: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'staging.db'}"
+    insert_heads(url, ["3f8c1a2b9d04"])
+    settings.DASHBOARD_CONFIG = str(write_config(tmp_path / "d.toml", {"staging": {"url": url}}))
+    settings.DASHBOARD_HEARTBEAT_LIMIT = 5
+    now = timezone.now()
+    silent = _action(
+        Action.Status.RUNNING,
+        started_at=now - timedelta(seconds=30),
+        heartbeat_at=now - timedelta(seconds=10),
+        worker="gone:1",
+    )
+    _action(Action.Status.QUEUED)
+
+    report = worker.Housekeeping().run_once()
+
+    assert report.interrupted == [silent.pk]
+    silent.refresh_from_db()
+    assert silent.status == Action.Status.INTERRUPTED and silent.finished_at is not None
+    assert silent.after_heads == ["3f8c1a2b9d04"]
+    assert silent.error.startswith("the worker gone:1 stopped heartbeating at")
+    assert "staging is now at 3f8c1a2b9d04, partly applied" in silent.error
+    event = AuditEvent.objects.get(verb="action.interrupted")
+    assert (event.action_id, event.environment) == (silent.pk, "staging")
+
+
+def test_a_recent_heartbeat_is_left_alone(settings: Any) -> None:
+    settings.DASHBOARD_HEARTBEAT_LIMIT = 5
+    alive = _action(Action.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now())
+    assert worker.Housekeeping().run_once().interrupted == []
+    alive.refresh_from_db()
+    assert alive.status == Action.Status.RUNNING
+
+
+def test_queued_actions_whose_queue_entry_was_lost_are_queued_again() -> None:
+    lost = _action(Action.Status.QUEUED, task_id="00000000-0000-0000-0000-000000000000")
+    assert worker.Housekeeping().run_once().requeued == [lost.pk]
+    lost.refresh_from_db()
+    entry = DBTaskResult.objects.get(id=lost.task_id)
+    assert (entry.task_path, entry.args_kwargs["args"]) == (run_action.module_path, [lost.pk])
+    assert worker.Housekeeping().run_once().requeued == []
+
+
+def test_requests_whose_sql_preparation_was_lost_are_prepared_again() -> None:
+    lost = _action(Action.Status.REQUESTED)
+    young = _action(Action.Status.REQUESTED)
+    Action.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert worker.Housekeeping().run_once().requeued == [lost.pk]
+    entry = DBTaskResult.objects.get(task_path=prepare_action.module_path)
+    assert entry.args_kwargs["args"] == [lost.pk] != [young.pk]
+    assert worker.Housekeeping().run_once().requeued == []
+
+
+def test_housekeeping_is_scheduled_once_however_often_it_is_asked() -> None:
+    assert worker.schedule_housekeeping(delay=30) is True
+    assert worker.schedule_housekeeping(delay=30) is False
+    waiting = DBTaskResult.objects.filter(
+        task_path=keep_house.module_path, status=TaskResultStatus.READY
+    )
+    assert waiting.count() == 1
+    assert waiting.get().run_after > timezone.now() + timedelta(seconds=20)
+
+
+def test_config_changes_are_recorded_without_urls(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.toml"
+    secret_url = "postgresql://deploy:s3cret-pw@db.internal/prod"
+    write_config(path, {"staging": {"url": "sqlite:///s.db"}, "prod": {"url": secret_url}})
+    first = worker.config_changes_record(load_config(path))
+    assert first is not None
+    assert first.payload["appeared"] == {"projects": ["blog"], "environments": ["prod", "staging"]}
+    assert worker.config_changes_record(load_config(path)) is None  # nothing changed
+
+    write_config(
+        path,
+        {
+            "prod": {"url": secret_url.replace("s3cret-pw", "n3w-pw"), "approvals_required": 2},
+            "dev": {"url": "sqlite:///d.db"},
+        },
+    )
+    second = worker.config_changes_record(load_config(path))
+    assert second is not None
+    assert second.payload["appeared"]["environments"] == ["dev"]
+    assert second.payload["vanished"]["environments"] == ["staging"]
+    assert second.payload["changed"] == {"projects": [], "environments": ["prod"]}
+    for event in (first, second):
+        text = json.dumps(event.payload)
+        assert "s3cret" not in text and "n3w-pw" not in text and "db.internal" not in text
+
+
+def test_child_does_not_inherit_dropped_variables(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dump = tmp_path / "child-environment.txt"
+    python = tmp_path / "python"
+    # The project's interpreter, wrapped to write down the environment it was started with.
+    python.write_text(f'#!/bin/sh\nenv > "{dump}"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("SECRET_KEY", "dashboard-secret")
+    monkeypatch.setenv("PROD_DATABASE_URL", "postgresql://u:pw@prod/db")
+    monkeypatch.setenv("KEPT_FOR_THE_PROJECT", "1")
+    project = Project(
+        name="blog", script_location=SAMPLE_INI.parent, alembic_ini=SAMPLE_INI, python=str(python)
+    )
+    result = runner.run_alembic(
+        project,
+        touch_sqlite(sqlite_url),
+        ["current"],
+        drop_env={"SECRET_KEY", "PROD_DATABASE_URL"},
+    )
+    assert result.returncode == 0, result.output_tail
+    names = {line.split("=", 1)[0] for line in dump.read_text().splitlines() if "=" in line}
+    assert {"KEPT_FOR_THE_PROJECT", "DATABASE_URL"} <= names
+    assert not names & {"SECRET_KEY", "PROD_DATABASE_URL"}
+    assert os.environ["SECRET_KEY"] == "dashboard-secret"  # only the child went without
