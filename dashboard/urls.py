@@ -4,11 +4,17 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard.views import core
+from dashboard.views import actions, core, status
+from dashboard.views import audit as audit_views
+from dashboard.views import graph as graph_views
 
 urlpatterns = [
     path("", core.overview, name="overview"),
     path("healthz", core.healthz, name="healthz"),
+    *status.urlpatterns,
+    *actions.urlpatterns,
+    *audit_views.urlpatterns,
+    *graph_views.urlpatterns,
     path(
         "accounts/login/",
         auth_views.LoginView.as_view(redirect_authenticated_user=True),

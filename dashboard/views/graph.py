@@ -1,0 +1,99 @@
+"""The revision graph page, the revision panel and the graph API."""
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import path
+from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
+
+from dashboard import api
+from dashboard.config import ConfigError
+from dashboard.scripts import ScriptLocationError
+from dashboard.selectors import graph as graph_selectors
+from dashboard.selectors.graph import GraphNotFound
+from dashboard.views.status import HtmxHttpRequest
+
+View = Callable[..., HttpResponse]
+
+
+def _failures_as_pages(view: View) -> View:
+    """Answer an unknown project or revision with a 404 page, unreadable files with a 503."""
+
+    @wraps(view)
+    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except GraphNotFound as exc:
+            return render(request, "graph.html", {"failure": str(exc)}, status=404)
+        except (ConfigError, ScriptLocationError) as exc:
+            failure = f"The revision history cannot be read: {exc}"
+            return render(request, "graph.html", {"failure": failure}, status=503)
+
+    return wrapper
+
+
+def _start(request: HtmxHttpRequest) -> int | None:
+    value = request.GET.get("start", "")
+    return int(value) if value.isdigit() else None
+
+
+@require_GET
+@_failures_as_pages
+def graph_index(request: HtmxHttpRequest) -> HttpResponse:
+    """Send the Graph link to the first project's graph."""
+    url = graph_selectors.first_project_url()
+    if url is None:
+        failure = "No projects are configured: add them to the file named by DASHBOARD_CONFIG."
+        return render(request, "graph.html", {"failure": failure}, status=404)
+    return redirect(url)
+
+
+@require_GET
+@vary_on_headers("HX-Request")
+@_failures_as_pages
+def graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    """Show a project's revision graph, a window of rows at a time; htmx asks for more."""
+    if request.htmx and not request.htmx.history_restore_request:
+        window = graph_selectors.graph_window(project=name, start=_start(request) or 0)
+        return render(request, "graph.html#window", {"window": window})
+    page = graph_selectors.graph_page(
+        project=name,
+        start=_start(request),
+        rev=request.GET.get("rev", ""),
+        query=request.GET.get("q", ""),
+    )
+    return render(request, "graph.html", {"page": page, "window": page.window, "panel": page.panel})
+
+
+@require_GET
+@vary_on_headers("HX-Request")
+@_failures_as_pages
+def revision(request: HtmxHttpRequest, name: str, rev: str) -> HttpResponse:
+    """Show one revision: the side panel for htmx, a page of its own without JavaScript."""
+    panel = graph_selectors.revision_panel(project=name, revision=rev)
+    template = "graph.html#panel" if request.htmx else "revision.html"
+    return render(request, template, {"panel": panel})
+
+
+@api.api_view
+def api_graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    """Return a project's heads, bases, revisions and problems as JSON."""
+    try:
+        document = graph_selectors.graph_json(project=name)
+    except GraphNotFound as exc:
+        return api.error(404, str(exc))
+    except (ConfigError, ScriptLocationError) as exc:
+        return api.error(503, f"the revision history cannot be read: {exc}")
+    return JsonResponse(document)
+
+
+urlpatterns = [
+    path("graph", graph_index, name="graph-index"),
+    path("projects/<str:name>/graph", graph, name="graph"),
+    path("projects/<str:name>/revisions/<str:rev>", revision, name="revision"),
+    path("api/projects/<str:name>/graph", api_graph, name="api-graph"),
+]
