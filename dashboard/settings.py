@@ -70,6 +70,14 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 
 DASHBOARD_CONFIG = os.environ.get("DASHBOARD_CONFIG", str(BASE_DIR / "demo" / "dashboard.toml"))
+# The worker marks a run whose heartbeat is older than this interrupted, checking this often.
+DASHBOARD_HEARTBEAT_LIMIT = float(os.environ.get("DASHBOARD_HEARTBEAT_LIMIT", "60"))
+DASHBOARD_HOUSEKEEPING_INTERVAL = float(os.environ.get("DASHBOARD_HOUSEKEEPING_INTERVAL", "30"))
+# How often the worker reads every environment's version table.
+DASHBOARD_REFRESH_INTERVAL = float(os.environ.get("DASHBOARD_REFRESH_INTERVAL", "60"))
+# Sign-ins are refused for a while after this many failures for one username or address.
+DASHBOARD_SIGNIN_MAX_FAILURES = int(os.environ.get("DASHBOARD_SIGNIN_MAX_FAILURES", "5"))
+DASHBOARD_SIGNIN_WINDOW = int(os.environ.get("DASHBOARD_SIGNIN_WINDOW", str(15 * 60)))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -193,5 +201,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # Alembic logs every read at INFO; the worker keeps its own run output in the action log.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "alembic": {"level": "WARNING"}},
+    "loggers": {
+        # Django's default console handler would print every record a second time in DEBUG.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.db.backends": {"level": "WARNING"},
+        "alembic": {"level": "WARNING"},
+    },
 }
