@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dashboard.runner import LOGGING_SECTIONS
+
 SLUG_WORDS = (
     "add users table",
     "create posts",
@@ -98,40 +100,6 @@ def downgrade() -> None:
     ${downgrades if downgrades else "pass"}
 '''
 
-LOGGING_INI = """
-[loggers]
-keys = root,sqlalchemy,alembic
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-qualname =
-
-[logger_sqlalchemy]
-level = WARNING
-handlers =
-qualname = sqlalchemy.engine
-
-[logger_alembic]
-level = INFO
-handlers =
-qualname = alembic
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-level = NOTSET
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)-5.5s [%(name)s] %(message)s
-"""
 
 _slug_re = re.compile(r"\w+")
 
@@ -226,7 +194,7 @@ def render_ini(*, recursive: bool, url: str, version_locations: Sequence[str] = 
         lines.append("recursive_version_locations = true")
     if version_locations:
         lines.append("version_locations = " + os.pathsep.join(version_locations))
-    return "\n".join(lines) + "\n" + LOGGING_INI
+    return "\n".join(lines) + "\n\n" + LOGGING_SECTIONS
 
 
 def write_project(

@@ -61,7 +61,7 @@ os.execv(sys.executable, [sys.executable, "-m", "alembic", *sys.argv[2:]])
 
 # Used when the project has no alembic.ini, or one without logging: Alembic reports each
 # step ("Running upgrade A -> B") only through the alembic logger at INFO.
-_LOGGING_SECTIONS = """\
+LOGGING_SECTIONS = """\
 [loggers]
 keys = root,sqlalchemy,alembic
 
@@ -355,7 +355,7 @@ def _write_config(project: Project, url: str, folder: Path) -> Path:
     if project.version_table_schema is not None:
         main.setdefault("version_table_schema", _ini_escape(project.version_table_schema))
     if not parser.has_section("loggers"):
-        parser.read_string(_LOGGING_SECTIONS)
+        parser.read_string(LOGGING_SECTIONS)
     path = folder / "alembic.ini"
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
         parser.write(handle)

@@ -248,7 +248,8 @@ def test_should_cancel_stops_the_run(
         sqlite_url,
         "head",
         on_line=watch,
-        should_cancel=lambda: reached_b2,
+        # Cancel once b2 is asleep (its pid written), so the kill must reach a working step.
+        should_cancel=lambda: reached_b2 and pid_file.exists(),
         extra_env={"RUNNER_TEST_SLEEP": "60", "RUNNER_TEST_PID_FILE": str(pid_file)},
     )
     spawned.extend(_read_pids(pid_file, within=0))
