@@ -7,11 +7,12 @@ from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from dashboard.config import ConfigError
 from dashboard.forms import ActionFilterForm, ActionRequestForm, ApprovalForm, RejectionForm
 from dashboard.selectors import actions as action_selectors
 from dashboard.selectors import targets as target_selectors
 from dashboard.services import actions as action_services
-from dashboard.views.status import HtmxHttpRequest
+from dashboard.views import HtmxHttpRequest
 
 
 @vary_on_headers("HX-Request")
@@ -35,7 +36,13 @@ def action_list(request: HtmxHttpRequest) -> HttpResponse:
 def action_request(request: HtmxHttpRequest, name: str) -> HttpResponse:
     """Show the request form for one environment, and request the action it describes."""
     direction = request.POST.get("direction") or request.GET.get("direction", "")
-    page = target_selectors.request_page(user=request.user, environment=name, direction=direction)
+    try:
+        page = target_selectors.request_page(
+            user=request.user, environment=name, direction=direction
+        )
+    except ConfigError as exc:
+        context = {"name": name, "config_error": str(exc)}
+        return render(request, "environment.html", context, status=503)
     if page is None:
         raise Http404("no such environment")
     initial = {"direction": page.direction, "target": page.targets[0].value if page.targets else ""}

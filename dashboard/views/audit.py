@@ -9,7 +9,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from dashboard.forms import AuditFilterForm
 from dashboard.selectors import audit as audit_selectors
-from dashboard.views.status import HtmxHttpRequest
+from dashboard.views import HtmxHttpRequest
 
 
 def _filters(request: HtmxHttpRequest) -> tuple[AuditFilterForm, audit_selectors.AuditFilters]:

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from dashboard.selectors import status as status_selectors
-from dashboard.views.status import HtmxHttpRequest
+from dashboard.views import HtmxHttpRequest
 
 
 @require_GET

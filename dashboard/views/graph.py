@@ -15,7 +15,7 @@ from dashboard.config import ConfigError
 from dashboard.scripts import ScriptLocationError
 from dashboard.selectors import graph as graph_selectors
 from dashboard.selectors.graph import GraphNotFound
-from dashboard.views.status import HtmxHttpRequest
+from dashboard.views import HtmxHttpRequest
 
 View = Callable[..., HttpResponse]
 

@@ -1,24 +1,18 @@
 """Environment status pages, the refresh endpoints and the status API."""
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import reswap, retarget
-from django_htmx.middleware import HtmxDetails
 
 from dashboard import api
 from dashboard.config import ConfigError
 from dashboard.selectors import status as status_selectors
 from dashboard.services import status as status_services
-
-
-class HtmxHttpRequest(HttpRequest):
-    """A request that went through django-htmx's middleware."""
-
-    htmx: HtmxDetails
+from dashboard.views import HtmxHttpRequest
 
 
 @require_GET
