@@ -164,7 +164,8 @@ STORAGES = {
         )
     },
 }
-# Serve straight from the app folders when collectstatic has not run (demo and tests).
+# In DEBUG (demo, tests) files come straight from the app folders; with DEBUG off the manifest
+# storage needs `manage.py collectstatic` first (the README's production steps run it).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

@@ -157,6 +157,7 @@ def test_requester_sees_no_decision_on_their_own_action(
     action = make_action(users, requester="root")
     html = signed_in("root").get(f"/actions/{action.pk}/").content.decode()
     assert buttons(html) == {"Cancel"}
+    assert "You requested this action, so another approver must decide on it." in html
 
 
 def test_an_approver_who_decided_sees_the_decision_instead_of_the_forms(

@@ -90,7 +90,7 @@ def test_overview_matrix_shows_each_environments_latest_snapshot(
     )
     assert 'class="state state-behind"' in staging and ">behind<" in staging
     assert '<span class="pending-count">5</span>' in staging
-    assert re.search(r'<time datetime="[^"]+T[^"]+"[^>]*>read 0\xa0minutes ago</time>', staging)
+    assert re.search(r'<time datetime="[^"]+T[^"]+"[^>]*>read just now</time>', staging)
     assert 'href="/environments/staging"' in staging
     prod = row(html, "prod")
     assert "not read yet" in prod
@@ -320,3 +320,16 @@ def test_passwords_never_reach_the_pages(lead: Client, settings: Any, tmp_path: 
     assert "***" in pages[1]  # the masked URL is shown
     for html in (refreshed, *pages):
         assert PASSWORD not in html
+
+
+def test_ages_read_as_people_say_them() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from dashboard.templatetags.dashboard_tags import ago
+
+    now = timezone.now()
+    assert ago(now - timedelta(seconds=5)) == "just now"
+    assert ago(now - timedelta(minutes=5, seconds=3)) == "5\xa0minutes ago"
+    assert ago(None) == ""

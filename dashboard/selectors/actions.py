@@ -90,6 +90,8 @@ class Review:
     plan_hash: str
     may_decide: bool
     decided_by_you: str
+    # Set when an approver looks at their own request: why there are no buttons.
+    own_request_note: str
     poll_url: str | None
     approve_url: str
     reject_url: str
@@ -251,6 +253,13 @@ def _review(user: Any, action: Action, approvals: list[Approval]) -> Review:
         plan_hash=action.plan_hash,
         may_decide=may_decide,
         decided_by_you=mine.get_decision_display() if mine is not None else "",
+        own_request_note=(
+            "You requested this action, so another approver must decide on it."
+            if can_approve(user)
+            and _is_requester(user, action)
+            and action.status == Action.Status.REQUESTED
+            else ""
+        ),
         poll_url=reverse("action-detail", args=[action.pk]) if preparing_live else None,
         approve_url=reverse("action-approve", args=[action.pk]),
         reject_url=reverse("action-reject", args=[action.pk]),
