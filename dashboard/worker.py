@@ -65,6 +65,8 @@ class RunMonitor:
         self.flush_interval = flush_interval
         self.heartbeat_interval = heartbeat_interval
         self.cancel = threading.Event()
+        # Set when the row stopped being "running" under us (housekeeping declared it interrupted).
+        self.lost = threading.Event()
         self.steps = 0
         self._lines: list[str] = []
         self._written_steps = 0
@@ -139,7 +141,13 @@ class RunMonitor:
             changes["heartbeat_at"] = timezone.now()
         try:
             running = Action.objects.filter(pk=self.action_id, status=Action.Status.RUNNING)
-            running.update(**changes)
+            updated = running.update(**changes)
+            if updated == 0 and not self.lost.is_set():
+                # Our heartbeats stopped reaching the database for longer than the limit, so the
+                # run was declared interrupted and another may start here: stop this one.
+                logger.warning("action %s is no longer running in the database", self.action_id)
+                self.lost.set()
+                self.cancel.set()
             if heartbeat:
                 self._last_heartbeat = time.monotonic()
         except Exception:

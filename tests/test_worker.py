@@ -157,3 +157,27 @@ def test_child_does_not_inherit_dropped_variables(
     assert {"KEPT_FOR_THE_PROJECT", "DATABASE_URL"} <= names
     assert not names & {"SECRET_KEY", "PROD_DATABASE_URL"}
     assert os.environ["SECRET_KEY"] == "dashboard-secret"  # only the child went without
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_declared_interrupted_under_its_worker_is_stopped() -> None:
+    action = _action(Action.Status.RUNNING, started_at=timezone.now())
+    monitor = worker.RunMonitor(action.pk, known_revisions=[], flush_interval=0.05)
+    monitor.start()
+    try:
+        monitor.line("still running")
+        # Housekeeping elsewhere decided the worker went silent and freed the environment.
+        Action.objects.filter(pk=action.pk).update(status=Action.Status.INTERRUPTED)
+        assert monitor.cancel.wait(5), "the monitor kept the run going"
+        assert monitor.lost.is_set() and monitor.should_cancel()
+    finally:
+        monitor.stop()
+
+
+def test_a_heartbeat_limit_shorter_than_the_heartbeat_is_refused(settings: Any) -> None:
+    from dashboard.checks import check_heartbeat_limit
+
+    settings.DASHBOARD_HEARTBEAT_LIMIT = 2
+    assert [m.id for m in check_heartbeat_limit(None)] == ["dashboard.E002"]
+    settings.DASHBOARD_HEARTBEAT_LIMIT = 60
+    assert check_heartbeat_limit(None) == []

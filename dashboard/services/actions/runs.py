@@ -331,6 +331,14 @@ def _run_claimed(action: Action) -> Action:
     if not after.ok:
         place = f"{place} ({after.error})"
     action.refresh_from_db(fields=["cancel_requested_by"])
+    if result.cancelled and monitor.lost.is_set():
+        return _finish(
+            action,
+            Action.Status.INTERRUPTED,
+            error=f"stopped: its heartbeats did not reach the dashboard's database in time; {place}",
+            after_heads=after_heads,
+            progress=monitor.steps,
+        )
     if result.cancelled:
         return _finish(
             action,
