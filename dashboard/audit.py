@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -90,7 +92,22 @@ def record(
 def _client(request: HttpRequest | None) -> tuple[str | None, str]:
     if request is None:
         return None, ""
-    return request.META.get("REMOTE_ADDR") or None, request.META.get("HTTP_USER_AGENT", "")[:512]
+    return client_ip(request), request.META.get("HTTP_USER_AGENT", "")[:512]
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """Return the client's address, or None when the server gave none that parses as one."""
+    value = request.META.get("REMOTE_ADDR") or ""
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if getattr(settings, "SECURE_PROXY_SSL_HEADER", None) and forwarded.strip():
+        # Behind the trusted proxy (BEHIND_PROXY=1) every request comes from the proxy; the last
+        # entry is the address the proxy itself saw, the earlier ones the client could forge.
+        value = forwarded.split(",")[-1].strip()
+    # A unix-socket or misconfigured server can pass anything; PostgreSQL's inet refuses it.
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

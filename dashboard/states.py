@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,6 +22,10 @@ class State(StrEnum):
     NOT_CONFIGURED = "not_configured"  # the environment's URL variable is unset
     INVALID = "invalid"  # the history cannot plan from these heads, or cannot be read
 
+
+SHOWN_MISSING = 5
+SHOWN_LENGTH = 64
+_PLAIN_ID = re.compile(r"[0-9A-Za-z_.@-]+")
 
 # States in which the version table was read, so its heads mean something.
 READ_STATES = frozenset(
@@ -58,7 +63,13 @@ def environment_status(
         return Status(State.INVALID, (), problem, problem)
     missing = [head for head in heads if head not in graph.revisions]
     if missing:
-        return Status(State.UNKNOWN, (), _not_in_scripts(missing))
+        detail = _not_in_scripts(missing)
+        if graph.problems:
+            # A revision file that cannot be read is the likeliest reason a head is missing.
+            shown = "; ".join(graph.problems[:3])
+            more = len(graph.problems) - 3
+            detail += f" (which has problems: {shown}{f'; and {more} more' if more > 0 else ''})"
+        return Status(State.UNKNOWN, (), detail)
     try:
         pending = tuple(graph.pending(list(heads)))
     except HistoryError as exc:
@@ -88,8 +99,19 @@ def _uninitialized(reading: Reading, graph: Graph | None, version_table: str) ->
 
 def _not_in_scripts(missing: Sequence[str]) -> str:
     if len(missing) == 1:
-        return f"head {missing[0]} is not in the script directory"
-    return f"heads {_ids(missing)} are not in the script directory"
+        return f"head {_shown(missing[0])} is not in the script directory"
+    # A version table full of junk must not turn the overview into a wall of ids.
+    shown = ", ".join(_shown(rev) for rev in missing[:SHOWN_MISSING])
+    more = len(missing) - SHOWN_MISSING
+    if more > 0:
+        shown += f" and {more} more"
+    return f"heads {shown} are not in the script directory"
+
+
+def _shown(revision: str) -> str:
+    """Return a head for a sentence: quoted when it is blank, odd or invisible, cut when long."""
+    cut = revision if len(revision) <= SHOWN_LENGTH else revision[:SHOWN_LENGTH] + "…"
+    return cut if _PLAIN_ID.fullmatch(revision) else repr(cut)
 
 
 def _heads_phrase(heads: Sequence[str]) -> str:

@@ -7,6 +7,7 @@ from django.urls import path
 from dashboard.views import actions, core, status
 from dashboard.views import audit as audit_views
 from dashboard.views import graph as graph_views
+from dashboard.views.auth import SignInView
 
 urlpatterns = [
     path("", core.overview, name="overview"),
@@ -15,11 +16,7 @@ urlpatterns = [
     *actions.urlpatterns,
     *audit_views.urlpatterns,
     *graph_views.urlpatterns,
-    path(
-        "accounts/login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True),
-        name="login",
-    ),
+    path("accounts/login/", SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
 ]

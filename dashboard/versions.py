@@ -169,7 +169,7 @@ def _read(target: _Target, environment: str) -> Reading:
                     "version_table_schema": target.version_table_schema,
                 },
             )
-            heads = tuple(sorted(context.get_current_heads()))
+            heads = tuple(sorted(_as_text(head) for head in context.get_current_heads()))
             # Alembic reads both a missing and an empty table as (); only then ask which.
             exists = bool(heads) or inspector.has_table(
                 target.version_table, schema=target.version_table_schema
@@ -186,6 +186,15 @@ def _read(target: _Target, environment: str) -> Reading:
     except Exception as exc:  # a reading reports every failure instead of raising
         kind, message = _describe(exc, target, qualified)
         return _failure(environment, kind, mask_secrets(message, url.password), started)
+
+
+def _as_text(value: object) -> str:
+    """Return a version row as text: a junk table can hold numbers, bytes, NULLs or NULs."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    text = "" if value is None else str(value)
+    # PostgreSQL's text and jsonb refuse NUL, and a snapshot must still be stored.
+    return text.replace("\x00", "\\x00")
 
 
 def _engine(url: URL, timeout: float) -> sa.Engine:

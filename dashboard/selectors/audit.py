@@ -114,8 +114,8 @@ def audit_events(*, filters: AuditFilters) -> QuerySet[AuditEvent]:
         events = events.filter(verb=filters.verb)
     if filters.date_from:
         events = events.filter(created_at__gte=_start_of(filters.date_from))
-    if filters.date_to:
-        # The "to" day is included: everything before the next day starts.
+    if filters.date_to and filters.date_to < date.max:
+        # The "to" day is included: everything before the next day starts (none follows the last).
         events = events.filter(created_at__lt=_start_of(filters.date_to + timedelta(days=1)))
     return events.order_by("-id")
 

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from django.urls import reverse
 
-from dashboard.config import ConfigError, current_config
+from dashboard.config import current_config
 from dashboard.history import Graph
 from dashboard.models import Action, Snapshot
 from dashboard.roles import can_request
@@ -109,11 +109,11 @@ def _downgrade_targets(graph: Graph, heads: list[str] | None) -> list[TargetChoi
 
 
 def request_page(*, user: Any, environment: str, direction: str) -> RequestPage | None:
-    """Return the request form's content, or None when the config has no such environment."""
-    try:
-        config = current_config()
-    except ConfigError:
-        return None
+    """Return the request form's content, or None when the config has no such environment.
+
+    Raises ConfigError when the config cannot be read: the page says so instead of a 404.
+    """
+    config = current_config()
     env = config.environments.get(environment)
     if env is None:
         return None
@@ -159,13 +159,20 @@ def request_page(*, user: Any, environment: str, direction: str) -> RequestPage 
         heads_read_at=snapshot.read_at if snapshot is not None else None,
         heads_known=heads is not None,
         problem=problem,
-        note=_request_note(direction, heads, targets),
+        note=_request_note(direction, heads, targets, read=snapshot is not None),
         may_request=can_request(user),
         url=url,
     )
 
 
-def _request_note(direction: str, heads: list[str] | None, targets: list[TargetChoice]) -> str:
+def _request_note(
+    direction: str, heads: list[str] | None, targets: list[TargetChoice], *, read: bool
+) -> str:
+    if heads is None and read:
+        return (
+            "The last read did not give heads this script directory has, so every revision is"
+            " offered; the plan is made from a fresh read when you submit."
+        )
     if heads is None:
         return (
             "This environment's heads are not known yet, so every revision is offered;"

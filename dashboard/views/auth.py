@@ -1,0 +1,27 @@
+"""Sign-in: Django's login view, refusing attempts after repeated failures."""
+
+from typing import Any
+
+from django.contrib.auth.views import LoginView
+from django.http import HttpRequest, HttpResponse
+
+from dashboard import audit
+from dashboard.services import signin
+
+
+class SignInView(LoginView):
+    """Sign a user in, unless too many sign-ins failed lately for that name or address."""
+
+    redirect_authenticated_user = True
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        username = request.POST.get("username", "")
+        throttle = signin.signin_throttle(username=username, ip=audit.client_ip(request))
+        if throttle is None:
+            return super().post(request, *args, **kwargs)
+        signin.signin_refuse(username=username, throttle=throttle, request=request)
+        # The bound form is never validated: validating it would check the password.
+        context = self.get_context_data(form=self.get_form(), throttled=throttle.message)
+        response = self.render_to_response(context, status=429)
+        response["Retry-After"] = str(throttle.retry_after)
+        return response
