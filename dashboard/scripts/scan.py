@@ -1,0 +1,139 @@
+"""List a script directory's revision files in Alembic's load order and fingerprint them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+from dashboard.scripts.ini import ScriptSettings, read_settings
+
+
+class _File(NamedTuple):
+    """One revision file as found by the scan, in Alembic's load order."""
+
+    relpath: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+# Builds the named tuple without its Python-level __new__; the scan makes thousands.
+_new_file = tuple.__new__
+
+
+def _scan(settings: ScriptSettings) -> tuple[list[_File], list[str], list[str]]:
+    """List revision files in Alembic's load order; return files, notes and blocking problems."""
+    files: list[_File] = []
+    notes: list[str] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    # The same test as Alembic's file name patterns, without a regex per file.
+    skip = (".#", "__init__")
+    suffixes = (".py", ".pyc", ".pyo") if settings.sourceless else (".py",)
+    for location in settings.version_locations:
+        if not location.is_dir():
+            notes.append(f"version location {location} does not exist")
+            continue
+        real = os.path.realpath(location)
+        prefix = os.path.relpath(location, settings.script_location).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
+        before = len(files)
+        stack: list[tuple[str, str, str]] = [(str(location), real + os.sep, prefix)]
+        while stack:
+            folder, real_folder, rel = stack.pop()
+            try:
+                names, folders = _list_folder(folder, suffixes, skip)
+            except OSError as exc:
+                problems.append(f"cannot list {folder}: {exc}")
+                continue
+            for name, stat, is_link in names:
+                if is_link:
+                    path = os.path.realpath(os.path.join(folder, name))
+                    try:
+                        stat = os.stat(path)
+                    except OSError as exc:
+                        problems.append(f"cannot read {path}: {exc}")
+                        continue
+                else:
+                    path = real_folder + name
+                if path in seen:
+                    notes.append(f"{path} is loaded twice; ignored (as Alembic does)")
+                    continue
+                seen.add(path)
+                files.append(_new_file(_File, (rel + name, path, stat.st_size, stat.st_mtime_ns)))
+            if not settings.recursive:
+                break
+            for name in sorted(folders, reverse=True):
+                if name.endswith("__pycache__"):
+                    continue
+                stack.append(
+                    (os.path.join(folder, name), f"{real_folder}{name}{os.sep}", f"{rel}{name}/")
+                )
+        if len(files) == before:
+            notes.append(f"no revision files in {location}")
+    if settings.sourceless:
+        files, compiled = _drop_compiled(files)
+        problems.extend(compiled)
+    return files, notes, problems
+
+
+def _list_folder(
+    folder: str, suffixes: tuple[str, ...], skip: tuple[str, ...]
+) -> tuple[list[tuple[str, os.stat_result, bool]], list[str]]:
+    """Return a folder's candidate files (sorted, with their stat) and its subfolders."""
+    found: list[tuple[str, os.stat_result, bool]] = []
+    folders: list[str] = []
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # Listing by descriptor lets each stat look up one name instead of the whole path.
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                name = entry.name
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    folders.append(name)
+                elif name.endswith(suffixes) and not name.startswith(skip) and "\n" not in name:
+                    try:
+                        stat = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # removed while we listed it
+                    found.append((name, stat, entry.is_symlink()))
+    finally:
+        os.close(fd)
+    found.sort()
+    return found, folders
+
+
+def _drop_compiled(files: list[_File]) -> tuple[list[_File], list[str]]:
+    """Keep .py files; report compiled files Alembic would load in place of missing sources."""
+    sources = {f.path for f in files if f.path.endswith(".py")}
+    kept: list[_File] = []
+    problems: list[str] = []
+    for f in files:
+        if f.path.endswith(".py"):
+            kept.append(f)
+        elif f.path[:-1] not in sources and not (
+            f.path.endswith(".pyo") and f.path[:-1] + "c" in {g.path for g in files}
+        ):
+            problems.append(f"{f.path}: compiled revision without source cannot be read")
+    return kept, problems
+
+
+def fingerprint_files(files: Iterable[_File]) -> str:
+    """Return the sha256 hex digest over sorted (relpath, size, mtime_ns)."""
+    digest = hashlib.sha256()
+    for relpath, size, mtime in sorted((f.relpath, f.size, f.mtime_ns) for f in files):
+        digest.update(f"{relpath}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def fingerprint(script_location: Path | None = None, *, alembic_ini: Path | None = None) -> str:
+    """Return the fingerprint of a script directory's revision files as they are now."""
+    files, _, _ = _scan(read_settings(script_location, alembic_ini=alembic_ini))
+    return fingerprint_files(files)
