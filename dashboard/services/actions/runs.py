@@ -331,56 +331,48 @@ def _run_claimed(action: Action) -> Action:
     if not after.ok:
         place = f"{place} ({after.error})"
     action.refresh_from_db(fields=["cancel_requested_by"])
-    if result.cancelled and monitor.lost.is_set():
+    status, error = _outcome(action, env, result, monitor, after_heads, place)
+    if status == Action.Status.SUCCEEDED:
         return _finish(
             action,
-            Action.Status.INTERRUPTED,
-            error=f"stopped: its heartbeats did not reach the dashboard's database in time; {place}",
+            status,
             after_heads=after_heads,
-            progress=monitor.steps,
+            progress=len(action.plan),
+            duration_s=result.duration_s,
+        )
+    return _finish(action, status, error=error, after_heads=after_heads, progress=monitor.steps)
+
+
+def _outcome(
+    action: Action,
+    env: Environment,
+    result: runner.RunResult,
+    monitor: RunMonitor,
+    after_heads: list[str] | None,
+    place: str,
+) -> tuple[str, str]:
+    """Decide how a finished run ended: its status and the error that explains it."""
+    if result.cancelled and monitor.lost.is_set():
+        return (
+            Action.Status.INTERRUPTED,
+            f"stopped: its heartbeats did not reach the dashboard's database in time; {place}",
         )
     if result.cancelled:
-        return _finish(
-            action,
-            Action.Status.CANCELLED,
-            error=f"cancelled by {action.cancel_requested_by or 'someone'} while running; {place}",
-            after_heads=after_heads,
-            progress=monitor.steps,
-        )
+        who = action.cancel_requested_by or "someone"
+        return Action.Status.CANCELLED, f"cancelled by {who} while running; {place}"
     if result.timed_out:
-        return _finish(
-            action,
-            Action.Status.FAILED,
-            error=f"stopped at the time limit of {env.time_limit:g} s; {place}",
-            after_heads=after_heads,
-            progress=monitor.steps,
-        )
+        return Action.Status.FAILED, f"stopped at the time limit of {env.time_limit:g} s; {place}"
     if result.returncode != 0:
         cause = _error_line(result.output_tail)
-        return _finish(
-            action,
+        detail = f" ({cause})" if cause else ""
+        return (
             Action.Status.FAILED,
-            error=f"alembic exited with status {result.returncode}"
-            + (f" ({cause})" if cause else "")
-            + f"; {place}",
-            after_heads=after_heads,
-            progress=monitor.steps,
+            f"alembic exited with status {result.returncode}{detail}; {place}",
         )
     if after_heads is None or set(after_heads) != set(action.target_heads):
-        return _finish(
-            action,
-            Action.Status.FAILED,
-            error=f"alembic exited 0 but {place}, not at {heads_text(action.target_heads)}",
-            after_heads=after_heads,
-            progress=monitor.steps,
-        )
-    return _finish(
-        action,
-        Action.Status.SUCCEEDED,
-        after_heads=after_heads,
-        progress=len(action.plan),
-        duration_s=result.duration_s,
-    )
+        expected = heads_text(action.target_heads)
+        return Action.Status.FAILED, f"alembic exited 0 but {place}, not at {expected}"
+    return Action.Status.SUCCEEDED, ""
 
 
 def _finish(
