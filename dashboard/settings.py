@@ -73,6 +73,8 @@ DASHBOARD_CONFIG = os.environ.get("DASHBOARD_CONFIG", str(BASE_DIR / "demo" / "d
 # The worker marks a run whose heartbeat is older than this interrupted, checking this often.
 DASHBOARD_HEARTBEAT_LIMIT = float(os.environ.get("DASHBOARD_HEARTBEAT_LIMIT", "60"))
 DASHBOARD_HOUSEKEEPING_INTERVAL = float(os.environ.get("DASHBOARD_HOUSEKEEPING_INTERVAL", "30"))
+# Snapshots that record no change, and finished task rows, are deleted after this many days.
+DASHBOARD_RETENTION_DAYS = int(os.environ.get("DASHBOARD_RETENTION_DAYS", "30"))
 # How often the worker reads every environment's version table.
 DASHBOARD_REFRESH_INTERVAL = float(os.environ.get("DASHBOARD_REFRESH_INTERVAL", "60"))
 # Sign-ins are refused for a while after this many failures for one username or address.

@@ -29,8 +29,14 @@ FLUSH_INTERVAL = 0.5  # seconds between writes of new log lines and checks for a
 HEARTBEAT_INTERVAL = 2.0  # seconds between heartbeats
 MAX_LOG_CHARS = 1_000_000
 DEFAULT_HEARTBEAT_LIMIT = 60.0
+DEFAULT_RETENTION_DAYS = 30
 DEFAULT_HOUSEKEEPING_INTERVAL = 30.0
 CONFIG_VERB = "config.changed"
+
+
+def snapshot_retention_days() -> int:
+    """Return how many days unchanged snapshots and finished task rows are kept."""
+    return int(getattr(settings, "DASHBOARD_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
 
 
 def heartbeat_limit() -> float:
@@ -226,6 +232,7 @@ class HousekeepingReport:
     interrupted: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
     config_recorded: bool = False
+    pruned: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -254,7 +261,24 @@ class Housekeeping:
             report.config_recorded = config_changes_record() is not None
         except ConfigError as exc:
             report.problems.append(f"config: {exc}")
+        try:
+            report.pruned = self._prune()
+        except Exception as exc:
+            logger.exception("could not prune old snapshots and task results")
+            report.problems.append(f"pruning: {exc}")
         return report
+
+    def _prune(self) -> int:
+        """Delete unchanged snapshots and finished task results past the retention period."""
+        from django.core.management import call_command
+
+        from dashboard.services import status
+
+        days = snapshot_retention_days()
+        pruned = status.snapshots_prune(older_than=timedelta(days=days))
+        # The periodic refresh and housekeeping leave a finished task row every minute.
+        call_command("prune_db_task_results", min_age_days=days, verbosity=0)
+        return pruned
 
     def start_up(self) -> HousekeepingReport:
         """Do the chores, then schedule the periodic status refresh and housekeeping."""
@@ -262,9 +286,7 @@ class Housekeeping:
         try:
             from dashboard.services import status
 
-            schedule_refresh = getattr(status, "schedule_periodic_refresh", None)
-            if schedule_refresh is not None:
-                schedule_refresh()
+            status.schedule_periodic_refresh()
         except Exception as exc:
             logger.exception("could not schedule the periodic status refresh")
             report.problems.append(f"status refresh: {exc}")

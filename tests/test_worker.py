@@ -181,3 +181,25 @@ def test_a_heartbeat_limit_shorter_than_the_heartbeat_is_refused(settings: Any) 
     assert [m.id for m in check_heartbeat_limit(None)] == ["dashboard.E002"]
     settings.DASHBOARD_HEARTBEAT_LIMIT = 60
     assert check_heartbeat_limit(None) == []
+
+
+def test_housekeeping_prunes_old_unchanged_snapshots(settings: Any, tmp_path: Path) -> None:
+    from dashboard.models import Snapshot
+
+    settings.DASHBOARD_RETENTION_DAYS = 30
+    now = timezone.now()
+
+    def snap(days: int, changed: bool) -> Snapshot:
+        return Snapshot.objects.create(
+            environment="staging",
+            project="blog",
+            state="behind",
+            changed=changed,
+            read_at=now - timedelta(days=days),
+        )
+
+    old_change, old_same, recent = snap(40, True), snap(39, False), snap(1, False)
+    report = worker.Housekeeping().run_once()
+    assert report.pruned == 1
+    assert set(Snapshot.objects.values_list("pk", flat=True)) == {old_change.pk, recent.pk}
+    assert old_same.pk not in set(Snapshot.objects.values_list("pk", flat=True))
