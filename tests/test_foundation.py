@@ -115,3 +115,11 @@ def test_settings_refuse_to_start_without_a_secret_key(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_adduser_recreates_a_missing_role_group() -> None:
+    from django.contrib.auth.models import Group
+
+    Group.objects.filter(name="approver").delete()
+    call_command("adduser", "amy", role="approver", password="correct-horse-9")
+    assert role_of(get_user_model().objects.get(username="amy")) == "approver"
