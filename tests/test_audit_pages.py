@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
 from dashboard import audit
 from dashboard.models import AuditEvent
+from tests.audit_support import behind_the_orms_back
 
 PASSWORD = "correct-horse-9"
 ROLES = {"vera": "viewer", "olga": "operator", "abe": "approver", "root": "admin"}
@@ -41,7 +41,7 @@ def signed_in(name: str) -> Client:
 def record_at(moment: datetime, verb: str, **fields: Any) -> AuditEvent:
     """Record an event, then move its time behind the ORM's back and re-hash the chain."""
     event = audit.record(verb, **fields)
-    with connection.cursor() as cursor:
+    with behind_the_orms_back() as cursor:
         cursor.execute(
             "UPDATE dashboard_auditevent SET created_at = %s WHERE id = %s", [moment, event.pk]
         )
@@ -54,7 +54,7 @@ def rechain() -> None:
     for event in AuditEvent.objects.order_by("id"):
         event.prev_hash = previous
         digest = audit.event_hash(event)
-        with connection.cursor() as cursor:
+        with behind_the_orms_back() as cursor:
             cursor.execute(
                 "UPDATE dashboard_auditevent SET prev_hash = %s, hash = %s WHERE id = %s",
                 [previous, digest, event.pk],
@@ -188,7 +188,7 @@ def test_chain_verdict_loads_after_the_page(trail: dict[str, AuditEvent]) -> Non
     )
     assert f"Chain verified: {total} events." in client.get("/audit/?verify=1").content.decode()
 
-    with connection.cursor() as cursor:
+    with behind_the_orms_back() as cursor:
         cursor.execute(
             "UPDATE dashboard_auditevent SET verb = 'forged' WHERE id = %s", [trail["middle"].pk]
         )
