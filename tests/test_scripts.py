@@ -457,9 +457,6 @@ def test_render_revision_round_trips_through_the_parser() -> None:
     )
 
 
-@pytest.mark.skipif(
-    not (ROOT / "migrations_project" / "alembic.ini").exists(), reason="no sample project"
-)
 def test_sample_project_reads_like_alembic() -> None:
     ini = ROOT / "migrations_project" / "alembic.ini"
     loaded = load_history(ROOT / "migrations_project")
