@@ -6,6 +6,7 @@ import os
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from dashboard.history import Revision
 from dashboard.scripts import (
     LoadedHistory,
     ScriptLocationError,
+    cache,
     fingerprint,
     load_history,
     load_history_with_alembic,
@@ -362,6 +364,55 @@ def test_max_age_trusts_a_recent_look_and_then_looks_again(tmp_path: Path) -> No
     fresh = load_history(tmp_path)
     assert fresh.graph.revisions["a1"].branch_labels == ("main",)
     assert load_history(tmp_path, max_age=60) is fresh
+
+
+def age(root: Path, seconds: int = 3600) -> None:
+    """Set every file's and folder's mtime below root to `seconds` ago, oldest-safe."""
+    past = time.time_ns() - seconds * 1_000_000_000
+    for path in [*root.rglob("*"), root]:
+        os.utime(path, ns=(past, past))
+
+
+def test_an_old_unchanged_directory_is_checked_by_stat_alone_and_every_change_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    versions = tmp_path / "versions"
+    write(versions / "2024", "a1_x.py", simple("a1"))
+    write(versions, "b2_x.py", simple("b2", "a1"))
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(
+        "[alembic]\nscript_location = %(here)s\nrecursive_version_locations = true\n"
+        "path_separator = os\n"
+    )
+    age(versions)
+    scans: list[object] = []
+    real_scan = cache._scan
+    monkeypatch.setattr(cache, "_scan", lambda s: scans.append(s) or real_scan(s))
+
+    first = load_history(alembic_ini=ini)
+    assert load_history(alembic_ini=ini) is first
+    assert len(scans) == 1  # the second look listed nothing
+
+    # A file added to a nested folder moves that folder's mtime.
+    write(versions / "2024", "c3_x.py", simple("c3", "b2"))
+    assert load_history(alembic_ini=ini).graph.heads == ("c3",)
+    # Recently written files are not trusted to a stat: the next look lists again.
+    load_history(alembic_ini=ini)
+    assert len(scans) == 3
+
+    # In an aged tree, a same-size edit with an older mtime, and a new folder, are both seen.
+    age(versions)
+    load_history(alembic_ini=ini)
+    edited = versions / "b2_x.py"
+    edited.write_text(edited.read_text().replace("b2 message", "b2 changed"))
+    os.utime(edited, ns=(1_000_000_000, 1_000_000_000))
+    assert load_history(alembic_ini=ini).graph.revisions["b2"].message == "b2 changed"
+    age(versions)
+    load_history(alembic_ini=ini)
+    write(versions / "2025", "d4_x.py", simple("d4", "c3"))
+    assert load_history(alembic_ini=ini).graph.heads == ("d4",)
+    (versions / "2025" / "d4_x.py").unlink()
+    assert load_history(alembic_ini=ini).graph.heads == ("c3",)
 
 
 def first_mtime(loaded: LoadedHistory, rev: str) -> int:

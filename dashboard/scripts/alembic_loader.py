@@ -91,7 +91,7 @@ def load_history_with_alembic(
     settings = read_settings(script_location, alembic_ini=alembic_ini)
     entry = _entry(script_location, alembic_ini)
     with entry.lock:
-        files, notes, scan_problems = _scan(settings)
+        files, notes, scan_problems, _ = _scan(settings)
         stamp = fingerprint_files(files)
         cached = entry.alembic.get((python, stamp))
         if cached is not None:

@@ -24,11 +24,23 @@ class _File(NamedTuple):
 _new_file = tuple.__new__
 
 
-def _scan(settings: ScriptSettings) -> tuple[list[_File], list[str], list[str]]:
-    """List revision files in Alembic's load order; return files, notes and blocking problems."""
+class Scan(NamedTuple):
+    """What a scan found: files in load order, notes, blocking problems, folders listed."""
+
+    files: list[_File]
+    notes: list[str]
+    problems: list[str]
+    # (folder, mtime_ns) of every folder listed; None when a location was missing or unlistable,
+    # since then no folder's mtime would tell that the listing changed.
+    folders: list[tuple[str, int]] | None
+
+
+def _scan(settings: ScriptSettings) -> Scan:
+    """List revision files in Alembic's load order, with the folders' mtimes as listed."""
     files: list[_File] = []
     notes: list[str] = []
     problems: list[str] = []
+    folders_seen: list[tuple[str, int]] | None = []
     seen: set[str] = set()
     # The same test as Alembic's file name patterns, without a regex per file.
     skip = (".#", "__init__")
@@ -36,6 +48,7 @@ def _scan(settings: ScriptSettings) -> tuple[list[_File], list[str], list[str]]:
     for location in settings.version_locations:
         if not location.is_dir():
             notes.append(f"version location {location} does not exist")
+            folders_seen = None
             continue
         real = os.path.realpath(location)
         prefix = os.path.relpath(location, settings.script_location).replace(os.sep, "/")
@@ -45,10 +58,13 @@ def _scan(settings: ScriptSettings) -> tuple[list[_File], list[str], list[str]]:
         while stack:
             folder, real_folder, rel = stack.pop()
             try:
-                names, folders = _list_folder(folder, suffixes, skip)
+                names, folders, mtime_ns = _list_folder(folder, suffixes, skip)
             except OSError as exc:
                 problems.append(f"cannot list {folder}: {exc}")
+                folders_seen = None
                 continue
+            if folders_seen is not None:
+                folders_seen.append((folder, mtime_ns))
             for name, stat, is_link in names:
                 if is_link:
                     path = os.path.realpath(os.path.join(folder, name))
@@ -77,17 +93,19 @@ def _scan(settings: ScriptSettings) -> tuple[list[_File], list[str], list[str]]:
     if settings.sourceless:
         files, compiled = _drop_compiled(files)
         problems.extend(compiled)
-    return files, notes, problems
+    return Scan(files, notes, problems, folders_seen)
 
 
 def _list_folder(
     folder: str, suffixes: tuple[str, ...], skip: tuple[str, ...]
-) -> tuple[list[tuple[str, os.stat_result, bool]], list[str]]:
-    """Return a folder's candidate files (sorted, with their stat) and its subfolders."""
+) -> tuple[list[tuple[str, os.stat_result, bool]], list[str], int]:
+    """Return a folder's candidate files (sorted, with their stat), subfolders and mtime."""
     found: list[tuple[str, os.stat_result, bool]] = []
     folders: list[str] = []
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        # Taken before listing: an entry added meanwhile moves the mtime past this one.
+        mtime_ns = os.fstat(fd).st_mtime_ns
         # Listing by descriptor lets each stat look up one name instead of the whole path.
         with os.scandir(fd) as entries:
             for entry in entries:
@@ -107,7 +125,7 @@ def _list_folder(
     finally:
         os.close(fd)
     found.sort()
-    return found, folders
+    return found, folders, mtime_ns
 
 
 def _drop_compiled(files: list[_File]) -> tuple[list[_File], list[str]]:
@@ -135,5 +153,4 @@ def fingerprint_files(files: Iterable[_File]) -> str:
 
 def fingerprint(script_location: Path | None = None, *, alembic_ini: Path | None = None) -> str:
     """Return the fingerprint of a script directory's revision files as they are now."""
-    files, _, _ = _scan(read_settings(script_location, alembic_ini=alembic_ini))
-    return fingerprint_files(files)
+    return fingerprint_files(_scan(read_settings(script_location, alembic_ini=alembic_ini)).files)
