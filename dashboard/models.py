@@ -31,6 +31,8 @@ class Snapshot(models.Model):
     script_heads = models.JSONField(default=list)
     # Messages of the heads, script heads and pending revisions, as the history said then.
     messages = models.JSONField(default=dict)
+    # Each head's branch labels, declared and inherited as Alembic assigns them: its branch.
+    branch_labels = models.JSONField(default=dict)
     # Why the state is what it is, in a sentence ("no version table alembic_version").
     detail = models.TextField(blank=True)
     # The read's failure or the history's complaint; empty when the table was read and planned.

@@ -17,6 +17,7 @@ from tests.statusenv import (
     HEAD,
     MID,
     PASSWORD,
+    QUIRK,
     alembic,
     empty_sqlite,
     with_password,
@@ -97,6 +98,22 @@ def test_overview_matrix_shows_each_environments_latest_snapshot(
     assert 'hx-post="/environments/prod/refresh"' in prod
     # The project header shows the script directory's head as last seen.
     assert f'href="/projects/blog/graph?rev={HEAD}"' in html
+
+
+def test_overview_and_environment_page_say_which_branch_a_head_is_on(
+    lead: Client, settings: Any, tmp_path: Path, behind_db: Path
+) -> None:
+    qa = empty_sqlite(tmp_path / "qa.db")
+    write_versions(qa, [QUIRK])  # on the side branch labelled "reporting"
+    use_config(settings, tmp_path, {"qa": blog(qa), "staging": blog(f"sqlite:///{behind_db}")})
+    status.status_refresh()
+
+    html = lead.get("/").content.decode()
+    on_reporting = '<span class="muted small">on</span> <span class="label" title="branch label">reporting</span>'
+    assert on_reporting in row(html, "qa")
+    assert "branch label" not in row(html, "staging")  # the trunk carries no label
+    assert on_reporting in lead.get("/environments/qa").content.decode()
+    assert Snapshot.objects.get(environment="qa").branch_labels == {QUIRK: ["reporting"]}
 
 
 def test_pages_never_read_an_environment(lead: Client, settings: Any, tmp_path: Path) -> None:

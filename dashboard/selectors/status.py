@@ -28,6 +28,7 @@ class RevisionRow:
     short: str
     message: str
     graph_url: str
+    branch_labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ def environment_item(env: Environment, snapshot: Snapshot | None) -> dict[str, A
             "environment": env.name,
             "project": env.project,
             "heads": [],
+            "branch_labels": {},
             "state": None,
             "pending": [],
             "detail": "not read yet",
@@ -218,6 +220,7 @@ def snapshot_item(snapshot: Snapshot) -> dict[str, Any]:
         "environment": snapshot.environment,
         "project": snapshot.project,
         "heads": list(snapshot.heads),
+        "branch_labels": dict(snapshot.branch_labels),
         "state": snapshot.state,
         "pending": list(snapshot.pending),
         "detail": snapshot.detail,
@@ -249,13 +252,18 @@ def _cell(env: Environment, snapshot: Snapshot | None) -> EnvironmentCell:
         project=env.project,
         description=env.description,
         snapshot=snapshot,
-        heads=_revisions(env.project, snapshot.heads, snapshot.messages) if snapshot else [],
+        heads=_revisions(env.project, snapshot.heads, snapshot.messages, snapshot.branch_labels)
+        if snapshot
+        else [],
         pending_count=len(snapshot.pending) if snapshot else 0,
     )
 
 
 def _revisions(
-    project: str, revisions: Iterable[str], messages: Mapping[str, str]
+    project: str,
+    revisions: Iterable[str],
+    messages: Mapping[str, str],
+    branch_labels: Mapping[str, list[str]] | None = None,
 ) -> list[RevisionRow]:
     return [
         RevisionRow(
@@ -263,6 +271,7 @@ def _revisions(
             short=rev[:SHORT_ID],
             message=messages.get(rev, ""),
             graph_url=graph_url(project, rev),
+            branch_labels=tuple((branch_labels or {}).get(rev, ())),
         )
         for rev in revisions
     ]

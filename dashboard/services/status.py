@@ -112,10 +112,14 @@ def snapshot_record(
     graph = history.graph
     script_heads = list(graph.heads) if graph is not None else []
     messages = {}
+    branch_labels = {}
     if graph is not None:
         for rev in (*reading.heads, *status.pending, *script_heads):
             if rev in graph.revisions:
                 messages[rev] = graph.revisions[rev].message
+        for rev in reading.heads:
+            if rev in graph.revisions and (labels := graph.labels_of(rev)):
+                branch_labels[rev] = list(labels)
     heads = list(reading.heads)
     with transaction.atomic():
         previous = (
@@ -134,6 +138,7 @@ def snapshot_record(
             pending=list(status.pending),
             script_heads=script_heads,
             messages=messages,
+            branch_labels=branch_labels,
             detail=status.detail,
             error=status.error or "",
             latency_ms=reading.latency_ms,
