@@ -29,41 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.pool import NullPool  # noqa: E402
+from pgserver import admin_engine, database_url, drop_databases  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
 PREFIX = "bench_actions_"
 DASHBOARD_DB = f"{PREFIX}dashboard"
 SAMPLE_INI = ROOT / "migrations_project" / "alembic.ini"
 HEAD = "6c0a8d3f5e94"
 POLL = 0.25  # the timings come from the action's own timestamps; polling only costs CPU
-
-
-def database_url(name: str) -> str:
-    """Return the URL of one bench database on the admin server."""
-    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def admin_engine() -> sa.Engine:
-    """Return an engine on the admin database that runs DDL outside transactions."""
-    return sa.create_engine(ADMIN_URL, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-
-
-def drop_bench_databases(admin: sa.Engine) -> int:
-    """Drop every bench_actions_* database (ours, also left over from an earlier run)."""
-    with admin.connect() as conn:
-        names = list(
-            conn.execute(
-                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :pattern"),
-                {"pattern": PREFIX.replace("_", r"\_") + "%"},
-            ).scalars()
-        )
-        for name in names:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    return len(names)
 
 
 def create_database(admin: sa.Engine, name: str) -> str:
@@ -141,7 +113,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     admin = admin_engine()
-    leftovers = drop_bench_databases(admin)
+    leftovers = drop_databases(admin, PREFIX)
     if leftovers:
         print(f"dropped {leftovers} leftover bench databases")
     with tempfile.TemporaryDirectory(prefix="bench_actions_") as tmp:
@@ -151,7 +123,7 @@ def main() -> None:
             from django.db import connections
 
             connections.close_all()
-            dropped = drop_bench_databases(admin)
+            dropped = drop_databases(admin, PREFIX)
             print(f"\ndropped {dropped} databases")
             admin.dispose()
 

@@ -10,7 +10,6 @@ prints ratios measured in this run, and drops the databases at the end (also on 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
+from pgserver import admin_engine, database_url, drop_databases  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
@@ -39,9 +39,6 @@ from dashboard.versions import (  # noqa: E402
 )
 from tests.fakeserver import silent_server  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
 PREFIX = "bench_status_"
 TEMPLATE = f"{PREFIX}template"
 REVISIONS = ["b00000000001", "b00000000002", "b00000000003", "b00000000004", "b00000000005"]
@@ -119,30 +116,6 @@ def write_ini(folder: Path, name: str, url: str) -> Path:
     return ini
 
 
-def database_url(name: str) -> str:
-    """Return the URL of one bench database on the admin server."""
-    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def admin_engine() -> sa.Engine:
-    """Return an engine on the admin database that runs DDL outside transactions."""
-    return sa.create_engine(ADMIN_URL, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-
-
-def drop_bench_databases(admin: sa.Engine) -> int:
-    """Drop every bench_status_* database (ours, also left over from an earlier run)."""
-    with admin.connect() as conn:
-        names = list(
-            conn.execute(
-                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :pattern"),
-                {"pattern": PREFIX.replace("_", r"\_") + "%"},
-            ).scalars()
-        )
-        for name in names:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    return len(names)
-
-
 def create_databases(admin: sa.Engine, count: int) -> list[str]:
     """Create count databases from a template that holds an empty version table."""
     with admin.connect() as conn:
@@ -216,7 +189,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     admin = admin_engine()
-    leftovers = drop_bench_databases(admin)
+    leftovers = drop_databases(admin, PREFIX)
     if leftovers:
         print(f"dropped {leftovers} leftover bench databases")
     with tempfile.TemporaryDirectory(prefix="bench_status_") as tmp:
@@ -225,7 +198,7 @@ def main() -> None:
             run(folder, admin, args)
         finally:
             started = time.perf_counter()
-            dropped = drop_bench_databases(admin)
+            dropped = drop_databases(admin, PREFIX)
             print(f"\ndropped {dropped} databases in {time.perf_counter() - started:.1f} s")
             admin.dispose()
 
