@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 PROJECT_KEYS = {
@@ -33,6 +35,13 @@ ENVIRONMENT_KEYS = {
     "description",
 }
 LOADERS = ("static", "alembic")
+# Names appear in URLs, element ids and file names: keep them to one plain word.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+# Upper bounds keep deadlines computable; a read or a run beyond them is a mistake.
+MAX_TIMEOUT = 3600.0
+MAX_TIME_LIMIT = 7 * 24 * 3600.0
+# Query parameters that drivers take as a password.
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword")
 
 
 class ConfigError(Exception):
@@ -40,7 +49,11 @@ class ConfigError(Exception):
 
 
 class NotConfigured(Exception):
-    """An environment's database URL is not available (its variable is unset)."""
+    """An environment's database URL is not available (its variable is unset or unusable)."""
+
+
+class BadDatabaseURL(ValueError):
+    """A database URL that cannot be parsed, or that SQLAlchemy would misread."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,10 @@ class Environment:
         value = os.environ.get(self.url_env or "", "").strip()
         if not value:
             raise NotConfigured(f"not configured: {self.url_env} is not set")
-        return with_installed_driver(value)
+        try:
+            return with_installed_driver(value)
+        except BadDatabaseURL as exc:
+            raise NotConfigured(f"not configured: {self.url_env} is {exc}") from None
 
     def display_url(self) -> str:
         """Return the URL with its password masked, or why there is none."""
@@ -122,12 +138,33 @@ _DEFAULT_DRIVERS = {
 }
 
 
-def with_installed_driver(url: str) -> str:
-    """Point a URL without an explicit driver at the driver this installation has."""
+def parse_database_url(url: str) -> URL:
+    """Parse a database URL, refusing one SQLAlchemy would misread; never quote it back."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError, TypeError):
+        # The original message may quote the URL, password and all.
+        raise BadDatabaseURL("not a database URL") from None
+    if parsed.host and "@" in parsed.host:
+        # make_url ends the password at its first '@' and takes the rest for the host.
+        raise BadDatabaseURL(
+            "not a usable database URL: write an '@' in a user name or password as %40"
+        ) from None
+    return parsed
+
+
+def url_secrets(url: URL) -> list[str]:
+    """Return the passwords a parsed URL carries: its own and any in its query."""
+    found = [str(url.password)] if url.password else []
+    for key, value in url.query.items():
+        if key.lower() in SECRET_QUERY_KEYS:
+            found.extend([value] if isinstance(value, str) else value)
+    return [secret for secret in found if secret]
+
+
+def with_installed_driver(url: str) -> str:
+    """Point a URL without an explicit driver at the driver this installation has."""
+    parsed = parse_database_url(url)
     default = _DEFAULT_DRIVERS.get(parsed.drivername)
     if default is None or importlib.util.find_spec(default[0]) is not None:
         return url
@@ -135,11 +172,17 @@ def with_installed_driver(url: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """Render a database URL with its password replaced by ***."""
+    """Render a database URL with its passwords (also in the query) replaced by ***."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable database URL>"
+        parsed = parse_database_url(url)
+    except BadDatabaseURL as exc:
+        return f"<{exc}>"
+    query = {
+        key: "***" if key.lower() in SECRET_QUERY_KEYS else value
+        for key, value in parsed.query.items()
+    }
+    masked = parsed.set(query=query).render_as_string(hide_password=True)
+    return masked.replace("=%2A%2A%2A", "=***")
 
 
 def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
@@ -149,6 +192,8 @@ def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: config file does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:
@@ -158,6 +203,13 @@ def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
         raise ConfigError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}")
     projects_raw = _table(path, raw, "projects")
     envs_raw = _table(path, raw, "environments")
+    for kind, names in (("project", projects_raw), ("environment", envs_raw)):
+        for name in names:
+            if not NAME.match(name):
+                raise ConfigError(
+                    f"{path}: {kind} name {name!r} must start with a letter or digit"
+                    " and hold only letters, digits, '.', '_' and '-'"
+                )
     projects = {
         name: _project(path, name, _table(path, projects_raw, name, f"projects.{name}"))
         for name in projects_raw
@@ -192,7 +244,10 @@ def _get(path: Path, where: str, table: dict[str, Any], key: str, kind: type, de
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
-        raise ConfigError(f"{path}: [{where}] {key} must be a {kind.__name__}, not {value!r}")
+        wanted = {int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
+        raise ConfigError(f"{path}: [{where}] {key} must be {wanted}, not {value!r}")
+    if isinstance(value, str) and "\x00" in value:
+        raise ConfigError(f"{path}: [{where}] {key} must not hold a NUL character")
     return value
 
 
@@ -271,9 +326,14 @@ def _environment(
     ):
         if value < 0:
             raise ConfigError(f"{path}: [{where}] {key} must not be negative")
-    for key, value in (("timeout", timeout), ("time_limit", time_limit)):
-        if value <= 0:
-            raise ConfigError(f"{path}: [{where}] {key} must be positive")
+    for key, value, most in (
+        ("timeout", timeout, MAX_TIMEOUT),
+        ("time_limit", time_limit, MAX_TIME_LIMIT),
+    ):
+        if not (math.isfinite(value) and 0 < value <= most):
+            raise ConfigError(
+                f"{path}: [{where}] {key} must be a number of seconds above 0 and at most {most:g}"
+            )
     return Environment(
         name=name,
         project=project,
@@ -291,9 +351,9 @@ def _environment(
 def _local_url(path: Path, where: str, url: str) -> str:
     """Validate a URL and anchor relative SQLite paths at the config file's folder."""
     try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"{path}: [{where}] url is not a database URL") from exc
+        parsed = parse_database_url(url)
+    except BadDatabaseURL as exc:
+        raise ConfigError(f"{path}: [{where}] url is {exc}") from None
     db = parsed.database
     if (
         parsed.get_backend_name() == "sqlite"

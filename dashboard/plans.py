@@ -13,11 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from dashboard import runner, scripts
-from dashboard.config import Project
+from dashboard.config import BadDatabaseURL, Project, parse_database_url
 from dashboard.history import Direction, Graph, Step
 
 SQUAWK_TIMEOUT = 60.0
@@ -213,6 +210,6 @@ def _note(message: str) -> dict[str, Any]:
 
 def _is_postgresql(url: str) -> bool:
     try:
-        return make_url(url).get_backend_name() == "postgresql"
-    except ArgumentError:
+        return parse_database_url(url).get_backend_name() == "postgresql"
+    except BadDatabaseURL:
         return False

@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import TypedDict, Unpack
 from urllib.parse import quote, quote_plus
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from dashboard.config import Project, mask_url
+from dashboard.config import (
+    BadDatabaseURL,
+    Project,
+    mask_url,
+    parse_database_url,
+    url_secrets,
+)
 
 CHECK_INTERVAL = 0.2  # seconds between time-limit and cancel checks when the child is quiet
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the process group
@@ -534,18 +537,16 @@ class _Masker:
     """Replace a database URL and its password wherever they appear in a line."""
 
     def __init__(self, url: str) -> None:
-        secrets = {url, _ini_escape(url)}
         self.replacement_url = mask_url(url)
         try:
-            parsed = make_url(url)
-        except ArgumentError:
-            parsed = None
+            plain = url_secrets(parse_database_url(url))
+        except BadDatabaseURL:
+            plain = []
         passwords: set[str] = set()
-        if parsed is not None and parsed.password:
-            password = str(parsed.password)
+        for password in plain:
             for form in (password, quote(password, safe=""), quote_plus(password)):
                 passwords |= {form, _ini_escape(form)}
-        self.urls = sorted(secrets, key=len, reverse=True)
+        self.urls = sorted({url, _ini_escape(url)}, key=len, reverse=True)
         self.passwords = sorted(passwords, key=len, reverse=True)
 
     def __call__(self, line: str) -> str:
@@ -558,7 +559,7 @@ class _Masker:
 
 def _dialect_name(url: str) -> str:
     try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
+        backend = parse_database_url(url).get_backend_name()
+    except BadDatabaseURL:
         return "this database"
     return _DIALECT_NAMES.get(backend, backend)

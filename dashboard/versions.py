@@ -17,11 +17,18 @@ from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
-from dashboard.config import Environment, NotConfigured, Project
+from dashboard.config import (
+    BadDatabaseURL,
+    Environment,
+    NotConfigured,
+    Project,
+    parse_database_url,
+    url_secrets,
+)
 
 ErrorKind = Literal["not_configured", "unreachable", "timeout", "auth", "error"]
 
@@ -102,10 +109,9 @@ def read_url(
     """Read the heads at a database URL, giving up after timeout plus a short grace; never raise."""
     started = time.perf_counter()
     try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError, TypeError):
-        # The unparsed string may hold a password, so the message must not quote it.
-        return _failure(environment, "error", "not a valid database URL", started)
+        parsed = parse_database_url(url)
+    except BadDatabaseURL as exc:
+        return _failure(environment, "error", str(exc), started)
     target = _Target(parsed, version_table, version_table_schema, timeout)
     box: list[Reading] = []
     # A daemon thread, so a read stuck inside a driver never blocks the caller past its
@@ -119,7 +125,7 @@ def read_url(
     worker.join(timeout + DEADLINE_GRACE)
     if box:
         return box[0]
-    return _failure(environment, "timeout", f"timed out after {_seconds(timeout)}", started)
+    return _failure(environment, "timeout", _timed_out(timeout), started)
 
 
 def read_many(
@@ -142,11 +148,21 @@ def forget_engines() -> None:
         _engines.clear()
 
 
-def mask_secrets(message: str, password: str | None) -> str:
-    """Remove a password and any password=... fragments from a message."""
-    if password:
-        for form in {password, quote_plus(password), quote(password, safe="")}:
-            message = message.replace(form, "***")
+def mask_secrets(
+    message: str, secrets: str | Iterable[str] | None, *, whole_words: bool = False
+) -> str:
+    """Remove passwords and any password=... fragments from a message.
+
+    whole_words masks only where a password stands apart from letters and digits, for
+    messages we compose from known parts: "role 'bob'" stays readable when bob is also the
+    password, and a one-letter password does not blank every such letter.
+    """
+    for secret in [secrets] if isinstance(secrets, str) else secrets or ():
+        for form in {secret, quote_plus(secret), quote(secret, safe="")}:
+            if whole_words:
+                message = re.sub(rf"(?<![^\W_]){re.escape(form)}(?![^\W_])", "***", message)
+            else:
+                message = message.replace(form, "***")
     return _PASSWORD_FRAGMENT.sub(lambda m: f"{m.group('key')}***", message)
 
 
@@ -185,7 +201,7 @@ def _read(target: _Target, environment: str) -> Reading:
         )
     except Exception as exc:  # a reading reports every failure instead of raising
         kind, message = _describe(exc, target, qualified)
-        return _failure(environment, kind, mask_secrets(message, url.password), started)
+        return _failure(environment, kind, message, started)
 
 
 def _as_text(value: object) -> str:
@@ -279,7 +295,7 @@ def _describe(exc: Exception, target: _Target, table: str) -> tuple[ErrorKind, s
         module = f" {exc.name!r}" if exc.name else ""
         return "error", f"driver{module} for {target.url.drivername}:// is not installed"
     if isinstance(original, TimeoutError):
-        return "timeout", f"timed out after {_seconds(target.timeout)}"
+        return "timeout", _timed_out(target.timeout)
     backend = target.url.get_backend_name()
     if backend == "postgresql":
         described = _describe_postgres(original, target, table)
@@ -289,7 +305,11 @@ def _describe(exc: Exception, target: _Target, table: str) -> tuple[ErrorKind, s
         described = _describe_sqlite(original, target)
     else:
         described = None
-    return described or ("error", _first_line(original))
+    secrets = url_secrets(target.url)
+    if described is None:  # the driver's own words, which may quote anything
+        return "error", mask_secrets(_first_line(original), secrets)
+    kind, message = described
+    return kind, mask_secrets(message, secrets, whole_words=True)
 
 
 def _describe_postgres(
@@ -300,16 +320,13 @@ def _describe_postgres(
     lowered = text.lower()
     user = target.url.username or ""
     if code == "57014":
-        return "timeout", f"timed out after {_seconds(target.timeout)}"
+        return "timeout", _timed_out(target.timeout)
     if code == "55P03":
-        return (
-            "timeout",
-            f"version table {table}: lock not granted within {_seconds(target.timeout)}",
-        )
+        return "timeout", _lock_wait(target, table)
     if code == "42501":
         return "error", f"version table {table}: permission denied"
     if "timeout expired" in lowered:
-        return "timeout", f"timed out after {_seconds(target.timeout)}"
+        return "timeout", _timed_out(target.timeout)
     if "connection refused" in lowered:
         return "unreachable", f"could not connect to {target.address}: connection refused"
     if match := re.search(r'could not translate host name "([^"]*)"', text):
@@ -343,7 +360,7 @@ def _describe_mysql(
     lowered = text.lower()
     user = target.url.username or ""
     if code in (2003, 2013) and "timed out" in lowered:
-        return "timeout", f"timed out after {_seconds(target.timeout)}"
+        return "timeout", _timed_out(target.timeout)
     if code == 2003 and "refused" in lowered:
         return "unreachable", f"could not connect to {target.address}: connection refused"
     if code == 2005 or (
@@ -363,12 +380,9 @@ def _describe_mysql(
     if code in (1142, 1143):
         return "error", f"version table {table}: permission denied"
     if code == 1205:
-        return (
-            "timeout",
-            f"version table {table}: lock not granted within {_seconds(target.timeout)}",
-        )
+        return "timeout", _lock_wait(target, table)
     if code in (1969, 3024):
-        return "timeout", f"timed out after {_seconds(target.timeout)}"
+        return "timeout", _timed_out(target.timeout)
     return None
 
 
@@ -389,8 +403,12 @@ def _qualified(target: _Target, default_schema: str | None) -> str:
     return f"{schema}.{target.version_table}" if schema else target.version_table
 
 
-def _lock_wait(target: _Target) -> str:
-    return f"lock not granted within {_seconds(target.timeout)}"
+def _lock_wait(target: _Target, table: str) -> str:
+    return f"version table {table}: lock not granted within {_seconds(target.timeout)}"
+
+
+def _timed_out(timeout: float) -> str:
+    return f"timed out after {_seconds(timeout)}"
 
 
 def _first_line(exc: BaseException) -> str:

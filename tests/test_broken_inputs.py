@@ -247,7 +247,7 @@ CONFIG_MISTAKES = {
         GOOD_PROJECT + GOOD_ENV + 'url_env = "STAGING_URL"\n',
         "[environments.staging] needs exactly one of url or url_env",
     ),
-    "wrong type": (GOOD_PROJECT + GOOD_ENV + 'timeout = "soon"\n', "timeout must be a float"),
+    "wrong type": (GOOD_PROJECT + GOOD_ENV + 'timeout = "soon"\n', "timeout must be a number"),
     "negative approvals": (
         GOOD_PROJECT + GOOD_ENV + "approvals_required = -1\n",
         "approvals_required must not be negative",
@@ -308,7 +308,7 @@ def test_manage_py_status_names_a_config_mistake_and_exits_2(tmp_path: Path) -> 
     path.write_text(GOOD_PROJECT + GOOD_ENV + 'timeout = "soon"\n', encoding="utf-8")
     done = run_manage(path, tmp_path, "status", "--json")
     assert done.returncode != 0
-    assert f"{path}: [environments.staging] timeout must be a float" in done.stderr
+    assert f"{path}: [environments.staging] timeout must be a number" in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
 

@@ -111,7 +111,7 @@ BAD = [
     (
         '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
         'url_env = "X"\ntimeout = "soon"\n',
-        r"\[environments\.prod\] timeout must be a float",
+        r"\[environments\.prod\] timeout must be a number, not 'soon'",
     ),
     (
         '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
@@ -126,6 +126,40 @@ BAD = [
     (
         '[projects.blog]\nscript_location = "scripts"\nloader = "alembic"\n',
         r"\[projects\.blog\] loader = \"alembic\" needs python",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url_env = "X"\ntimeout = inf\n',
+        r"\[environments\.prod\] timeout must be a number of seconds above 0 and at most 3600",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url_env = "X"\ntime_limit = nan\n',
+        r"\[environments\.prod\] time_limit must be a number of seconds above 0",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url_env = "X"\norder = 1.5\n',
+        r"\[environments\.prod\] order must be an integer, not 1\.5",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments."a/b"]\nproject = "blog"\n'
+        'url_env = "X"\n',
+        r"environment name 'a/b' must start with a letter or digit",
+    ),
+    (
+        '[projects.""]\nscript_location = "scripts"\n',
+        r"project name '' must start with a letter or digit",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url = "postgresql://u:pw@x@db.example/app"\n',
+        r"\[environments\.prod\] url is not a usable database URL: write an '@' .* as %40",
+    ),
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url = "postgresql://u:pw@db.example:5432x/app"\n',
+        r"\[environments\.prod\] url is not a database URL",
     ),
     ("projects = 3\n", r"\[projects\] must be a table"),
 ]
@@ -149,6 +183,35 @@ def test_bad_url_error_never_echoes_the_url(tmp_path: Path) -> None:
     ) as info:
         load_config(write(tmp_path, text))
     assert "pw-in-here" not in str(info.value)
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.toml"
+    path.write_bytes('[projects.blog]\ndescription = "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"dashboard\.toml: not UTF-8 text"):
+        load_config(path)
+
+
+def test_an_unusable_url_in_the_variable_is_not_configured_and_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = load_config(write(tmp_path, GOOD)).environments["staging"]
+    for value, why in [
+        ("postgresql://app:hunt@er2@db.example/app", "write an '@'"),
+        ("postgresql://app:hunter2@db.example:54x/app", "is not a database URL"),
+    ]:
+        monkeypatch.setenv("STAGING_DATABASE_URL", value)
+        with pytest.raises(NotConfigured, match=f"not configured: STAGING_DATABASE_URL .*{why}"):
+            staging.database_url()
+        assert "hunt" not in staging.display_url()
+
+
+def test_mask_url_hides_passwords_in_the_query_too() -> None:
+    masked = mask_url("postgresql://u@h/db?password=s3cret&sslpassword=k3y&sslmode=require")
+    assert masked == "postgresql://u@h/db?password=***&sslmode=require&sslpassword=***"
+    assert mask_url("postgresql://u:a@b@h/db") == (
+        "<not a usable database URL: write an '@' in a user name or password as %40>"
+    )
 
 
 def test_alembic_ini_gives_the_script_location(tmp_path: Path) -> None:

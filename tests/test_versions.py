@@ -343,7 +343,17 @@ def test_url_variable_is_read_when_set(
     assert reading.heads == ("1a2b",)
 
 
-@pytest.mark.parametrize("url", ["not a url", "postgresql+nosuchdriver://u:hunter22@h/db", ""])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url",
+        "postgresql+nosuchdriver://u:hunter22@h/db",
+        "",
+        "postgresql://u:hunter22@h:54x/db",
+        # make_url would take "hunter22@x" apart and ask DNS for "x@nosuch.invalid".
+        "postgresql://u:hunter22@x@nosuch.invalid/db",
+    ],
+)
 def test_unusable_url_is_an_error_without_the_url(url: str) -> None:
     reading = read_url(url)
 
@@ -369,6 +379,20 @@ def test_wrong_mariadb_password_is_an_auth_error_that_never_shows_a_password(
     for shown in (bad.error, repr(bad), str(bad)):
         assert wrong not in shown
         assert right not in shown
+
+
+@pytest.mark.postgres
+def test_postgres_errors_stay_readable_and_never_show_a_password(postgres_url: str) -> None:
+    base = make_url(postgres_url)
+
+    def error_for(user: str, password: str) -> str | None:
+        url = base.set(username=user, password=password)
+        return read_url(url.render_as_string(hide_password=False)).error
+
+    # A one-letter password does not blank that letter all over the message...
+    assert error_for("nosuch_role", "e") == "role 'nosuch_role' does not exist"
+    # ...and a password that is also the user name is still never shown.
+    assert error_for("nosuch_pw", "nosuch_pw") == "role '***' does not exist"
 
 
 def test_mask_secrets_removes_the_password_in_every_form() -> None:
