@@ -70,6 +70,14 @@ def environment_status(
             more = len(graph.problems) - 3
             detail += f" (which has problems: {shown}{f'; and {more} more' if more > 0 else ''})"
         return Status(State.UNKNOWN, (), detail)
+    repeated = sorted({head for head in heads if heads.count(head) > 1})
+    if repeated:
+        # Alembic updates a version row by its value and refuses when two rows match.
+        problem = (
+            f"version table {version_table} lists {', '.join(map(_shown, repeated))} more than"
+            " once: Alembic cannot upgrade or downgrade from it"
+        )
+        return Status(State.INVALID, (), problem, problem)
     try:
         pending = tuple(graph.pending(list(heads)))
     except HistoryError as exc:

@@ -98,6 +98,16 @@ def test_overlapping_heads_are_invalid_with_the_reason() -> None:
     assert status.detail == status.error
 
 
+def test_a_head_listed_twice_is_invalid_since_alembic_cannot_move_it() -> None:
+    for heads in (("b", "b"), ("d", "d")):
+        status = environment_status(reading(*heads), graph(*LINEAR))
+        assert status.state is State.INVALID
+        assert status.error == (
+            f"version table alembic_version lists {heads[0]} more than once:"
+            " Alembic cannot upgrade or downgrade from it"
+        )
+
+
 def test_a_broken_history_is_invalid_not_an_exception() -> None:
     broken = graph(("a", ()), ("b", ("gone",)))
     status = environment_status(reading("a"), broken)
