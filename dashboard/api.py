@@ -26,9 +26,9 @@ def api_view(view: View) -> View:
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):
             return error(405, "the API is read-only: use GET")
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        if header.startswith("Bearer "):
-            user = tokens.token_user(header.removeprefix("Bearer ").strip())
+        scheme, _, credentials = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110)
+            user = tokens.token_user(credentials.strip())
             if user is None:
                 return error(401, "invalid or revoked API token")
             request.user = user

@@ -19,7 +19,7 @@ from django.test import Client
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from dashboard.models import Snapshot
+from dashboard.models import ApiToken, Snapshot
 from dashboard.selectors.status import latest_snapshots
 from dashboard.services import status, tokens
 from dashboard.states import State
@@ -572,6 +572,28 @@ def test_api_refuses_what_it_should(settings: Any, tmp_path: Path, client: Clien
     assert post.status_code == 405
     assert unknown.status_code == 404
     assert unknown.json() == {"error": "no environment named 'nope'"}
+
+
+def test_api_tokens_take_any_case_of_bearer_and_revoke_one_at_a_time(
+    settings: Any, tmp_path: Path, client: Client
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog("sqlite:///never.db")})
+    first = signed_in_token()
+    second = tokens.token_create(username="ci", name="nightly")
+
+    assert client.get("/api/environments", HTTP_AUTHORIZATION=f"bearer {first}").status_code == 200
+    # A prefix shorter than the listed one would name every token: refused, none lost.
+    for vague in ("mdb_", "", first[:8]):
+        with pytest.raises(CommandError, match="give the 12 characters"):
+            call_command("apitoken", "revoke", vague)
+    assert ApiToken.objects.count() == 2
+    out = io.StringIO()
+    call_command("apitoken", "revoke", first[:12], stdout=out)
+    assert out.getvalue().strip() == "revoked 1 token"
+    assert client.get("/api/environments", HTTP_AUTHORIZATION=f"Bearer {first}").status_code == 401
+    assert client.get("/api/environments", HTTP_AUTHORIZATION=f"Bearer {second}").status_code == 200
+    call_command("apitoken", "revoke", second)  # the whole key works too
+    assert not ApiToken.objects.exists()
 
 
 def test_api_works_with_a_session_too(settings: Any, tmp_path: Path, client: Client) -> None:

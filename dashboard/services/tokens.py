@@ -12,6 +12,11 @@ from django.utils import timezone
 from dashboard.models import ApiToken
 
 PREFIX = "mdb_"
+SHOWN = 12  # characters of a key kept in clear to name the token
+
+
+class TokenError(Exception):
+    """A token cannot be revoked as asked."""
 
 
 def _digest(key: str) -> str:
@@ -22,7 +27,7 @@ def token_create(*, username: str, name: str = "") -> str:
     """Create a token for the user and return its key (the only time it is visible)."""
     user = get_user_model().objects.get(username=username)
     key = PREFIX + secrets.token_urlsafe(32)
-    ApiToken.objects.create(user=user, name=name, prefix=key[:12], key_hash=_digest(key))
+    ApiToken.objects.create(user=user, name=name, prefix=key[:SHOWN], key_hash=_digest(key))
     return key
 
 
@@ -38,6 +43,21 @@ def token_user(key: str) -> Any | None:
 
 
 def token_revoke(*, prefix: str) -> int:
-    """Delete the tokens whose key starts with prefix; return how many."""
-    deleted, _ = ApiToken.objects.filter(prefix__startswith=prefix[:12]).delete()
+    """Delete the one token named by its listed prefix (or its whole key); return 1."""
+    # Only an exact prefix names a token: "mdb_" or "" would otherwise match them all.
+    matches = ApiToken.objects.filter(prefix=prefix[:SHOWN]) if len(prefix) >= SHOWN else None
+    if matches is None or not matches.exists():
+        raise TokenError(
+            f"no token has the prefix {prefix[:SHOWN]!r}: give the {SHOWN} characters"
+            " that `apitoken list` shows"
+        )
+    if len(prefix) > SHOWN:
+        matches = matches.filter(key_hash=_digest(prefix))
+        if not matches.exists():
+            raise TokenError("no token has that key")
+    if matches.count() > 1:
+        raise TokenError(
+            f"{matches.count()} tokens share the prefix {prefix!r}: give the whole key"
+        )
+    deleted, _ = matches.delete()
     return deleted

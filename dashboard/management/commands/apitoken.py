@@ -22,7 +22,9 @@ class Command(BaseCommand):
             "--name", default="", help="what the token is for, e.g. 'github-actions'"
         )
         sub.add_parser("list", help="list tokens (prefixes only)")
-        revoke = sub.add_parser("revoke", help="delete the token whose key starts with PREFIX")
+        revoke = sub.add_parser(
+            "revoke", help="delete the token with this PREFIX (as listed) or this whole key"
+        )
         revoke.add_argument("prefix")
 
     def handle(self, *args: Any, verb: str, **options: Any) -> None:
@@ -39,6 +41,8 @@ class Command(BaseCommand):
                     f"{token.prefix}…  {token.user.get_username()}  {token.name}  {used}"
                 )
         elif verb == "revoke":
-            if not tokens.token_revoke(prefix=options["prefix"]):
-                raise CommandError(f"no token starts with {options['prefix']!r}")
-            self.stdout.write("revoked")
+            try:
+                tokens.token_revoke(prefix=options["prefix"])
+            except tokens.TokenError as exc:
+                raise CommandError(str(exc)) from exc
+            self.stdout.write("revoked 1 token")
