@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -194,6 +195,12 @@ class Approval(models.Model):
             models.UniqueConstraint(
                 fields=["action", "username"], name="one_decision_per_approver"
             ),
+            # ...also after a rename: the account, not its name, is the approver.
+            models.UniqueConstraint(
+                fields=["action", "user"],
+                condition=models.Q(user__isnull=False),
+                name="one_decision_per_approver_account",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -208,6 +215,20 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
 
     def delete(self) -> tuple[int, dict[str, int]]:
         raise PermissionError("audit events cannot be deleted")
+
+    def bulk_create(
+        self,
+        objs: Iterable[Any],
+        batch_size: int | None = None,
+        ignore_conflicts: bool = False,
+        update_conflicts: bool = False,
+        update_fields: Collection[str] | None = None,
+        unique_fields: Collection[str] | None = None,
+    ) -> list[Any]:
+        # Inserting is fine (tests make large trails); an upsert would rewrite old rows.
+        if update_conflicts or update_fields:
+            raise PermissionError("audit events cannot be changed")
+        return super().bulk_create(objs, batch_size=batch_size, ignore_conflicts=ignore_conflicts)
 
 
 class AuditEvent(models.Model):

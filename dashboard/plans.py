@@ -67,8 +67,25 @@ def load_project_history(project: Project, *, may_run_project_code: bool) -> scr
 
 
 def current_fingerprint(project: Project) -> str:
-    """Return the fingerprint of the project's revision files as they are now, without parsing."""
-    return scripts.fingerprint(project.script_location, alembic_ini=project.alembic_ini)
+    """Return the fingerprint of the code an action would run, as it is now, without parsing."""
+    revisions = scripts.fingerprint(project.script_location, alembic_ini=project.alembic_ini)
+    return code_fingerprint(project, revisions)
+
+
+def code_fingerprint(project: Project, revisions_fingerprint: str) -> str:
+    """Fold the files that run around the revisions (env.py, its neighbours, the ini) in."""
+    # An approval must not carry over to an edited env.py: it runs with every revision.
+    digest = hashlib.sha256(revisions_fingerprint.encode())
+    around = sorted(project.script_location.glob("*.py"))
+    if project.alembic_ini is not None:
+        around.append(project.alembic_ini)
+    for path in around:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # gone since the glob; its absence shows in the next fingerprint
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def make_plan(graph: Graph, from_heads: Sequence[str], target: str, direction: Direction) -> Plan:

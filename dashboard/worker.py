@@ -65,11 +65,14 @@ class RunMonitor:
         known_revisions: Collection[str],
         flush_interval: float = FLUSH_INTERVAL,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        give_up_after: float | None = None,
     ) -> None:
         self.action_id = action_id
         self.known_revisions = frozenset(known_revisions)
         self.flush_interval = flush_interval
         self.heartbeat_interval = heartbeat_interval
+        # Stop the run before another worker may declare it interrupted and start the next.
+        self.give_up_after = heartbeat_limit() * 0.8 if give_up_after is None else give_up_after
         self.cancel = threading.Event()
         # Set when the row stopped being "running" under us (housekeeping declared it interrupted).
         self.lost = threading.Event()
@@ -159,6 +162,15 @@ class RunMonitor:
         except Exception:
             # A database hiccup must not stop the run; the lines wait for the next try.
             logger.exception("could not record progress of action %s", self.action_id)
+            silent = time.monotonic() - self._last_heartbeat
+            if silent > self.give_up_after and not self.lost.is_set():
+                logger.error(
+                    "action %s: no heartbeat reached the database for %.0f s; stopping Alembic",
+                    self.action_id,
+                    silent,
+                )
+                self.lost.set()
+                self.cancel.set()
             return
         with self._lock:
             del self._lines[: len(lines)]

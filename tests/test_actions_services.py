@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from dashboard import plans
+from dashboard import plans, runner
 from dashboard.config import load_config
 from dashboard.models import Action, Approval, AuditEvent
 from dashboard.services import actions
@@ -185,6 +187,77 @@ def test_changed_script_directory_refuses_approval_and_run(
     assert ran.status == Action.Status.FAILED
     assert ran.error.startswith("the script directory changed since this plan was made")
     assert schema_of(sqlite_url) == before
+
+
+@pytest.mark.parametrize("edited", ["env.py", "alembic.ini"])
+def test_an_edited_env_py_or_ini_also_needs_a_new_plan(
+    people: dict[str, Any], config_at: Any, sqlite_url: str, tmp_path: Path, edited: str
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(
+        ROOT / "migrations_project", project, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    config_at(
+        {"staging": {"url": touch_sqlite(sqlite_url), "approvals_required": 1}},
+        alembic_ini=project / "alembic.ini",
+    )
+    pending = _request(people["olga"], target="c94a", prepare=True)
+    path = project / edited
+    path.write_text(path.read_text() + "\n# edited after the request\n")
+
+    with pytest.raises(actions.PlanChanged, match="script directory changed"):
+        actions.action_approve(
+            user=people["alan"], action_id=pending.pk, plan_hash=pending.plan_hash
+        )
+
+
+def test_a_run_declared_interrupted_under_it_keeps_one_ending_and_records_the_late_outcome(
+    people: dict[str, Any], config_at: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_at({"staging": {"url": touch_sqlite(sqlite_url), "approvals_required": 0}})
+    action = _request(people["olga"], target="3f8c", prepare=True)
+    real_run = runner.run_alembic
+
+    def run_after_housekeeping(*args: Any, **kwargs: Any) -> Any:
+        # The worker's heartbeats stop reaching the database; housekeeping elsewhere fires.
+        Action.objects.filter(pk=action.pk).update(
+            heartbeat_at=timezone.now() - timedelta(minutes=2)
+        )
+        assert [a.pk for a in actions.action_interrupt_silent(limit=60)] == [action.pk]
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_alembic", run_after_housekeeping)
+    done = actions.action_run(action_id=action.pk, worker="test")
+
+    assert done.status == Action.Status.INTERRUPTED
+    verbs = list(
+        AuditEvent.objects.filter(action_id=action.pk).order_by("id").values_list("verb", flat=True)
+    )
+    assert verbs[-3:] == ["action.started", "action.interrupted", "action.late_outcome"]
+    late = AuditEvent.objects.get(action_id=action.pk, verb="action.late_outcome")
+    assert late.payload["outcome"] in ("succeeded", "interrupted")
+    assert done.after_heads == list(heads_of(sqlite_url))
+
+
+def test_a_renamed_approver_still_counts_once(
+    people: dict[str, Any], config_at: Any, sqlite_url: str
+) -> None:
+    config_at({"staging": {"url": touch_sqlite(sqlite_url), "approvals_required": 2}})
+    action = _request(people["olga"], prepare=True)
+    alan = people["alan"]
+    actions.action_approve(user=alan, action_id=action.pk, plan_hash=action.plan_hash)
+    alan.username = "alan.smith"
+    alan.save()
+
+    with pytest.raises(actions.AlreadyDecided):
+        actions.action_approve(user=alan, action_id=action.pk, plan_hash=action.plan_hash)
+    # The database has the last word even if the check above were skipped.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Approval.objects.create(
+            action=action, user=alan, username="alan.smith", decision="approve", plan_hash="x"
+        )
+    action.refresh_from_db()
+    assert action.status == Action.Status.REQUESTED
 
 
 def test_cancel_rules_and_a_cancelled_action_never_runs(

@@ -46,6 +46,13 @@ def test_orm_refuses_to_change_or_delete_events() -> None:
         AuditEvent.objects.all().update(verb="forged")
     with pytest.raises(PermissionError):
         AuditEvent.objects.all().delete()
+    with pytest.raises(PermissionError):
+        AuditEvent.objects.bulk_create(
+            [event],
+            update_conflicts=True,
+            unique_fields=["id"],
+            update_fields=["verb"],
+        )
 
 
 EDITS = {

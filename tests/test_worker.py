@@ -96,6 +96,21 @@ def test_requests_whose_sql_preparation_was_lost_are_prepared_again() -> None:
     assert worker.Housekeeping().run_once().requeued == []
 
 
+def test_a_preparation_whose_worker_died_mid_run_is_prepared_again() -> None:
+    stuck = _action(Action.Status.REQUESTED)
+    Action.objects.filter(pk=stuck.pk).update(created_at=timezone.now() - timedelta(minutes=30))
+    entry = DBTaskResult.objects.get(id=prepare_action.enqueue(stuck.pk).id)
+    # The worker claimed it, then was killed: django-tasks-db leaves the row "running".
+    DBTaskResult.objects.filter(id=entry.id).update(
+        status=TaskResultStatus.RUNNING, started_at=timezone.now() - timedelta(seconds=30)
+    )
+    assert worker.Housekeeping().run_once().requeued == []  # still within its time
+    DBTaskResult.objects.filter(id=entry.id).update(
+        started_at=timezone.now() - timedelta(minutes=10)
+    )
+    assert worker.Housekeeping().run_once().requeued == [stuck.pk]
+
+
 def test_housekeeping_is_scheduled_once_however_often_it_is_asked() -> None:
     assert worker.schedule_housekeeping(delay=30) is True
     assert worker.schedule_housekeeping(delay=30) is False

@@ -121,10 +121,13 @@ def action_reject(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def action_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Cancel an action that has not finished."""
     try:
-        action_services.action_cancel(user=request.user, action_id=pk, request=request)
+        action = action_services.action_cancel(user=request.user, action_id=pk, request=request)
     except action_services.ActionRefused as exc:
         return _refused(request, pk, exc)
-    messages.success(request, "Cancelled.")
+    if action.is_finished:
+        messages.success(request, "Cancelled.")
+    else:
+        messages.success(request, "Asked the worker to stop it; the progress below shows when.")
     return redirect("action-detail", pk=pk)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -154,7 +155,10 @@ def _check_decidable(action: Action, user: Any, *, verb: str) -> None:
     if _is_requester(action, user):
         hint = "another approver must approve it" if verb == "approve" else "cancel it instead"
         raise SelfApproval(f"you requested action #{action.pk}, so you cannot {verb} it: {hint}")
-    earlier = action.approvals.filter(username=user.get_username()).first()
+    same_person = Q(username=user.get_username())
+    if getattr(user, "pk", None):
+        same_person |= Q(user_id=user.pk)
+    earlier = action.approvals.filter(same_person).first()
     if earlier is not None:
         raise AlreadyDecided(f"you already {earlier.decision}d action #{action.pk}")
     if verb == "approve" and not action.is_prepared:

@@ -80,6 +80,7 @@ def action_request(
             f" {direction} {target} would run no revision"
         )
     revisions = plan.revisions
+    fingerprint = plans.code_fingerprint(project, loaded.fingerprint)
     with transaction.atomic():
         action = Action.objects.create(
             environment=env.name,
@@ -89,7 +90,7 @@ def action_request(
             target_heads=list(plan.target_heads),
             from_heads=list(reading.heads),
             plan=revisions,
-            fingerprint=loaded.fingerprint,
+            fingerprint=fingerprint,
             plan_hash=plans.plan_hash(
                 environment=env.name,
                 direction=direction,
@@ -97,7 +98,7 @@ def action_request(
                 from_heads=reading.heads,
                 plan=revisions,
                 sql_sha256="",
-                fingerprint=loaded.fingerprint,
+                fingerprint=fingerprint,
             ),
             approvals_required=env.approvals_for(direction),
             requested_by=user if getattr(user, "pk", None) else None,

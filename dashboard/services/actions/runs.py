@@ -8,7 +8,7 @@ import re
 import socket
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -33,6 +33,9 @@ RETRY_DELAY = 1.0  # seconds before a queued action whose environment is busy tr
 LONG_WAIT_RETRY_DELAY = 5.0  # ... once it has waited longer than LONG_WAIT
 LONG_WAIT = timedelta(seconds=30)
 PREPARE_GRACE = timedelta(minutes=2)  # a request's SQL may take this long before it counts as lost
+PREPARE_LIMIT = timedelta(
+    seconds=plans.OFFLINE_SQL_TIMEOUT + plans.SQUAWK_TIMEOUT + 60
+)  # a preparation still "running" after this lost its worker
 # Never handed to Alembic's child: the dashboard's own secrets.
 DASHBOARD_SECRETS = ("SECRET_KEY", "DASHBOARD_PASSWORD")
 _ERROR_LINE = re.compile(r"^(FAILED:|[A-Za-z_][\w.]*(Error|Exception|Exit)\b)")
@@ -78,40 +81,48 @@ def action_interrupt_silent(*, limit: float) -> list[Action]:
     interrupted = []
     cutoff = timezone.now() - timedelta(seconds=limit)
     for action in Action.objects.silent_since(cutoff):
-        after_heads = _heads_now(action)
-        with transaction.atomic():
-            current = Action.objects.select_for_update().filter(pk=action.pk).first()
-            if (
-                current is None
-                or not Action.objects.silent_since(cutoff).filter(pk=action.pk).exists()
-            ):
-                continue  # it finished or heartbeat meanwhile
-            last = current.heartbeat_at or current.started_at
-            error = (
-                f"the worker {current.worker or '(unknown)'} stopped heartbeating"
-                f" at {last:%Y-%m-%d %H:%M:%S} UTC (limit {limit:g} s);"
-                f" {where(current.environment, current.from_heads, after_heads, current.target_heads)}"
-            )
-            current.status = Action.Status.INTERRUPTED
-            current.finished_at = timezone.now()
-            current.after_heads = after_heads
-            current.error = error
-            current.save(update_fields=["status", "finished_at", "after_heads", "error"])
-            audit.record(
-                "action.interrupted",
-                actor_name=audit.SYSTEM,
-                environment=current.environment,
-                action_id=current.pk,
-                payload={
-                    "worker": current.worker,
-                    "last_heartbeat": last.isoformat() if last else None,
-                    "after_heads": after_heads,
-                    "error": error,
-                },
-            )
-        interrupted.append(current)
-        _refresh_status(current.environment)
+        try:
+            current = _interrupt(action, cutoff, limit)
+        except Exception:  # one action's trouble must not shield the others
+            logger.exception("could not mark action %s interrupted", action.pk)
+            continue
+        if current is not None:
+            interrupted.append(current)
+            _refresh_status(current.environment)
     return interrupted
+
+
+def _interrupt(action: Action, cutoff: datetime, limit: float) -> Action | None:
+    """Mark one silent action interrupted unless it finished or heartbeat meanwhile."""
+    after_heads = _heads_now(action)
+    with transaction.atomic():
+        current = Action.objects.select_for_update().filter(pk=action.pk).first()
+        if current is None or not Action.objects.silent_since(cutoff).filter(pk=action.pk).exists():
+            return None  # it finished or heartbeat meanwhile
+        last = current.heartbeat_at or current.started_at
+        error = (
+            f"the worker {current.worker or '(unknown)'} stopped heartbeating"
+            f" at {last:%Y-%m-%d %H:%M:%S} UTC (limit {limit:g} s);"
+            f" {where(current.environment, current.from_heads, after_heads, current.target_heads)}"
+        )
+        current.status = Action.Status.INTERRUPTED
+        current.finished_at = timezone.now()
+        current.after_heads = after_heads
+        current.error = error
+        current.save(update_fields=["status", "finished_at", "after_heads", "error"])
+        audit.record(
+            "action.interrupted",
+            actor_name=audit.SYSTEM,
+            environment=current.environment,
+            action_id=current.pk,
+            payload={
+                "worker": current.worker,
+                "last_heartbeat": last.isoformat() if last else None,
+                "after_heads": after_heads,
+                "error": error,
+            },
+        )
+    return current
 
 
 def action_requeue_lost() -> list[int]:
@@ -141,11 +152,14 @@ def action_requeue_lost() -> list[int]:
     ]
     for pk in lost_runs:
         enqueue_run(pk)
+    # A preparation runs two bounded subprocesses; one "running" far longer lost its worker
+    # (django-tasks-db leaves a killed worker's row as it was).
+    overdue = timezone.now() - PREPARE_LIMIT
     preparing = {
         args_kwargs["args"][0]
-        for args_kwargs in alive.filter(task_path=prepare_action.module_path).values_list(
-            "args_kwargs", flat=True
-        )
+        for args_kwargs in alive.filter(task_path=prepare_action.module_path)
+        .exclude(status=TaskResultStatus.RUNNING, started_at__lt=overdue)
+        .values_list("args_kwargs", flat=True)
         if args_kwargs.get("args")
     }
     # Young requests may still be in their requester's transaction or the CLI's hands.
@@ -300,6 +314,10 @@ def _run_claimed(action: Action) -> Action:
             ),
             after_heads=list(before.heads),
         )
+    if not Action.objects.filter(pk=action.pk, status=Action.Status.RUNNING).exists():
+        # The checks above took longer than the heartbeat limit and it was declared interrupted.
+        action.refresh_from_db()
+        return action
     known = set(action.plan) | set(action.from_heads) | set(action.target_heads)
     monitor = RunMonitor(action.pk, known_revisions=known)
     monitor.start()
@@ -393,22 +411,32 @@ def _finish(
     }
     if progress is not None:
         changes["progress_done"] = progress
+    payload: dict[str, Any] = {"after_heads": after_heads, "worker": action.worker}
+    if error:
+        payload["error"] = error
+    if duration_s is not None:
+        payload["duration_s"] = round(duration_s, 3)
     with transaction.atomic():
-        Action.objects.filter(
-            pk=action.pk, status__in=[Action.Status.RUNNING, Action.Status.INTERRUPTED]
-        ).update(**changes)
-        payload: dict[str, Any] = {"after_heads": after_heads, "worker": action.worker}
-        if error:
-            payload["error"] = error
-        if duration_s is not None:
-            payload["duration_s"] = round(duration_s, 3)
-        audit.record(
-            f"action.{status}",
-            actor_name=audit.SYSTEM,
-            environment=action.environment,
-            action_id=action.pk,
-            payload=payload,
-        )
+        running = Action.objects.filter(pk=action.pk, status=Action.Status.RUNNING)
+        if running.update(**changes):
+            audit.record(
+                f"action.{status}",
+                actor_name=audit.SYSTEM,
+                environment=action.environment,
+                action_id=action.pk,
+                payload=payload,
+            )
+        else:
+            # Declared interrupted (or cancelled) under us: that stays its one ending, and
+            # what the run did after all is recorded beside it, with where it left the heads.
+            Action.objects.filter(pk=action.pk).update(after_heads=after_heads)
+            audit.record(
+                "action.late_outcome",
+                actor_name=audit.SYSTEM,
+                environment=action.environment,
+                action_id=action.pk,
+                payload={"outcome": status, **payload},
+            )
     _start_next(action.environment)
     _refresh_status(action.environment)
     action.refresh_from_db()
@@ -431,7 +459,8 @@ def _heads_now(action: Action, config: DashboardConfig | None = None) -> list[st
         config = config or current_config()
         env = config.environments[action.environment]
         reading = versions.read_environment(env, config.projects[env.project])
-    except (ConfigError, KeyError):
+    except Exception:  # called while recording a failure: it must not add one
+        logger.exception("could not read %s again", action.environment)
         return None
     return list(reading.heads) if reading.ok else None
 
