@@ -538,15 +538,26 @@ class _Masker:
 
     def __init__(self, url: str) -> None:
         self.replacement_url = mask_url(url)
-        try:
-            plain = url_secrets(parse_database_url(url))
-        except BadDatabaseURL:
-            plain = []
+        urls = {url}
         passwords: set[str] = set()
-        for password in plain:
-            for form in (password, quote(password, safe=""), quote_plus(password)):
-                passwords |= {form, _ini_escape(form)}
-        self.urls = sorted({url, _ini_escape(url)}, key=len, reverse=True)
+        try:
+            parsed = parse_database_url(url)
+        except BadDatabaseURL:
+            parsed = None
+        if parsed is not None:
+            # SQLAlchemy re-renders URLs with its own escaping, which differs from both quotes.
+            rendered = parsed.render_as_string(hide_password=False)
+            urls.add(rendered)
+            for password in url_secrets(parsed):
+                # quote(..., safe=" +") is how SQLAlchemy writes a password into a URL.
+                for form in (
+                    password,
+                    quote(password, safe=""),
+                    quote(password, safe=" +"),
+                    quote_plus(password),
+                ):
+                    passwords |= {form, _ini_escape(form)}
+        self.urls = sorted(urls | {_ini_escape(u) for u in urls}, key=len, reverse=True)
         self.passwords = sorted(passwords, key=len, reverse=True)
 
     def __call__(self, line: str) -> str:

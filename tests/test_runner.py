@@ -212,6 +212,21 @@ def test_failure_output_never_contains_the_password(
     assert any("refusing to migrate" in line and ":***@" in line for line in lines), lines
 
 
+def test_the_masker_hides_every_spelling_of_the_password() -> None:
+    from urllib.parse import quote, quote_plus
+
+    from dashboard.runner import _Masker
+
+    password = "p@ss:w/rd+x y!"
+    url = _with_password("postgresql+psycopg2://deploy@db.internal/app", password)
+    rendered_password = quote(password, safe=" +")  # how SQLAlchemy writes it into a URL
+    masker = _Masker(url)
+    for spelling in (password, quote(password, safe=""), rendered_password, quote_plus(password)):
+        shown = masker(f"connect failed: password={spelling!r} ({spelling})")
+        assert spelling not in shown, shown
+    assert masker(f"using {url}") == "using postgresql+psycopg2://deploy:***@db.internal/app"
+
+
 def test_time_limit_kills_the_whole_process_group(
     sqlite_url: str, ini_project: Project, tmp_path: Path, spawned: list[int]
 ) -> None:
