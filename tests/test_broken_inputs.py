@@ -79,8 +79,10 @@ class Broken:
 BROKEN = {
     # The file the environment is at cannot be read: its head is missing, and we say why.
     "syntax error": Broken(syntax_error, "unknown", "unknown", "syntax error", "syntax error"),
-    # Alembic warns and uses the last file, so the environment is at a head that exists.
-    "duplicate id": Broken(duplicate_id, "current", "current", "is defined twice", f"at head {R2}"),
+    # Alembic keeps the shadowed copy among its heads, so nothing can be planned.
+    "duplicate id": Broken(
+        duplicate_id, "invalid", "invalid history", "is defined twice", "is defined twice"
+    ),
     "cycle": Broken(cycle, "invalid", "invalid history", "cycle detected", "cycle detected"),
     "missing parent": Broken(
         missing_parent,

@@ -280,6 +280,35 @@ def test_environment_badges_sit_on_their_revisions(
     assert 'href="/environments/qa"' in panel and "state-behind" in panel
 
 
+def test_odd_ids_and_parameters_get_pages_not_server_errors(
+    viewer: Client, settings: Any, tmp_path: Path
+) -> None:
+    location = write_scripts(
+        tmp_path / "odd",
+        {
+            "a.py": revision_file("a/b", None),
+            "c.py": revision_file("c1", ("a/b", "x/y"), extra="depends_on = 'q/r'"),
+            "e.py": revision_file("", None),
+        },
+    )
+    configure(settings, tmp_path, {"odd": {"script_location": str(location)}})
+    page = viewer.get("/projects/odd/graph")
+    assert page.status_code == 200
+    assert "names down_revision x/y, which does not exist" in page.content.decode()
+    assert "revision is an empty string" in page.content.decode()
+    for response in (
+        viewer.get("/projects/odd/graph", {"rev": "c1"}),
+        viewer.get("/projects/odd/graph", {"start": "\u00b2"}),
+        viewer.get("/projects/odd/graph", {"start": "\u00b2"}, **HTMX),
+        viewer.get("/projects/odd/revisions/c1"),
+        viewer.get("/projects/odd/revisions/a/b"),
+    ):
+        assert response.status_code == 200, response.content[:300]
+    assert (
+        "/projects/odd/revisions/a/b" in viewer.get("/projects/odd/revisions/c1").content.decode()
+    )
+
+
 def test_escapes_messages_and_docstrings(viewer: Client, settings: Any, tmp_path: Path) -> None:
     location = write_scripts(
         tmp_path / "xss",

@@ -233,11 +233,20 @@ def test_revision_downstream_of_a_cycle_is_not_blamed_for_it() -> None:
     assert "cycle detected among revisions x, y" in graph.problems
 
 
-def test_duplicate_revision_id_names_both_files_and_keeps_the_later_one() -> None:
+def test_duplicate_revision_id_names_both_files_and_blocks_plans() -> None:
     graph = Graph([rev("a", path="v/one.py"), Revision("a", (), message="second", path="v/two.py")])
-    assert any("v/one.py" in p and "v/two.py" in p for p in graph.problems)
+    assert any("v/one.py" in p and "v/two.py" in p for p in graph.blocking_problems)
     assert graph.revisions["a"].message == "second"
-    assert graph.pending([]) == ["a"]  # Alembic only warns, so plans still work
+    # Alembic keeps the shadowed copy among its heads: with a child, `upgrade heads` fails.
+    with pytest.raises(BrokenHistory, match="defined twice"):
+        graph.pending([])
+
+
+def test_a_loop_never_hangs_the_spreading_of_branch_labels() -> None:
+    looped = Graph([rev("a", "a"), rev("b", "a", labels=("feature",))])
+    assert looped.labels_of("b") == ("feature",)
+    cycle = Graph([rev("c", "d"), rev("d", "c", labels=("feature",))])
+    assert "feature" in cycle.labels_of("d")
 
 
 @pytest.mark.parametrize(

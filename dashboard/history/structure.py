@@ -41,8 +41,9 @@ class GraphStructure:
         for rev in revisions:
             previous = self.revisions.get(rev.revision)
             if previous is not None:
-                # Alembic warns and keeps the file it loaded last, in the first one's place.
-                self.problems.append(
+                # Alembic warns and keeps the file it loaded last, but the shadowed copy stays
+                # among its heads: `upgrade heads` then fails on overlapping revisions.
+                self._blocking.append(
                     f"revision {rev.revision} is defined twice: {previous.path} and {rev.path}"
                     f" (Alembic uses {rev.path})"
                 )
@@ -346,7 +347,9 @@ class GraphStructure:
                 todo.extend(self._children[node])
                 last = node
             node_or_none: str | None = last
-            while node_or_none is not None:
+            walked: set[str] = set()  # a broken history can loop back on itself
+            while node_or_none is not None and node_or_none not in walked:
+                walked.add(node_or_none)
                 revision = self.revisions[node_or_none]
                 real_children = len(self._children[node_or_none]) + len(
                     self._dependents[node_or_none]

@@ -138,6 +138,9 @@ def load_history_with_alembic(
             problems=tuple(graph.problems),
         )
         if ran:
+            # Only the newest answer per interpreter is asked for again.
+            for key in [key for key in entry.alembic if key[0] == python]:
+                del entry.alembic[key]
             entry.alembic[(python, stamp)] = history
         return history
 

@@ -77,6 +77,25 @@ class LoadedHistory:
     problems: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """One file's parse (a Revision, or the problem that kept it out) and the stat it was of."""
+
+    size: int
+    mtime_ns: int
+    parsed_at_ns: int
+    result: Revision | str
+
+    def holds_for(self, f: _File) -> bool:
+        """Tell whether this parse still describes the file as the scan found it."""
+        # A file modified within RACY_NS of its parse may have changed again in the same tick.
+        return (
+            self.size == f.size
+            and self.mtime_ns == f.mtime_ns
+            and f.mtime_ns < self.parsed_at_ns - RACY_NS
+        )
+
+
 @dataclass
 class _Entry:
     """The cached state of one script directory."""
@@ -86,9 +105,8 @@ class _Entry:
     files: list[_File] = field(default_factory=list)
     stamps: _Stamps | None = None
     history: LoadedHistory | None = None
-    parsed: dict[str, tuple[int, int, Revision | str]] = field(default_factory=dict)
+    parsed: dict[str, _Parsed] = field(default_factory=dict)
     alembic: dict[tuple[str, str], LoadedHistory] = field(default_factory=dict)
-    checked_at: float = 0.0
 
 
 _entries: dict[tuple[str | None, str | None], _Entry] = {}
@@ -125,60 +143,53 @@ def _entry(script_location: Path | None, alembic_ini: Path | None) -> _Entry:
 
 
 def load_history(
-    script_location: Path | None = None,
-    *,
-    alembic_ini: Path | None = None,
-    max_age: float = 0.0,
+    script_location: Path | None = None, *, alembic_ini: Path | None = None
 ) -> LoadedHistory:
     """Return the project's graph, re-parsing only files changed since the last look."""
-    # Every call stats each file, unless a look taken less than `max_age` seconds ago is
-    # trusted instead (for pages that poll).
     entry = _entry(script_location, alembic_ini)
-    if max_age > 0:
-        with entry.lock:
-            if entry.history is not None and time.monotonic() - entry.checked_at < max_age:
-                return entry.history
     settings = read_settings(script_location, alembic_ini=alembic_ini)
     with entry.lock:
-        checked_at = time.monotonic()
         previous = entry.history if entry.settings == settings else None
         if previous is not None and entry.stamps is not None and entry.stamps.still_true():
-            entry.checked_at = checked_at
             return previous
         started_ns = time.time_ns()
         scan = _scan(settings)
-        files, notes, scan_problems = scan.files, scan.notes, scan.problems
-        if previous is not None and entry.files == files:
-            entry.stamps = _stamps(scan, started_ns)
-            entry.checked_at = checked_at
-            return previous
-        parsed: dict[str, tuple[int, int, Revision | str]] = {}
-        revisions: list[Revision] = []
-        problems = list(settings.problems) + scan_problems
+        files = scan.files
+        parsed: dict[str, _Parsed] = {}
         for f in files:
             known = entry.parsed.get(f.path)
-            if known is not None and known[0] == f.size and known[1] == f.mtime_ns:
-                result = known[2]
+            if known is not None and known.holds_for(f):
+                parsed[f.path] = known
             else:
                 data = _read(f.path, f.size)
                 result = data if isinstance(data, str) else parse_revision_file(f.path, data)
-            parsed[f.path] = (f.size, f.mtime_ns, result)
-            if isinstance(result, str):
-                problems.append(result)
-            else:
-                revisions.append(result)
-        graph = Graph(revisions, problems, notes=notes)
-        history = LoadedHistory(
-            graph=graph,
-            fingerprint=fingerprint_files(files),
-            script_location=settings.script_location,
-            version_locations=settings.version_locations,
-            problems=tuple(graph.problems),
+                parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, result)
+        # A re-parse that found the same (a racy file read again) keeps the history.
+        unchanged = all(
+            (old := entry.parsed.get(path)) is not None and (new is old or new.result == old.result)
+            for path, new in parsed.items()
         )
+        history = previous
+        if history is None or not unchanged or entry.files != files:
+            history = _history(settings, scan, [parsed[f.path].result for f in files])
         entry.settings, entry.files, entry.parsed, entry.history = settings, files, parsed, history
         entry.stamps = _stamps(scan, started_ns)
-        entry.checked_at = checked_at
         return history
+
+
+def _history(settings: ScriptSettings, scan: Scan, results: list[Revision | str]) -> LoadedHistory:
+    """Build the graph from parsed files (a string is a file's problem) and fingerprint it."""
+    problems = list(settings.problems) + scan.problems
+    problems += [result for result in results if isinstance(result, str)]
+    revisions = [result for result in results if not isinstance(result, str)]
+    graph = Graph(revisions, problems, notes=scan.notes)
+    return LoadedHistory(
+        graph=graph,
+        fingerprint=fingerprint_files(scan.files),
+        script_location=settings.script_location,
+        version_locations=settings.version_locations,
+        problems=tuple(graph.problems),
+    )
 
 
 def clear_cache() -> None:

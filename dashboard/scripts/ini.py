@@ -10,6 +10,14 @@ from pathlib import Path
 
 _SEPARATORS = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}
 _LEGACY_SPLIT = re.compile(r", *|(?: +)")
+_USED_KEYS = (
+    "script_location",
+    "version_locations",
+    "path_separator",
+    "version_path_separator",
+    "recursive_version_locations",
+    "sourceless",
+)
 
 
 class ScriptLocationError(Exception):
@@ -46,8 +54,14 @@ def read_settings(
         except (OSError, configparser.Error, UnicodeDecodeError) as exc:
             raise ScriptLocationError(f"cannot read {ini}: {exc}") from exc
         if parser.has_section("alembic"):
+            # Only the keys we use are interpolated, as Alembic does: a `%` elsewhere (say in
+            # sqlalchemy.url's password) is no concern of ours.
             try:
-                options = {key: parser.get("alembic", key) for key in parser.options("alembic")}
+                options = {
+                    key: parser.get("alembic", key)
+                    for key in _USED_KEYS
+                    if parser.has_option("alembic", key)
+                }
             except configparser.Error as exc:
                 raise ScriptLocationError(f"cannot read {ini}: {exc}") from exc
         else:

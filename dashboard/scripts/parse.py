@@ -65,6 +65,8 @@ def parse_revision_file(path: str, data: bytes) -> Revision | str:
             shown = ast.unparse(values["revision"])
             kind = "a string" if revision is not _NOT_LITERAL else "a literal"
             return f"{path}: revision is not {kind}: {shown}"
+        if not revision.strip():
+            return f"{path}: revision is an empty string; file skipped"
     else:
         legacy = _LEGACY_ID.match(filename)
         if not legacy:

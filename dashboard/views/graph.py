@@ -38,7 +38,7 @@ def _failures_as_pages(view: View) -> View:
 
 def _start(request: HtmxHttpRequest) -> int | None:
     value = request.GET.get("start", "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 @require_GET
@@ -94,6 +94,7 @@ def api_graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
 urlpatterns = [
     path("graph", graph_index, name="graph-index"),
     path("projects/<str:name>/graph", graph, name="graph"),
-    path("projects/<str:name>/revisions/<str:rev>", revision, name="revision"),
+    # <path:...>: Alembic allows '/' in revision ids.
+    path("projects/<str:name>/revisions/<path:rev>", revision, name="revision"),
     path("api/projects/<str:name>/graph", api_graph, name="api-graph"),
 ]
