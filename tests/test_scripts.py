@@ -376,6 +376,17 @@ def test_a_rewrite_within_the_same_timestamp_tick_is_still_seen(tmp_path: Path) 
     assert load_history(tmp_path).graph.revisions["a1"].branch_labels == ("rite",)
 
 
+def test_the_full_syntax_check_is_kept_per_file_until_the_file_changes(tmp_path: Path) -> None:
+    versions = tmp_path / "versions"
+    write(versions, "a1_x.py", simple("a1"))
+    edited = write(versions, "b2_x.py", simple("b2", "a1"))
+    age(versions)
+    assert syntax_problems(load_history(tmp_path)) == []
+    edited.write_text(simple("b2", "a1").replace("def upgrade():", "def upgrade(:"))
+    problems = syntax_problems(load_history(tmp_path))
+    assert len(problems) == 1 and problems[0].startswith(f"{edited.resolve()}:")
+
+
 def age(root: Path, seconds: int = 3600) -> None:
     """Set every file's and folder's mtime below root to `seconds` ago, oldest-safe."""
     past = time.time_ns() - seconds * 1_000_000_000

@@ -11,12 +11,7 @@ from pathlib import Path
 from dashboard.history import Graph, Revision
 from dashboard.scripts.ini import ScriptSettings, read_settings
 from dashboard.scripts.parse import parse_revision_file
-from dashboard.scripts.scan import Scan, _File, _scan, fingerprint_files
-
-# A scan is trusted for the stat-only check only if nothing it saw was modified this close to
-# it: timestamps are coarse, so a change within the same tick would otherwise go unseen
-# (git's "racy" rule).
-RACY_NS = 2_000_000_000
+from dashboard.scripts.scan import RACY_NS, Scan, _File, _scan, fingerprint_files
 
 
 @dataclass(frozen=True)

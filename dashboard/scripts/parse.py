@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import os
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from dashboard.history import Revision
+from dashboard.scripts.scan import RACY_NS
 
 if TYPE_CHECKING:
     from dashboard.scripts.cache import LoadedHistory
@@ -23,6 +25,8 @@ _SKIPPED = (ast.Expr, ast.Pass)
 _HEADER_END = re.compile(rb"^(?:def |async def |class |@)", re.MULTILINE)
 _NAMES_AGAIN = re.compile(rb"\b(?:revision|down_revision|branch_labels|depends_on)\b")
 _CREATE_DATE = re.compile(r"^Create Date:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+# The full compile of each file by (size, mtime_ns) it had: a page after one edit compiles one.
+_compiled: dict[str, tuple[tuple[int, int], str | None]] = {}
 
 
 def parse_revision_file(path: str, data: bytes) -> Revision | str:
@@ -108,19 +112,42 @@ def _parse(path: str, data: bytes) -> ast.Module | str:
 
 
 def syntax_problems(history: LoadedHistory) -> list[str]:
-    """Return syntax errors anywhere in the history's files, compiling each one in full."""
+    """Return syntax errors anywhere in the history's files, compiling each changed one in full."""
     # Slow on purpose: load_history reads only what Alembic needs to build the graph, so
     # a mistake inside upgrade() or downgrade() only shows up here or when Alembic runs.
     problems: list[str] = []
+    settled = time.time_ns() - RACY_NS
     for revision in history.graph.revisions.values():
+        path = revision.path
         try:
-            with open(revision.path, "rb") as handle:
-                compile(handle.read(), revision.path, "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            problems.append(f"{revision.path}:{exc.lineno}: syntax error: {exc.msg}")
-        except (OSError, ValueError) as exc:
-            problems.append(f"{revision.path}: cannot be checked: {exc}")
+            stat = os.stat(path)
+        except OSError as exc:
+            problems.append(f"{path}: cannot be checked: {exc}")
+            continue
+        seen = (stat.st_size, stat.st_mtime_ns)
+        known = _compiled.get(path)
+        if known is not None and known[0] == seen:
+            problem = known[1]
+        else:
+            problem = _compile_problem(path)
+            if stat.st_mtime_ns < settled:
+                _compiled[path] = (seen, problem)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def _compile_problem(path: str) -> str | None:
+    """Return the file's first syntax error (or why it cannot be read), or None."""
+    try:
+        with open(path, "rb") as handle:
+            compile(handle.read(), path, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        line = f":{exc.lineno}" if exc.lineno else ""
+        return f"{path}{line}: syntax error: {exc.msg}"
+    except (OSError, ValueError) as exc:
+        return f"{path}: cannot be checked: {exc}"
+    return None
 
 
 def _collect(node: ast.stmt, values: dict[str, ast.expr], problems: list[str], top: bool) -> None:

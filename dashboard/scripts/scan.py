@@ -20,6 +20,11 @@ class _File(NamedTuple):
     mtime_ns: int
 
 
+# What was read of a file modified this close before the read is not trusted afterwards:
+# timestamps are coarse, so a change within the same tick would otherwise go unseen
+# (git's "racy" rule).
+RACY_NS = 2_000_000_000
+
 # Builds the named tuple without its Python-level __new__; the scan makes thousands.
 _new_file = tuple.__new__
 
