@@ -260,6 +260,26 @@ def test_a_renamed_approver_still_counts_once(
     assert action.status == Action.Status.REQUESTED
 
 
+def test_a_syntax_error_anywhere_refuses_the_request(
+    people: dict[str, Any], config_at: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(
+        ROOT / "migrations_project", project, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    config_at({"staging": {"url": touch_sqlite(sqlite_url)}}, alembic_ini=project / "alembic.ini")
+    # The header parses (the graph is whole); the error sits where only Alembic's import sees it.
+    (project / "versions" / "ffff00000001_broken.py").write_text(
+        f'"""broken"""\nrevision = "ffff00000001"\ndown_revision = "{HEAD}"\n'
+        "branch_labels = None\ndepends_on = None\n\n\ndef upgrade(:\n    pass\n"
+    )
+
+    with pytest.raises(actions.ActionRefused, match="syntax error") as refused:
+        _request(people["olga"], target="c94a")
+    assert "cannot load project blog's history" in str(refused.value)
+    assert not Action.objects.exists()
+
+
 def test_cancel_rules_and_a_cancelled_action_never_runs(
     people: dict[str, Any], config_at: Any, sqlite_url: str
 ) -> None:

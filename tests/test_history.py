@@ -254,6 +254,7 @@ def test_a_loop_never_hangs_the_spreading_of_branch_labels() -> None:
     [
         ([rev("a", "a")], "names itself"),
         ([rev("a", depends_on=("a",))], "depends on itself"),
+        ([rev("a", labels=("x",), depends_on=("x",))], "depends on its own branch label 'x'"),
         ([rev("a", labels=("x",)), rev("b", labels=("x",))], "branch label 'x'"),
         ([rev("a", labels=("b",)), rev("b")], "branch label 'b'"),
         ([rev("a", depends_on=("nowhere",))], "neither a revision nor a branch label"),

@@ -102,6 +102,8 @@ class GraphStructure:
                     )
                 elif target != rid:
                     resolved.append(target)
+                elif dep != rid:  # a direct self-dependency is reported above
+                    self._blocking.append(f"revision {rid} depends on its own branch label {dep!r}")
             dependencies[rid] = tuple(resolved)
             for target in _dedupe(resolved):
                 if target not in parents[rid]:

@@ -13,7 +13,7 @@ from dashboard.layout import graph_as_text
 
 class Command(BaseCommand):
     help = (
-        "Print a project's revisions newest first as a text graph, or with --json the"
+        "Print a project's revisions as a text graph (heads first, in Alembic's walk order), or with --json the"
         " document GET /api/projects/<name>/graph returns. Projects configured with"
         ' loader = "alembic" are read by Alembic itself, in a subprocess of their python.'
     )

@@ -64,6 +64,14 @@ def action_request(
         raise ActionRefused(str(exc)) from exc
     except (scripts.ScriptLocationError, OSError) as exc:
         raise EnvironmentUnavailable(f"cannot read project {project.name}: {exc}") from exc
+    # Alembic imports every file before it runs one: a syntax error anywhere stops it.
+    broken = scripts.syntax_problems(loaded)
+    if broken:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise ActionRefused(
+            f"Alembic cannot load project {project.name}'s history: {broken[0]}{more};"
+            " nothing can be planned until it is fixed"
+        )
     reading = versions.read_environment(env, project)
     if not reading.ok:
         raise EnvironmentUnavailable(f"cannot read {env.name} now: {reading.error}")
