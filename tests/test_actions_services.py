@@ -67,6 +67,19 @@ def staging(config_at: Any, sqlite_url: str) -> str:
     return sqlite_url
 
 
+def own_sample(tmp_path: Path, config_at: Any, sqlite_url: str, **staging: Any) -> Path:
+    """Copy the sample project for a test to edit, and configure staging on it; return the copy."""
+    project = tmp_path / "project"
+    shutil.copytree(
+        ROOT / "migrations_project", project, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    config_at(
+        {"staging": {"url": touch_sqlite(sqlite_url), **staging}},
+        alembic_ini=project / "alembic.ini",
+    )
+    return project
+
+
 def _request(user: Any, target: str = "heads", direction: str = "upgrade", **kw: Any) -> Action:
     return actions.action_request(
         user=user, environment="staging", direction=direction, target=target, **kw
@@ -161,14 +174,7 @@ def test_one_rejection_ends_it(people: dict[str, Any], staging: str) -> None:
 def test_changed_script_directory_refuses_approval_and_run(
     people: dict[str, Any], config_at: Any, sqlite_url: str, tmp_path: Path
 ) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(
-        ROOT / "migrations_project", project, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    config_at(
-        {"staging": {"url": touch_sqlite(sqlite_url), "approvals_required": 1}},
-        alembic_ini=project / "alembic.ini",
-    )
+    project = own_sample(tmp_path, config_at, sqlite_url, approvals_required=1)
     approved = _request(people["olga"], target="c94a", prepare=True)
     actions.action_approve(user=people["alan"], action_id=approved.pk, plan_hash=approved.plan_hash)
     pending = _request(people["otto"], target="a71e", prepare=True)
@@ -193,14 +199,7 @@ def test_changed_script_directory_refuses_approval_and_run(
 def test_an_edited_env_py_or_ini_also_needs_a_new_plan(
     people: dict[str, Any], config_at: Any, sqlite_url: str, tmp_path: Path, edited: str
 ) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(
-        ROOT / "migrations_project", project, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    config_at(
-        {"staging": {"url": touch_sqlite(sqlite_url), "approvals_required": 1}},
-        alembic_ini=project / "alembic.ini",
-    )
+    project = own_sample(tmp_path, config_at, sqlite_url, approvals_required=1)
     pending = _request(people["olga"], target="c94a", prepare=True)
     path = project / edited
     path.write_text(path.read_text() + "\n# edited after the request\n")
@@ -263,11 +262,7 @@ def test_a_renamed_approver_still_counts_once(
 def test_a_syntax_error_anywhere_refuses_the_request(
     people: dict[str, Any], config_at: Any, sqlite_url: str, tmp_path: Path
 ) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(
-        ROOT / "migrations_project", project, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    config_at({"staging": {"url": touch_sqlite(sqlite_url)}}, alembic_ini=project / "alembic.ini")
+    project = own_sample(tmp_path, config_at, sqlite_url)
     # The header parses (the graph is whole); the error sits where only Alembic's import sees it.
     (project / "versions" / "ffff00000001_broken.py").write_text(
         f'"""broken"""\nrevision = "ffff00000001"\ndown_revision = "{HEAD}"\n'
