@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Collection
@@ -32,6 +34,18 @@ DEFAULT_HEARTBEAT_LIMIT = 60.0
 DEFAULT_RETENTION_DAYS = 30
 DEFAULT_HOUSEKEEPING_INTERVAL = 30.0
 CONFIG_VERB = "config.changed"
+
+
+PR_SET_DUMPABLE = 4
+
+
+def keep_memory_private() -> None:
+    """Stop other processes of this user, Alembic's children among them, reading this one."""
+    # The worker holds every environment's URL; /proc/<pid>/environ, /proc/<pid>/mem and
+    # ptrace need a dumpable process. Its children exec, which makes them dumpable again.
+    if sys.platform.startswith("linux"):
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0) != 0:
+            logger.warning("could not make the worker undumpable")
 
 
 def snapshot_retention_days() -> int:

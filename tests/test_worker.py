@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -187,6 +188,25 @@ def test_a_run_declared_interrupted_under_its_worker_is_stopped() -> None:
         assert monitor.lost.is_set() and monitor.should_cancel()
     finally:
         monitor.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_worker_makes_itself_undumpable_so_its_children_cannot_read_its_environment() -> None:
+    # As root (CI) /proc is readable anyway; for any other user this is what keeps a
+    # migration's code out of /proc/<worker>/environ, which holds every environment's URL.
+    probe = (
+        "import ctypes; from dashboard.worker import keep_memory_private;"
+        "libc = ctypes.CDLL(None); before = libc.prctl(3, 0, 0, 0, 0);"
+        "keep_memory_private(); print(before, libc.prctl(3, 0, 0, 0, 0))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {probe}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )
+    assert done.stdout.split() == ["1", "0"]
 
 
 def test_a_heartbeat_limit_shorter_than_the_heartbeat_is_refused(settings: Any) -> None:

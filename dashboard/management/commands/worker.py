@@ -6,7 +6,7 @@ from typing import Any
 
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
 
-from dashboard.worker import Housekeeping
+from dashboard.worker import Housekeeping, keep_memory_private
 
 
 class Command(DbWorkerCommand):
@@ -16,6 +16,7 @@ class Command(DbWorkerCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        keep_memory_private()
         report = Housekeeping().start_up()
         if options.get("verbosity", 1) >= 1:
             for action_id in report.interrupted:
