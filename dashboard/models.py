@@ -165,6 +165,17 @@ class Action(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
+    def requested_by_account(self, user: Any) -> bool:
+        """Say whether this very account requested the action (not a later one of its name)."""
+        return self.requested_by_id is not None and self.requested_by_id == getattr(
+            user, "pk", None
+        )
+
+    def may_be_requested_by(self, user: Any) -> bool:
+        """Say whether the user may be the requester: the account, or the name it was made under."""
+        # For refusals only (self-approval): being wrong here refuses, never permits.
+        return self.requested_by_account(user) or self.requested_by_name == user.get_username()
+
     @property
     def is_prepared(self) -> bool:
         """Say whether the plan's SQL (or the reason there is none) is ready for review."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from dashboard.roles import role_of
@@ -90,6 +90,7 @@ def test_check_deploy_is_clean_with_production_variables(tmp_path: Path) -> None
         "DEBUG": "0",
         "SECURE_SSL_REDIRECT": "1",
         "SECURE_HSTS_SECONDS": "31536000",
+        "SECURE_HSTS_PRELOAD": "1",
         "DASHBOARD_VAR_DIR": str(tmp_path),
     }
     result = subprocess.run(
@@ -123,3 +124,11 @@ def test_adduser_recreates_a_missing_role_group() -> None:
     Group.objects.filter(name="approver").delete()
     call_command("adduser", "amy", role="approver", password="correct-horse-9")
     assert role_of(get_user_model().objects.get(username="amy")) == "approver"
+
+
+def test_adduser_keeps_the_password_rules_and_the_names_sign_in_uses() -> None:
+    with pytest.raises(CommandError, match="password refused: This password is too short"):
+        call_command("adduser", "weak", role="admin", password="a")
+    assert not get_user_model().objects.filter(username="weak").exists()
+    call_command("adduser", "  ann ", role="viewer", password="a-long-password-1")
+    assert get_user_model().objects.filter(username="ann").exists()

@@ -300,6 +300,7 @@ def test_odd_ids_and_parameters_get_pages_not_server_errors(
         viewer.get("/projects/odd/graph", {"rev": "c1"}),
         viewer.get("/projects/odd/graph", {"start": "\u00b2"}),
         viewer.get("/projects/odd/graph", {"start": "\u00b2"}, **HTMX),
+        viewer.get("/projects/odd/graph", {"start": "9" * 5000}, **HTMX),
         viewer.get("/projects/odd/revisions/c1"),
         viewer.get("/projects/odd/revisions/a/b"),
     ):

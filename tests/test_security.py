@@ -13,6 +13,7 @@ from unittest import mock
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.http import HttpResponse
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -21,6 +22,7 @@ from django.utils import timezone
 from dashboard import audit, plans
 from dashboard.config import current_config
 from dashboard.models import Action, Approval, AuditEvent
+from dashboard.roles import role_of
 from dashboard.services import signin, status, users
 from tests.statusenv import HEAD, MID, SAMPLE, empty_sqlite, write_config, write_versions
 
@@ -690,3 +692,51 @@ def test_without_the_proxy_a_forged_forwarded_address_changes_nothing(
     assert (
         sign_in(Client(), "ben", PASSWORD, HTTP_X_FORWARDED_FOR="198.51.100.99").status_code == 429
     )
+
+
+def test_the_admin_sites_sign_in_goes_through_the_throttled_one(accounts: dict[str, Any]) -> None:
+    users.user_set_role(username="root", role="admin", password=PASSWORD)
+    client = Client()
+    response = client.post("/admin/login/?next=/admin/", {"username": "root", "password": PASSWORD})
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/?next=/admin/"
+    assert "_auth_user_id" not in client.session  # nothing was checked there
+    for _ in range(3):
+        sign_in(client, "root", "wrong")
+    assert sign_in(client, "root", PASSWORD).status_code == 429
+
+
+def test_roles_cannot_be_changed_unaudited_in_the_admin_site(site: Site) -> None:
+    vera = site.people["vera"]
+    admin_group = Group.objects.get(name="admin")
+    response = site.client("admin").post(
+        f"/admin/auth/user/{vera.pk}/change/",
+        {
+            "username": "vera",
+            "is_active": "on",
+            "is_staff": "on",
+            "is_superuser": "on",
+            "groups": [str(admin_group.pk)],
+            "date_joined_0": "2024-01-01",
+            "date_joined_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 302
+    vera.refresh_from_db()
+    assert role_of(vera) == "viewer" and not vera.is_superuser and not vera.is_staff
+    # The groups that are the roles cannot be renamed there either.
+    assert (
+        site.client("admin").get(f"/admin/auth/group/{admin_group.pk}/change/").status_code == 404
+    )
+
+
+def test_a_new_account_with_an_old_name_cannot_cancel_the_old_ones_actions(site: Site) -> None:
+    action = site.action()
+    site.people["olga"].delete()
+    users.user_set_role(username="olga", role="operator", password=PASSWORD)
+    impostor = Client()
+    impostor.force_login(get_user_model().objects.get(username="olga"))
+    response = impostor.post(f"/actions/{action.pk}/cancel")
+    assert response.status_code == 403
+    action.refresh_from_db()
+    assert action.status == Action.Status.REQUESTED

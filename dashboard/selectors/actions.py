@@ -169,14 +169,7 @@ def _may_cancel(user: Any, action: Action) -> bool:
         return False
     if role_of(user) == ADMIN:
         return True
-    return _is_requester(user, action) and can_request(user)
-
-
-def _is_requester(user: Any, action: Action) -> bool:
-    """Say whether the user requested the action (by id, or by name once the row is gone)."""
-    if action.requested_by_id is not None and action.requested_by_id == user.pk:
-        return True
-    return bool(action.requested_by_name == user.get_username())
+    return action.requested_by_account(user) and can_request(user)
 
 
 def _progress(user: Any, action: Action) -> Progress:
@@ -237,7 +230,7 @@ def _review(user: Any, action: Action, approvals: list[Approval]) -> Review:
     mine = next((a for a in approvals if a.username == user.get_username()), None)
     may_decide = (
         can_approve(user)
-        and not _is_requester(user, action)
+        and not action.may_be_requested_by(user)
         and action.status == Action.Status.REQUESTED
         and prepared
         and mine is None
@@ -256,7 +249,7 @@ def _review(user: Any, action: Action, approvals: list[Approval]) -> Review:
         own_request_note=(
             "You requested this action, so another approver must decide on it."
             if can_approve(user)
-            and _is_requester(user, action)
+            and action.may_be_requested_by(user)
             and action.status == Action.Status.REQUESTED
             else ""
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 
 from dashboard import audit
@@ -22,12 +23,15 @@ def user_set_role(
     """Create the user or change its role (and password if given); return True when created."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-    if not username.strip():
+    # As the sign-in form will see it: stripped and NFKC-normalised.
+    username = get_user_model().normalize_username(username.strip())
+    if not username:
         raise ValueError("a username is required")
     user_model = get_user_model()
     user, created = user_model.objects.get_or_create(username=username)
     before = None if created else role_of(user)
     if password:
+        validate_password(password, user)  # ValidationError names what the rules want
         user.set_password(password)
     elif created:
         user.set_unusable_password()

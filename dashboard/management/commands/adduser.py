@@ -4,6 +4,7 @@ import getpass
 import os
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dashboard.roles import ROLES
@@ -34,6 +35,8 @@ class Command(BaseCommand):
             created = users.user_set_role(username=username, role=role, password=password)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        except ValidationError as exc:
+            raise CommandError(f"password refused: {' '.join(exc.messages)}") from exc
         verb = "created" if created else "updated"
         self.stdout.write(f"{verb} {username} with role {role}")
 

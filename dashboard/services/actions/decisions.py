@@ -99,7 +99,7 @@ def action_cancel(*, user: Any, action_id: int, request: HttpRequest | None = No
     """Cancel an action that has not run yet, or ask the worker to stop a running one."""
     with transaction.atomic():
         action = locked_action_or_refuse(action_id)
-        is_requester = _is_requester(action, user) and roles.can_request(user)
+        is_requester = action.requested_by_account(user) and roles.can_request(user)
         if not (is_requester or roles.role_of(user) == roles.ADMIN):
             raise NotAllowed("only the requester or an admin may cancel this action")
         name = user.get_username()
@@ -141,18 +141,12 @@ def action_cancel(*, user: Any, action_id: int, request: HttpRequest | None = No
     return action
 
 
-def _is_requester(action: Action, user: Any) -> bool:
-    if action.requested_by_id is not None and action.requested_by_id == getattr(user, "pk", None):
-        return True
-    return action.requested_by_name == user.get_username()
-
-
 def _check_decidable(action: Action, user: Any, *, verb: str) -> None:
     if action.status != Action.Status.REQUESTED:
         raise WrongState(
             f"action #{action.pk} is {action.status}: only requested actions can be {verb}d"
         )
-    if _is_requester(action, user):
+    if action.may_be_requested_by(user):
         hint = "another approver must approve it" if verb == "approve" else "cancel it instead"
         raise SelfApproval(f"you requested action #{action.pk}, so you cannot {verb} it: {hint}")
     same_person = Q(username=user.get_username())
