@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -160,6 +161,12 @@ def url_secrets(url: URL) -> list[str]:
         if key.lower() in SECRET_QUERY_KEYS:
             found.extend([value] if isinstance(value, str) else value)
     return [secret for secret in found if secret]
+
+
+def secret_spellings(secret: str) -> set[str]:
+    """Return the ways a password appears in text: as is, and quoted as URLs carry it."""
+    # quote(..., safe=" +") is how SQLAlchemy writes a password into a rendered URL.
+    return {secret, quote(secret, safe=""), quote(secret, safe=" +"), quote_plus(secret)}
 
 
 def with_installed_driver(url: str) -> str:

@@ -19,13 +19,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
-from urllib.parse import quote, quote_plus
 
 from dashboard.config import (
     BadDatabaseURL,
     Project,
     mask_url,
     parse_database_url,
+    secret_spellings,
     url_secrets,
 )
 
@@ -549,13 +549,7 @@ class _Masker:
             rendered = parsed.render_as_string(hide_password=False)
             urls.add(rendered)
             for password in url_secrets(parsed):
-                # quote(..., safe=" +") is how SQLAlchemy writes a password into a URL.
-                for form in (
-                    password,
-                    quote(password, safe=""),
-                    quote(password, safe=" +"),
-                    quote_plus(password),
-                ):
+                for form in secret_spellings(password):
                     passwords |= {form, _ini_escape(form)}
         self.urls = sorted(urls | {_ini_escape(u) for u in urls}, key=len, reverse=True)
         self.passwords = sorted(passwords, key=len, reverse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -70,7 +71,7 @@ def environment_status(
             more = len(graph.problems) - 3
             detail += f" (which has problems: {shown}{f'; and {more} more' if more > 0 else ''})"
         return Status(State.UNKNOWN, (), detail)
-    repeated = sorted({head for head in heads if heads.count(head) > 1})
+    repeated = sorted(head for head, times in Counter(heads).items() if times > 1)
     if repeated:
         # Alembic updates a version row by its value and refuses when two rows match.
         problem = (

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
@@ -27,6 +27,7 @@ from dashboard.config import (
     NotConfigured,
     Project,
     parse_database_url,
+    secret_spellings,
     url_secrets,
 )
 
@@ -158,7 +159,7 @@ def mask_secrets(
     password, and a one-letter password does not blank every such letter.
     """
     for secret in [secrets] if isinstance(secrets, str) else secrets or ():
-        for form in {secret, quote_plus(secret), quote(secret, safe="")}:
+        for form in secret_spellings(secret):
             if whole_words:
                 message = re.sub(rf"(?<![^\W_]){re.escape(form)}(?![^\W_])", "***", message)
             else:
