@@ -89,6 +89,7 @@ class Action(models.Model):
         INTERRUPTED = "interrupted", "interrupted"  # the worker died while running it
         REJECTED = "rejected", "rejected"  # an approver said no
         CANCELLED = "cancelled", "cancelled"  # withdrawn before or while it ran
+        SUPERSEDED = "superseded", "superseded"  # its plan no longer holds; requested anew
 
     class Direction(models.TextChoices):
         UPGRADE = "upgrade", "upgrade"
@@ -101,6 +102,7 @@ class Action(models.Model):
         Status.INTERRUPTED,
         Status.REJECTED,
         Status.CANCELLED,
+        Status.SUPERSEDED,
     )
 
     environment = models.CharField(max_length=100, db_index=True)
@@ -141,6 +143,10 @@ class Action(models.Model):
     # Set on a running action; its worker polls it and terminates Alembic.
     cancel_requested = models.BooleanField(default=False)
     cancel_requested_by = models.CharField(max_length=150, blank=True)
+    # The unfinished action this one was explicitly queued behind: it plans from that one's end.
+    queued_behind = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = ActionQuerySet.as_manager()
 
@@ -276,6 +282,17 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise PermissionError("audit events cannot be deleted")
+
+
+class WorkerBeat(models.Model):
+    """When a worker process was last seen alive, so pages can tell that none is."""
+
+    name = models.CharField(max_length=255, unique=True)  # host:pid, as on the actions it runs
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} seen {self.seen_at:%Y-%m-%d %H:%M:%S}"
 
 
 class ApiToken(models.Model):
