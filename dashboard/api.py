@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
+from dashboard import roles
 from dashboard.services import tokens
 
 View = Callable[..., HttpResponse]
@@ -34,6 +35,8 @@ def api_view(view: View) -> View:
             request.user = user
         elif not request.user.is_authenticated:
             return error(401, "sign in or send Authorization: Bearer <token>")
+        if not roles.has_role(request.user):
+            return error(403, roles.no_role_message(request.user))
         return view(request, *args, **kwargs)
 
     return wrapper

@@ -11,6 +11,12 @@ ADMIN = "admin"
 ROLES = (VIEWER, OPERATOR, APPROVER, ADMIN)
 
 
+def no_role_message(user: Any) -> str:
+    """Say why an account without a role is refused, and what gives it one."""
+    name = user.get_username() if hasattr(user, "get_username") else "NAME"
+    return f"your account has no role; ask an admin (manage.py adduser {name} --role viewer)"
+
+
 def role_of(user: Any) -> str | None:
     """Return the user's role (the strongest group they are in), or None."""
     if not getattr(user, "is_authenticated", False):
@@ -22,6 +28,11 @@ def role_of(user: Any) -> str | None:
         if role in names:
             return role
     return None
+
+
+def has_role(user: Any) -> bool:
+    """Say whether the user is signed in and in a role: without one, nothing may be read."""
+    return role_of(user) is not None
 
 
 def can_request(user: Any) -> bool:

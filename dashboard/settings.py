@@ -77,9 +77,14 @@ DASHBOARD_HOUSEKEEPING_INTERVAL = float(os.environ.get("DASHBOARD_HOUSEKEEPING_I
 DASHBOARD_RETENTION_DAYS = int(os.environ.get("DASHBOARD_RETENTION_DAYS", "30"))
 # How often the worker reads every environment's version table.
 DASHBOARD_REFRESH_INTERVAL = float(os.environ.get("DASHBOARD_REFRESH_INTERVAL", "60"))
-# Sign-ins are refused for a while after this many failures for one username or address.
+# Sign-ins of one username from one address are refused for a while after this many failures
+# within the window (0: no throttling); each further failure doubles the wait, up to a day.
 DASHBOARD_SIGNIN_MAX_FAILURES = int(os.environ.get("DASHBOARD_SIGNIN_MAX_FAILURES", "5"))
 DASHBOARD_SIGNIN_WINDOW = int(os.environ.get("DASHBOARD_SIGNIN_WINDOW", str(15 * 60)))
+# Every username from one address (an IPv6 /64) is refused after this many failures from it;
+# unset means ten times DASHBOARD_SIGNIN_MAX_FAILURES, 0 no ceiling.
+_signin_address_max = os.environ.get("DASHBOARD_SIGNIN_ADDRESS_MAX_FAILURES", "").strip()
+DASHBOARD_SIGNIN_ADDRESS_MAX_FAILURES = int(_signin_address_max) if _signin_address_max else None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -101,6 +106,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "dashboard.middleware.RoleRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",

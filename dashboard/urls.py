@@ -2,7 +2,12 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required
+from django.templatetags.static import static
 from django.urls import path
+from django.utils.functional import lazy
+from django.views.decorators.http import require_GET
+from django.views.generic import RedirectView
 
 from dashboard.views import actions, core, status
 from dashboard.views import audit as audit_views
@@ -12,6 +17,7 @@ from dashboard.views.auth import SignInView
 urlpatterns = [
     path("", core.overview, name="overview"),
     path("healthz", core.healthz, name="healthz"),
+    path("readyz", core.readyz, name="readyz"),
     *status.urlpatterns,
     *actions.urlpatterns,
     *audit_views.urlpatterns,
@@ -19,4 +25,12 @@ urlpatterns = [
     path("accounts/login/", SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    # Browsers ask for it on every site; the static URL may carry a content hash, so not 301.
+    path(
+        "favicon.ico",
+        login_not_required(
+            require_GET(RedirectView.as_view(url=lazy(static, str)("dashboard/favicon.svg")))
+        ),
+        name="favicon",
+    ),
 ]
