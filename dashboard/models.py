@@ -309,3 +309,47 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class SignInThrottle(models.Model):
+    """Failed sign-ins counted for one username from one address, or for one whole address."""
+
+    class Scope(models.TextChoices):
+        USER = "user"  # one username from one address: one person's typos, or a guesser
+        ADDRESS = "address"  # every username from one address: an office, a proxy, a sprayer
+
+    scope = models.CharField(max_length=7, choices=Scope.choices)
+    username = models.CharField(max_length=150, blank=True)  # "" for the whole address
+    # An IPv4 address or an IPv6 /64 (one host owns a whole /64); "" when the server gave none.
+    address = models.CharField(max_length=64, blank=True)
+    failures = models.PositiveIntegerField(default=0)
+    blocked_until = models.DateTimeField(null=True)
+    # After this the failures are forgotten and the row may be swept.
+    forget_at = models.DateTimeField(db_index=True)
+    # The tally of the current block's refusals; None until the first refusal records it.
+    refusals = models.ForeignKey(
+        "SignInRefusals", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scope", "username", "address"], name="signin_throttle_one_row_per_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.username}@{self.address}: {self.failures} failures"
+
+
+class SignInRefusals(models.Model):
+    """How often one block refused a sign-in: its audit event records the first refusal only."""
+
+    # Mutable, unlike the event: the append-only trail gets one row per block, not one per try.
+    event = models.OneToOneField(AuditEvent, on_delete=models.PROTECT, related_name="refusals")
+    count = models.PositiveIntegerField(default=1)
+    last_at = models.DateTimeField()
+    until = models.DateTimeField()  # when the block ended (or ends)
+
+    def __str__(self) -> str:
+        return f"{self.count} refusals under audit event {self.event_id}"

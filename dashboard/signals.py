@@ -1,4 +1,4 @@
-"""Receivers that put sign-ins and sign-outs into the audit trail."""
+"""Receivers that hand sign-ins, sign-outs and failed sign-ins to the sign-in service."""
 
 from typing import Any
 
@@ -6,20 +6,20 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from dashboard import audit
+from dashboard.services import signin
 
 
 @receiver(user_logged_in)
 def audit_sign_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     """Record a successful sign-in."""
-    audit.record("auth.sign_in", actor=user, request=request)
+    signin.signin_succeeded(user=user, request=request)
 
 
 @receiver(user_logged_out)
 def audit_sign_out(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     """Record a sign-out (user is None when the session had already expired)."""
     if user is not None:
-        audit.record("auth.sign_out", actor=user, request=request)
+        signin.signin_ended(user=user, request=request)
 
 
 @receiver(user_login_failed)
@@ -27,7 +27,4 @@ def audit_sign_in_failed(
     sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
 ) -> None:
     """Record a failed sign-in under the username that was tried (never the password)."""
-    tried = str(credentials.get("username", ""))[:150] or "(blank)"
-    audit.record(
-        "auth.sign_in_failed", actor_name=tried, request=request, payload={"username": tried}
-    )
+    signin.signin_failed(username=str(credentials.get("username", "")), request=request)

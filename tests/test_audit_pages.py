@@ -8,6 +8,7 @@ import json
 import re
 from datetime import datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core.management import call_command
@@ -194,6 +195,29 @@ def test_chain_verdict_loads_after_the_page(trail: dict[str, AuditEvent]) -> Non
         )
     html = client.get("/audit/", {"verify": "1"}, HTTP_HX_REQUEST="true").content.decode()
     assert f"Chain broken at event {trail['middle'].pk}" in html
+
+
+def test_the_pages_check_rehashes_only_what_came_after_the_checkpoint(
+    users: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "CHECKPOINT_EVERY", 20, raising=False)
+    client = signed_in("vera")
+    for i in range(60):
+        audit.record("test.event", actor_name="tester", payload={"n": i})
+
+    def verdict() -> tuple[str, int]:
+        with mock.patch.object(audit, "event_hash", wraps=audit.event_hash) as spy:
+            html = client.get("/audit/", {"verify": "1"}, HTTP_HX_REQUEST="true").content.decode()
+        return html, spy.call_count
+
+    verdict()  # walks the trail once, then records where it got to
+    for i in range(3):
+        audit.record("test.event", actor_name="tester", payload={"n": i})
+    total = AuditEvent.objects.count()
+    html, work = verdict()
+    assert work <= 6  # the checkpoint and the event it names, then the checkpoint and 3 new
+    assert f"Chain verified: {total} events" in html
+    assert "since checkpoint" in html and "manage.py verify_audit" in html
 
 
 def test_payloads_and_names_are_escaped(users: None) -> None:

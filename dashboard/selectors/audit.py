@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from dashboard import audit
 from dashboard.config import ConfigError, current_config
-from dashboard.models import AuditEvent
+from dashboard.models import AuditEvent, SignInRefusals
 from dashboard.selectors.actions import Option
 
 PER_PAGE = 50
@@ -76,15 +76,19 @@ class EventRow:
     action_url: str
     details: list[tuple[str, str]]
     ip: str
+    refused: int = 0  # for a throttled sign-in: how many attempts its block refused in all
+    refused_last: datetime | None = None
 
 
 @dataclass(frozen=True)
 class Chain:
-    """Whether the whole trail's hash chain verifies."""
+    """Whether the trail's hash chain verifies, walked from its last checkpoint."""
 
     verified: int
     broken_at: int | None
     reason: str
+    checked: int = 0  # events walked this time
+    since: int | None = None  # the checkpoint event the walk started from
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ def _start_of(day: date) -> datetime:
 
 
 def _row(event: AuditEvent) -> EventRow:
+    refusals = _refusals(event)
     return EventRow(
         id=event.pk,
         created_at=event.created_at,
@@ -135,7 +140,16 @@ def _row(event: AuditEvent) -> EventRow:
         action_url=reverse("action-detail", args=[event.action_id]) if event.action_id else "",
         details=_details(event.payload),
         ip=event.ip or "",
+        refused=refusals.count if refusals else 0,
+        refused_last=refusals.last_at if refusals else None,
     )
+
+
+def _refusals(event: AuditEvent) -> SignInRefusals | None:
+    try:
+        return event.refusals  # type: ignore[no-any-return]
+    except SignInRefusals.DoesNotExist:
+        return None
 
 
 def _details(payload: Any) -> list[tuple[str, str]]:
@@ -152,7 +166,8 @@ def audit_page(
     *, filters: AuditFilters, page: str | int | None = 1, verify: bool = False
 ) -> AuditPage:
     """Return one page of matching events, the filters' options, and the chain's verdict if asked."""
-    current = Paginator(audit_events(filters=filters), PER_PAGE).get_page(page)
+    events = audit_events(filters=filters).select_related("refusals")
+    current = Paginator(events, PER_PAGE).get_page(page)
     query = filters.query()
     export = reverse("audit-export")
     return AuditPage(
@@ -178,9 +193,12 @@ def audit_page(
 
 
 def chain() -> Chain:
-    """Walk the whole hash chain and say whether it verifies."""
-    verdict = audit.verify()
-    return Chain(verdict.verified, verdict.broken_at, verdict.reason)
+    """Walk the hash chain from its last checkpoint and say whether it verifies."""
+    # This may append a checkpoint, so the next look walks only what came after it.
+    verdict = audit.verify_since_checkpoint()
+    return Chain(
+        verdict.verified, verdict.broken_at, verdict.reason, verdict.checked, verdict.since
+    )
 
 
 def _join(*parts: str) -> str:

@@ -10,7 +10,7 @@ from dashboard.services import signin
 
 
 class SignInView(LoginView):
-    """Sign a user in, unless too many sign-ins failed lately for that name or address."""
+    """Sign a user in, unless that name from that address, or the address, failed too often."""
 
     redirect_authenticated_user = True
 
