@@ -4,6 +4,7 @@ from typing import Any
 
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
+from django.utils.functional import SimpleLazyObject
 
 from dashboard.roles import can_approve, can_request, role_of
 
@@ -22,9 +23,10 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
             links.append({"label": label, "url": reverse(name), "current": current == name})
         except NoReverseMatch:
             continue
+    # Each answer reads the user's groups: only when a template asks, once per request.
     return {
-        "role": role_of(user),
-        "can_request": can_request(user),
-        "can_approve": can_approve(user),
+        "role": SimpleLazyObject(lambda: role_of(user)),
+        "can_request": SimpleLazyObject(lambda: can_request(user)),
+        "can_approve": SimpleLazyObject(lambda: can_approve(user)),
         "nav_links": links,
     }

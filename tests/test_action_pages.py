@@ -258,9 +258,41 @@ def test_progress_partial_polls_while_running(config: Path, users: dict[str, Any
     assert "<html" not in html and "Plan" not in html
     assert 'hx-trigger="every 1s"' in html
     assert f'hx-get="/actions/{action.pk}/progress"' in html
-    assert '<progress max="5" value="2">' in html
+    # The second revision runs now: one is done.
+    assert '<progress max="5" value="1">' in html
+    assert "running 2 of 5 revisions" in html
     assert "line 99" in html and "line 69" not in html  # only the log's tail
     assert "last 30 of 100 lines" in html
+
+
+@pytest.mark.parametrize(
+    ("status", "announced", "value", "text"),
+    [
+        ("running", 0, 0, "0 of 1 revisions"),  # Alembic has not reached the revision yet
+        ("running", 1, 0, "running 1 of 1 revisions"),  # the only revision runs: none done
+        ("succeeded", 1, 1, "1 of 1 revisions"),
+        ("failed", 1, 0, "0 of 1 revisions done; stopped in revision 1"),
+        ("cancelled", 1, 0, "0 of 1 revisions done; stopped in revision 1"),
+        ("requested", 0, 0, "0 of 1 revisions"),
+    ],
+)
+def test_the_progress_counts_finished_revisions_and_names_the_one_running(
+    config: Path, users: dict[str, Any], status: str, announced: int, value: int, text: str
+) -> None:
+    finished = status in Action.FINISHED
+    action = make_action(
+        users,
+        status=status,
+        plan=[HEAD],
+        progress_done=announced,
+        progress_total=1,
+        started_at=timezone.now() if status != "requested" else None,
+        heartbeat_at=timezone.now() if status == "running" else None,
+        finished_at=timezone.now() if finished else None,
+    )
+    html = signed_in("vera").get(f"/actions/{action.pk}/progress").content.decode()
+    assert f'<progress max="1" value="{value}">' in html
+    assert f'<span class="small">{text}</span>' in html
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled", "rejected", "interrupted"])

@@ -2,14 +2,18 @@
 
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from dashboard.models import Snapshot
+from dashboard.models import Action, Snapshot
 from dashboard.services import status
 from tests.databases import postgres_database
 from tests.fakeserver import closed_port, silent_server
@@ -350,3 +354,122 @@ def test_ages_read_as_people_say_them() -> None:
     assert ago(now - timedelta(seconds=5)) == "just now"
     assert ago(now - timedelta(minutes=5, seconds=3)) == "5\xa0minutes ago"
     assert ago(None) == ""
+
+
+def add_history(snapshots: int, actions: int) -> None:
+    """Store past snapshots of staging and prod and finished actions, all older than any read."""
+    start = timezone.now() - timedelta(days=1)
+    have = Snapshot.objects.filter(read_at__lt=start).count()
+    Snapshot.objects.bulk_create(
+        Snapshot(
+            environment=("staging", "prod")[n % 2],
+            project="blog",
+            heads=[MID],
+            state="behind",
+            pending=["x"] * 5,
+            read_at=start - timedelta(seconds=n),
+            changed=n % 50 == 0,
+        )
+        for n in range(have, snapshots)
+    )
+    have = Action.objects.count()
+    Action.objects.bulk_create(
+        Action(
+            environment=("staging", "prod")[n % 2],
+            project="blog",
+            direction="upgrade",
+            target=HEAD,
+            fingerprint="0" * 64,
+            plan_hash="0" * 64,
+            status=Action.Status.SUCCEEDED,
+            requested_by_name="olga",
+        )
+        for n in range(have, actions)
+    )
+
+
+def test_overview_queries_do_not_grow_with_past_snapshots_or_actions(
+    lead: Client, two_envs: dict[str, str]
+) -> None:
+    counts = []
+    for snapshots, actions in ((10, 1), (3_000, 300)):
+        add_history(snapshots, actions)
+        with CaptureQueriesContext(connection) as queries:
+            assert lead.get("/").status_code == 200
+        counts.append(len(queries))
+
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="counts SQLite's VM steps")
+def test_overview_work_does_not_grow_with_past_snapshots(
+    lead: Client, two_envs: dict[str, str]
+) -> None:
+    connection.ensure_connection()
+    raw = connection.connection
+    steps = []
+    ticks = [0]
+
+    def tick() -> int:
+        ticks[0] += 1
+        return 0  # go on
+
+    for snapshots in (10, 3_000):
+        add_history(snapshots, 0)
+        ticks[0] = 0
+        raw.set_progress_handler(tick, 10)  # called every 10 SQLite VM instructions
+        try:
+            assert lead.get("/").status_code == 200
+        finally:
+            raw.set_progress_handler(None, 0)
+        steps.append(ticks[0])
+
+    # The latest snapshot per environment is a seek, not a scan of the history.
+    assert steps[1] <= steps[0] * 1.25 + 5, steps
+
+
+def test_overview_shows_a_new_read_and_a_new_config_at_once(
+    lead: Client, settings: Any, tmp_path: Path, two_envs: dict[str, str]
+) -> None:
+    before = lead.get("/").content.decode()
+    status.status_refresh(environments=["prod"])
+    read = lead.get("/").content.decode()
+    use_config(
+        settings, tmp_path, {"prod": blog(two_envs["prod"], description="Customers' database")}
+    )
+    described = lead.get("/").content.decode()
+
+    assert "not read yet" in row(before, "prod")
+    assert "state-current" in row(read, "prod") and "not read yet" not in row(read, "prod")
+    assert "Customers&#x27; database" in row(described, "prod")
+    assert 'id="env-staging"' not in described
+
+
+def test_overview_ages_move_on_without_a_new_read(lead: Client, two_envs: dict[str, str]) -> None:
+    Snapshot.objects.create(
+        environment="prod",
+        project="blog",
+        heads=[HEAD],
+        state="current",
+        read_at=timezone.now() - timedelta(seconds=58.5),
+    )
+    fresh = row(lead.get("/").content.decode(), "prod")
+    time.sleep(1.6)
+    later = row(lead.get("/").content.decode(), "prod")
+
+    assert "read just now" in fresh
+    assert "read 1\xa0minute ago" in later
+
+
+def test_overview_forms_carry_each_visitors_own_csrf_token(two_envs: dict[str, str]) -> None:
+    for name in ("lead", "olga"):
+        call_command("adduser", name, role="viewer", password="correct-horse-9")
+        visitor = Client(enforce_csrf_checks=True)
+        visitor.login(username=name, password="correct-horse-9")
+        page = visitor.get("/").content.decode()  # the second visitor gets the cached matrix
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', row(page, "prod"))
+        assert token
+
+        refreshed = visitor.post("/environments/prod/refresh", {"csrfmiddlewaretoken": token[1]})
+
+        assert refreshed.status_code == 302, name

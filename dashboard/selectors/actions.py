@@ -64,8 +64,9 @@ class Progress:
     status: str
     status_label: str
     cancelling: str
-    done: int
+    done: int  # revisions finished: the one running counts once it is through
     total: int
+    count_label: str  # "running 2 of 5 revisions", "5 of 5 revisions"...
     log_tail: str
     log_lines: int
     shown_lines: int
@@ -172,6 +173,23 @@ def _may_cancel(user: Any, action: Action) -> bool:
     return action.requested_by_account(user) and can_request(user)
 
 
+def _counts(action: Action, status: str) -> dict[str, Any]:
+    """Return how many revisions finished, of how many, in words that name the one running."""
+    total = action.progress_total or len(action.plan)
+    # progress_done counts the steps Alembic announced; each is announced before it runs.
+    announced = min(action.progress_done, total)
+    if status == Action.Status.SUCCEEDED:
+        return {"done": total, "total": total, "count_label": f"{total} of {total} revisions"}
+    if announced == 0:
+        return {"done": 0, "total": total, "count_label": f"0 of {total} revisions"}
+    done = announced - 1
+    if status == Action.Status.RUNNING:
+        label = f"running {announced} of {total} revisions"
+    else:
+        label = f"{done} of {total} revisions done; stopped in revision {announced}"
+    return {"done": done, "total": total, "count_label": label}
+
+
 def _progress(user: Any, action: Action) -> Progress:
     lines = action.log.splitlines()
     finished = action.is_finished
@@ -182,8 +200,7 @@ def _progress(user: Any, action: Action) -> Progress:
         cancelling=action.cancel_requested_by or "someone"
         if action.cancel_requested and not finished
         else "",
-        done=action.progress_done,
-        total=action.progress_total or len(action.plan),
+        **_counts(action, action.status),
         log_tail="\n".join(lines[-LOG_TAIL:]),
         log_lines=len(lines),
         shown_lines=min(len(lines), LOG_TAIL),

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from django.db.models import OuterRef, Subquery
+from django.db.models import Subquery
 
+from dashboard import states
 from dashboard.config import ConfigError, Environment, current_config
 from dashboard.models import Snapshot
+from dashboard.templatetags.dashboard_tags import ago
 
 SHORT_ID = 12
 HISTORY_CHANGES = 20
 RECENT_READS = 10
+# Environments whose newest snapshots one statement finds: bounds its size and parameters.
+NEWEST_BATCH = 200
 # States whose pending list is a plan; in the others it is empty because nothing can be planned.
 PLANNED_STATES = {Snapshot.State.CURRENT, Snapshot.State.BEHIND, Snapshot.State.UNINITIALIZED}
+# States in which the version table was read, so the snapshot's heads are what it held.
+READ_STATES = tuple(str(state) for state in states.READ_STATES)
+
+
+# The overview caches its HTML by the Matrix it shows (templatetags/fragments.py): equal
+# matrices must render equal HTML. So the Matrix, its rows and cells hold only what the page
+# shows, as values and tuples (hashable, compared by value), never a model instance.
 
 
 @dataclass(frozen=True)
@@ -38,26 +50,24 @@ class EnvironmentCell:
     name: str
     project: str
     description: str
-    snapshot: Snapshot | None
-    heads: list[RevisionRow]
+    # The snapshot's state, or None when the environment was never read.
+    state: str | None
+    state_label: str
+    detail: str
+    heads: tuple[RevisionRow, ...]
     pending_count: int
-
-    @property
-    def state(self) -> str | None:
-        """Return the snapshot's state, or None when the environment was never read."""
-        return self.snapshot.state if self.snapshot is not None else None
+    read_at: datetime | None
+    # How long ago it was read, in words ("3 minutes ago"); "" when never read.
+    read_ago: str
+    # For the environment page; the overview shows only the values above (its cache key).
+    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
     @property
     def pending_label(self) -> str:
         """Return the pending count, or "" when the state plans nothing (unreachable, unknown)."""
-        if self.snapshot is None or self.snapshot.state not in PLANNED_STATES:
+        if self.state not in PLANNED_STATES:
             return ""
         return str(self.pending_count)
-
-    @property
-    def state_label(self) -> str:
-        """Return the state as words."""
-        return self.snapshot.get_state_display() if self.snapshot is not None else "not read yet"
 
 
 @dataclass(frozen=True)
@@ -66,16 +76,16 @@ class ProjectRow:
 
     name: str
     description: str
-    heads: list[RevisionRow]
+    heads: tuple[RevisionRow, ...]
     graph_url: str
-    environments: list[EnvironmentCell]
+    environments: tuple[EnvironmentCell, ...]
 
 
 @dataclass(frozen=True)
 class Matrix:
     """The overview: every project's environments, or why the config cannot be read."""
 
-    projects: list[ProjectRow]
+    projects: tuple[ProjectRow, ...]
     config_error: str | None
 
 
@@ -95,11 +105,24 @@ class EnvironmentDetail:
     environment: Environment
     display_url: str
     graph_url: str
-    script_heads: list[RevisionRow]
-    pending: list[RevisionRow]
+    script_heads: tuple[RevisionRow, ...]
+    pending: tuple[RevisionRow, ...]
     changes: list[Change]
     recent: list[Snapshot]
     last_error: Snapshot | None
+    # Why the latest read did not read the version table; "" when it did or none was made.
+    unreadable: str = ""
+    # When unreadable: the newest snapshot that did read it, and its heads.
+    last_known: Snapshot | None = None
+    last_known_heads: tuple[RevisionRow, ...] = ()
+    # Whether `pending` is a plan, and if not, why it is not known.
+    pending_known: bool = True
+    pending_note: str = ""
+
+    @property
+    def actionable(self) -> bool:
+        """Say whether the page may offer an upgrade or rollback: not while it cannot be read."""
+        return not self.unreadable
 
 
 def graph_url(project: str, revision: str | None = None) -> str:
@@ -123,7 +146,7 @@ def status_matrix() -> Matrix:
     try:
         config = current_config()
     except ConfigError as exc:
-        return Matrix(projects=[], config_error=str(exc))
+        return Matrix(projects=(), config_error=str(exc))
     latest = _latest(config.ordered_environments())
     rows = []
     for project in sorted(config.projects.values(), key=lambda p: p.name):
@@ -136,12 +159,12 @@ def status_matrix() -> Matrix:
                 description=project.description,
                 heads=_revisions(project.name, newest.script_heads, newest.messages)
                 if newest
-                else [],
+                else (),
                 graph_url=graph_url(project.name),
-                environments=[_cell(env, latest.get(env.name)) for env in envs],
+                environments=tuple(_cell(env, latest.get(env.name)) for env in envs),
             )
         )
-    return Matrix(projects=rows, config_error=None)
+    return Matrix(projects=tuple(rows), config_error=None)
 
 
 def environment_cell(*, name: str) -> EnvironmentCell | None:
@@ -167,7 +190,9 @@ def environment_detail(*, name: str) -> EnvironmentDetail | None:
     # Two refreshes racing can both record the same change; show it once.
     changes = [change for change in changes if change.before != change.snapshot.heads]
     messages = latest.messages if latest else {}
-    heads = latest.heads if latest else []
+    unreadable = unreadable_reason(name, latest)
+    last_known = last_read(name, env.project) if unreadable else None
+    heads = (last_known or latest).heads if latest else []
     return EnvironmentDetail(
         cell=_cell(env, latest),
         environment=env,
@@ -178,7 +203,43 @@ def environment_detail(*, name: str) -> EnvironmentDetail | None:
         changes=changes,
         recent=list(snapshots[:RECENT_READS]),
         last_error=snapshots.exclude(error="").first(),
+        unreadable=unreadable,
+        last_known=last_known,
+        last_known_heads=tuple(
+            _revisions(env.project, last_known.heads, last_known.messages, last_known.branch_labels)
+        )
+        if last_known
+        else (),
+        pending_known=latest is None or latest.state in PLANNED_STATES,
+        pending_note=_pending_note(name, latest, unreadable),
     )
+
+
+def unreadable_reason(name: str, snapshot: Snapshot | None) -> str:
+    """Say why this latest snapshot did not read the version table; "" when it did (or none)."""
+    if snapshot is None or snapshot.state in READ_STATES:
+        return ""
+    return (
+        f"{name} cannot be read now ({snapshot.detail or snapshot.get_state_display()}),"
+        " so no action can be requested: a plan starts from heads read from it"
+    )
+
+
+def last_read(name: str, project: str) -> Snapshot | None:
+    """Return the newest snapshot of the environment that read its version table."""
+    return (
+        Snapshot.objects.filter(environment=name, project=project, state__in=READ_STATES)
+        .order_by("-read_at", "-id")
+        .first()
+    )
+
+
+def _pending_note(name: str, latest: Snapshot | None, unreadable: str) -> str:
+    if latest is None or latest.state in PLANNED_STATES:
+        return ""
+    if unreadable:
+        return f"Unknown until {name} can be read again."
+    return f"Unknown: nothing can be planned from these heads ({latest.detail})."
 
 
 def environment_items() -> list[dict[str, Any]]:
@@ -233,29 +294,72 @@ def snapshot_item(snapshot: Snapshot) -> dict[str, Any]:
 def _latest(envs: Iterable[Environment]) -> dict[str, Snapshot]:
     """Return the newest snapshot per environment, ignoring ones taken for another project."""
     projects = {env.name: env.project for env in envs}
-    if not projects:
-        return {}
-    newest = (
-        Snapshot.objects.filter(environment=OuterRef("environment"))
-        .order_by("-read_at", "-id")
-        .values("id")[:1]
-    )
-    found = Snapshot.objects.filter(environment__in=projects, id=Subquery(newest))
+    found = newest_per_environment(projects)
     # Snapshots taken while the environment belonged to another project describe another
     # history: the environment counts as never read until it is read again.
-    return {snap.environment: snap for snap in found if projects[snap.environment] == snap.project}
+    return {name: snap for name, snap in found.items() if projects[name] == snap.project}
+
+
+def newest_per_environment(
+    names: Iterable[str], *, states: Iterable[str] | None = None
+) -> dict[str, Snapshot]:
+    """Return each named environment's newest snapshot (in these states), by name."""
+    names = tuple(dict.fromkeys(names))
+    wanted = tuple(sorted(states)) if states is not None else None
+    found: dict[str, Snapshot] = {}
+    for start in range(0, len(names), NEWEST_BATCH):
+        sql, params = _newest_sql(names[start : start + NEWEST_BATCH], wanted)
+        found.update((snap.environment, snap) for snap in Snapshot.objects.raw(sql, params))
+    return found
+
+
+@lru_cache(maxsize=32)
+def _newest_sql(
+    names: tuple[str, ...], states: tuple[str, ...] | None
+) -> tuple[str, tuple[Any, ...]]:
+    """Compile the query for these environments' newest snapshots once per process."""
+    # One uncorrelated subquery per environment, each a seek on (environment, -read_at): the
+    # cost follows the number of environments, never the length of their history. Building
+    # it through the ORM costs more than running it, hence the cache of its SQL.
+    snapshots = (
+        Snapshot.objects.all() if states is None else Snapshot.objects.filter(state__in=states)
+    )
+    newest = [
+        Subquery(snapshots.filter(environment=name).order_by("-read_at", "-id").values("id")[:1])
+        for name in names
+    ]
+    # django-stubs types an __in lookup's values as plain values; expressions are allowed too.
+    found = Snapshot.objects.filter(id__in=newest)  # type: ignore[misc]
+    sql, params = found.query.sql_with_params()
+    return sql, tuple(params)
 
 
 def _cell(env: Environment, snapshot: Snapshot | None) -> EnvironmentCell:
+    if snapshot is None:
+        return EnvironmentCell(
+            name=env.name,
+            project=env.project,
+            description=env.description,
+            state=None,
+            state_label="not read yet",
+            detail="",
+            heads=(),
+            pending_count=0,
+            read_at=None,
+            read_ago="",
+        )
     return EnvironmentCell(
         name=env.name,
         project=env.project,
         description=env.description,
+        state=snapshot.state,
+        state_label=snapshot.get_state_display(),
+        detail=snapshot.detail,
+        heads=_revisions(env.project, snapshot.heads, snapshot.messages, snapshot.branch_labels),
+        pending_count=len(snapshot.pending),
+        read_at=snapshot.read_at,
+        read_ago=ago(snapshot.read_at),
         snapshot=snapshot,
-        heads=_revisions(env.project, snapshot.heads, snapshot.messages, snapshot.branch_labels)
-        if snapshot
-        else [],
-        pending_count=len(snapshot.pending) if snapshot else 0,
     )
 
 
@@ -264,8 +368,8 @@ def _revisions(
     revisions: Iterable[str],
     messages: Mapping[str, str],
     branch_labels: Mapping[str, list[str]] | None = None,
-) -> list[RevisionRow]:
-    return [
+) -> tuple[RevisionRow, ...]:
+    return tuple(
         RevisionRow(
             revision=rev,
             short=rev[:SHORT_ID],
@@ -274,7 +378,7 @@ def _revisions(
             branch_labels=tuple((branch_labels or {}).get(rev, ())),
         )
         for rev in revisions
-    ]
+    )
 
 
 def _iso(moment: datetime) -> str:

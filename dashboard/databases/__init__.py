@@ -1,0 +1,1 @@
+"""Everything that opens a connection to an environment's database."""

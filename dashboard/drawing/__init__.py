@@ -1,0 +1,1 @@
+"""Draw a revision graph: lanes like `git log --graph`, and their SVG."""
