@@ -36,6 +36,7 @@ bench: venv
 	$(PY) bench/bench_graph.py
 	$(PY) bench/bench_status.py
 	$(PY) bench/bench_actions.py
+	$(PY) bench/bench_overview.py
 
 clean:
 	rm -rf .venv var .mypy_cache .ruff_cache
