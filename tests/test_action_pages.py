@@ -763,3 +763,40 @@ def test_environment_page_links_to_the_request_form_for_who_can_request(
         'href="/environments/staging/request?direction=downgrade"',
     )
     assert all((link in html) is shown for link in links)
+
+
+@pytest.mark.parametrize(
+    ("environment", "direction", "said"),
+    [
+        ("dev", "upgrade", "needs no approval on dev: it runs as soon as its SQL is ready"),
+        ("staging", "upgrade", "runs only after 1 approval from someone else"),
+        ("staging", "downgrade", "runs only after 2 approvals from someone else"),
+    ],
+)
+def test_the_request_form_says_what_happens_on_that_environment(
+    settings: Any,
+    tmp_path: Path,
+    sqlite_url: str,
+    users: dict[str, Any],
+    environment: str,
+    direction: str,
+    said: str,
+) -> None:
+    sqlite3.connect(sqlite_url.removeprefix("sqlite:///")).close()
+    path = write_config(tmp_path / "dashboard.toml", ROOT / "migrations_project", sqlite_url)
+    staging_policy = "approvals_required = 1\n"
+    path.write_text(
+        path.read_text().replace(
+            staging_policy, staging_policy + "downgrade_approvals_required = 2\n"
+        ),
+        encoding="utf-8",
+    )
+    settings.DASHBOARD_CONFIG = str(path)
+    html = (
+        signed_in("olga")
+        .get(f"/environments/{environment}/request?direction={direction}")
+        .content.decode()
+    )
+    words = re.sub(r"\s+", " ", html)
+    assert said in words
+    assert "nothing runs before the approvals" not in words

@@ -15,7 +15,7 @@ from dashboard.models import Action, Snapshot
 from dashboard.roles import can_request
 from dashboard.scripts import ScriptLocationError
 from dashboard.selectors.actions import DIRECTION_LABELS, project_graph, short
-from dashboard.selectors.status import latest_snapshots
+from dashboard.selectors.status import last_read, latest_snapshots, unreadable_reason
 
 # Snapshot states whose heads are all revisions the script directory has.
 KNOWN_HEADS = (
@@ -59,10 +59,16 @@ class RequestPage:
     heads: list[str]
     heads_read_at: datetime | None
     heads_known: bool
+    # How the heads shown were read: "as read", "last known, read", or "" when not known.
+    heads_source: str
     problem: str
     note: str
     may_request: bool
     url: str
+    # Why no action can be requested now (the environment cannot be read); "" when one can.
+    blocked: str = ""
+    # What happens after the request on this environment: approvals, or none.
+    next_steps: str = ""
 
     @property
     def target_choices(self) -> list[tuple[str, str]]:
@@ -127,6 +133,9 @@ def request_page(*, user: Any, environment: str, direction: str) -> RequestPage 
         graph = project_graph(config.projects[env.project])
     except ScriptLocationError as exc:
         problem = f"The script directory cannot be read: {exc}"
+    blocked = unreadable_reason(env.name, snapshot)
+    # The heads shown: the latest read's, or while it failed the last read that succeeded.
+    shown = last_read(env.name, env.project) if blocked else snapshot
     heads: list[str] | None = None
     if snapshot is not None and snapshot.state in KNOWN_HEADS:
         heads = list(snapshot.heads)
@@ -154,14 +163,32 @@ def request_page(*, user: Any, environment: str, direction: str) -> RequestPage 
             )
             for value, label in DIRECTION_LABELS.items()
         ],
-        targets=targets,
-        heads=list(snapshot.heads) if snapshot is not None else [],
-        heads_read_at=snapshot.read_at if snapshot is not None else None,
+        targets=[] if blocked else targets,
+        heads=list(shown.heads) if shown is not None else [],
+        heads_read_at=shown.read_at if shown is not None else None,
         heads_known=heads is not None,
+        heads_source=("last known, read" if blocked else "as read") if shown is not None else "",
         problem=problem,
         note=_request_note(direction, heads, targets, read=snapshot is not None),
         may_request=can_request(user),
         url=url,
+        blocked=f"{blocked}. Refresh it on its page once it is back" if blocked else "",
+        next_steps=_next_steps(env.name, env.approvals_for(direction), DIRECTION_LABELS[direction]),
+    )
+
+
+def _next_steps(environment: str, approvals: int, direction_label: str) -> str:
+    """Say what happens after the request on this environment, by its approval policy."""
+    seen = "You will see the plan and its SQL next"
+    if approvals == 0:
+        return (
+            f"{seen}. This {direction_label.lower()} needs no approval on {environment}:"
+            " it runs as soon as its SQL is ready."
+        )
+    plural = "" if approvals == 1 else "s"
+    return (
+        f"{seen}; it runs only after {approvals} approval{plural} from someone else"
+        " (nobody approves their own request)."
     )
 
 

@@ -48,7 +48,8 @@ def action_request(request: HtmxHttpRequest, name: str) -> HttpResponse:
     initial = {"direction": page.direction, "target": page.targets[0].value if page.targets else ""}
     form = ActionRequestForm(request.POST or None, initial=initial, targets=page.target_choices)
     status = 200 if page.may_request else 403
-    if request.method == "POST" and form.is_valid():
+    # While the environment cannot be read the page offers no form: a stale one is not sent on.
+    if request.method == "POST" and not page.blocked and form.is_valid():
         try:
             action = action_services.action_request(
                 user=request.user, environment=name, request=request, **form.cleaned_data
