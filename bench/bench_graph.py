@@ -24,8 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dashboard import scripts  # noqa: E402
-from dashboard.genhistory import generate  # noqa: E402
-from dashboard.layout import layout  # noqa: E402
+from dashboard.drawing.lanes import layout  # noqa: E402
+from tests.genhistory import generate  # noqa: E402
 
 ALEMBIC_TIMER = r"""
 import json, sys, time

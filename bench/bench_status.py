@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
 from dashboard.config import Environment, Project  # noqa: E402
-from dashboard.versions import (  # noqa: E402
+from dashboard.databases.versions import (  # noqa: E402
     Reading,
     forget_engines,
     read_environment,

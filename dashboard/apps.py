@@ -11,4 +11,5 @@ class DashboardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from dashboard import checks, signals  # noqa: F401 (registers checks and receivers)
+        # Registers checks, signal receivers, and the tasks services enqueue by name.
+        from dashboard import checks, signals, tasks  # noqa: F401

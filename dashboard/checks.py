@@ -1,4 +1,4 @@
-"""System checks: a broken config is reported at start-up, naming file, table and key."""
+"""System checks: config and environment URL errors at start-up, naming file, table and key."""
 
 from typing import Any
 
@@ -11,20 +11,28 @@ from dashboard.config import ConfigError, current_config
 def check_dashboard_config(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
     """Load the config file and report why it cannot be used."""
     try:
-        current_config()
+        config = current_config()
     except ConfigError as exc:
         return [
             checks.Error(
                 str(exc), hint="Fix the file named by DASHBOARD_CONFIG.", id="dashboard.E001"
             )
         ]
-    return []
+    # Pages serve the other environments meanwhile; a deploy must still notice.
+    return [
+        checks.Error(
+            problem,
+            hint="Fix that environment's url in the file named by DASHBOARD_CONFIG.",
+            id="dashboard.E003",
+        )
+        for problem in config.environment_problems()
+    ]
 
 
 @checks.register()
 def check_heartbeat_limit(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
     """Refuse a heartbeat limit so short that live runs would be declared interrupted."""
-    from dashboard.worker import HEARTBEAT_INTERVAL, heartbeat_limit
+    from dashboard.runner.monitor import HEARTBEAT_INTERVAL, heartbeat_limit
 
     if heartbeat_limit() < 1.5 * HEARTBEAT_INTERVAL:
         return [

@@ -147,6 +147,8 @@ class Action(models.Model):
     queued_behind = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Every file the run loads, as {name: sha256 of its bytes}; fingerprint is its digest.
+    bundle = models.JSONField(default=dict)
 
     objects = ActionQuerySet.as_manager()
 
@@ -282,6 +284,17 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise PermissionError("audit events cannot be deleted")
+
+
+class ApprovedFile(models.Model):
+    """The exact bytes of one file an action's run loads, stored once per content."""
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    content = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.sha256[:12]} ({len(self.content)} bytes)"
 
 
 class WorkerBeat(models.Model):

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from dashboard.databases.versions import Reading
 from dashboard.history import Graph, HistoryError
-from dashboard.versions import Reading
 
 
 class State(StrEnum):

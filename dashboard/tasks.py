@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from django.tasks import task
 
-from dashboard.services import status
+from dashboard.services import queue, status
 
 
+@queue.register
 @task
 def refresh_status_periodically() -> int:
     """Read every environment, store snapshots, then schedule the next run; return the count."""
@@ -17,6 +18,7 @@ def refresh_status_periodically() -> int:
         status.schedule_periodic_refresh(delay=status.refresh_interval())
 
 
+@queue.register
 @task
 def prepare_action(action_id: int) -> str:
     """Render an action's offline SQL and lint in the worker; return its status."""
@@ -25,6 +27,7 @@ def prepare_action(action_id: int) -> str:
     return str(actions.action_prepare(action_id=action_id).status)
 
 
+@queue.register
 @task
 def run_action(action_id: int) -> str:
     """Run a queued action, or try again shortly while its environment is busy; return its status."""
@@ -37,6 +40,7 @@ def run_action(action_id: int) -> str:
     return str(action.status)
 
 
+@queue.register
 @task
 def keep_house() -> dict[str, object]:
     """Mark silent runs interrupted, requeue lost runs, record config changes; then reschedule."""

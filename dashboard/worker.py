@@ -1,4 +1,4 @@
-"""The worker's own machinery: a running action's monitor, and the periodic housekeeping."""
+"""The worker's periodic housekeeping: interrupted runs, lost queue entries, config changes."""
 
 from __future__ import annotations
 
@@ -8,31 +8,35 @@ import json
 import logging
 import sys
 import threading
-import time
-from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F, TextField, Value
-from django.db.models.functions import Concat
 from django.tasks import TaskResultStatus
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
-from dashboard import audit, runner
-from dashboard.config import ConfigError, DashboardConfig, current_config
-from dashboard.models import Action, AuditEvent
+from dashboard import audit
+from dashboard.config import (
+    ConfigError,
+    DashboardConfig,
+    Environment,
+    NotConfigured,
+    current_config,
+    url_identity,
+)
+from dashboard.models import AuditEvent
+from dashboard.runner import bundle
+from dashboard.runner.monitor import heartbeat_limit
+from dashboard.services import queue, workers
 
 logger = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.5  # seconds between writes of new log lines and checks for a cancel
-HEARTBEAT_INTERVAL = 2.0  # seconds between heartbeats
-MAX_LOG_CHARS = 1_000_000
-DEFAULT_HEARTBEAT_LIMIT = 60.0
 DEFAULT_RETENTION_DAYS = 30
 DEFAULT_HOUSEKEEPING_INTERVAL = 30.0
+MAX_BEAT_INTERVAL = 10.0  # seconds between a worker's beats, at most
 CONFIG_VERB = "config.changed"
 
 
@@ -53,142 +57,11 @@ def snapshot_retention_days() -> int:
     return int(getattr(settings, "DASHBOARD_RETENTION_DAYS", DEFAULT_RETENTION_DAYS))
 
 
-def heartbeat_limit() -> float:
-    """Return the seconds of silence after which a running action counts as interrupted."""
-    return float(getattr(settings, "DASHBOARD_HEARTBEAT_LIMIT", DEFAULT_HEARTBEAT_LIMIT))
-
-
 def housekeeping_interval() -> float:
     """Return the seconds between housekeeping rounds."""
     return float(
         getattr(settings, "DASHBOARD_HOUSEKEEPING_INTERVAL", DEFAULT_HOUSEKEEPING_INTERVAL)
     )
-
-
-class RunMonitor:
-    """Stream a running action's output into its row, heartbeat it and watch for a cancel.
-
-    Alembic's child must be started from the task's own thread (its parent-death signal
-    follows that thread), so the database writes happen here, in a helper thread, batched.
-    """
-
-    def __init__(
-        self,
-        action_id: int,
-        *,
-        known_revisions: Collection[str],
-        flush_interval: float = FLUSH_INTERVAL,
-        heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        give_up_after: float | None = None,
-    ) -> None:
-        self.action_id = action_id
-        self.known_revisions = frozenset(known_revisions)
-        self.flush_interval = flush_interval
-        self.heartbeat_interval = heartbeat_interval
-        # Stop the run before another worker may declare it interrupted and start the next.
-        self.give_up_after = heartbeat_limit() * 0.8 if give_up_after is None else give_up_after
-        self.cancel = threading.Event()
-        # Set when the row stopped being "running" under us (housekeeping declared it interrupted).
-        self.lost = threading.Event()
-        self.steps = 0
-        self._lines: list[str] = []
-        self._written_steps = 0
-        self._log_chars = 0
-        self._truncated = False
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._last_heartbeat = time.monotonic()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"action-{action_id}-monitor", daemon=True
-        )
-
-    def line(self, line: str) -> None:
-        """Take one output line from the runner; count it when it announces a step."""
-        step = runner.parse_progress(line, self.known_revisions)
-        with self._lock:
-            if step is not None:
-                self.steps += 1
-            if self._truncated:
-                return
-            if self._log_chars + len(line) > MAX_LOG_CHARS:
-                self._truncated = True
-                line = f"(log truncated after {MAX_LOG_CHARS} characters)"
-            self._lines.append(line)
-            self._log_chars += len(line) + 1
-
-    def should_cancel(self) -> bool:
-        """Say whether someone asked to cancel the action; the runner polls this."""
-        return self.cancel.is_set()
-
-    def start(self) -> None:
-        """Start heartbeating and flushing in the helper thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the helper thread and write what is left."""
-        self._stop.set()
-        self._thread.join()
-        self._flush(heartbeat=True)
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.wait(self.flush_interval):
-                due = time.monotonic() - self._last_heartbeat >= self.heartbeat_interval
-                self._flush(heartbeat=due)
-                self._watch_for_cancel()
-        finally:
-            connection.close()  # this thread's own connection
-
-    def _watch_for_cancel(self) -> None:
-        if self.cancel.is_set():
-            return
-        try:
-            wanted = Action.objects.filter(pk=self.action_id, cancel_requested=True).exists()
-        except Exception:  # asked again at the next tick
-            logger.exception("could not check action %s for a cancel request", self.action_id)
-            return
-        if wanted:
-            self.cancel.set()
-
-    def _flush(self, *, heartbeat: bool) -> None:
-        with self._lock:
-            lines = list(self._lines)
-            steps = self.steps
-        if not lines and steps == self._written_steps and not heartbeat:
-            return
-        changes: dict[str, Any] = {"progress_done": steps}
-        if lines:
-            text = "".join(f"{line}\n" for line in lines)
-            changes["log"] = Concat(F("log"), Value(text), output_field=TextField())
-        if heartbeat:
-            changes["heartbeat_at"] = timezone.now()
-        try:
-            running = Action.objects.filter(pk=self.action_id, status=Action.Status.RUNNING)
-            updated = running.update(**changes)
-            if updated == 0 and not self.lost.is_set():
-                # Our heartbeats stopped reaching the database for longer than the limit, so the
-                # run was declared interrupted and another may start here: stop this one.
-                logger.warning("action %s is no longer running in the database", self.action_id)
-                self.lost.set()
-                self.cancel.set()
-            if heartbeat:
-                self._last_heartbeat = time.monotonic()
-        except Exception:
-            # A database hiccup must not stop the run; the lines wait for the next try.
-            logger.exception("could not record progress of action %s", self.action_id)
-            silent = time.monotonic() - self._last_heartbeat
-            if silent > self.give_up_after and not self.lost.is_set():
-                logger.error(
-                    "action %s: no heartbeat reached the database for %.0f s; stopping Alembic",
-                    self.action_id,
-                    silent,
-                )
-                self.lost.set()
-                self.cancel.set()
-            return
-        with self._lock:
-            del self._lines[: len(lines)]
-        self._written_steps = steps
 
 
 @dataclass(frozen=True)
@@ -198,9 +71,13 @@ class ConfigChanges:
     appeared: dict[str, list[str]] = field(default_factory=dict)
     vanished: dict[str, list[str]] = field(default_factory=dict)
     changed: dict[str, list[str]] = field(default_factory=dict)
+    # Environments whose database is another one: another host, port, database, user or options.
+    database_changed: list[str] = field(default_factory=list)
+    # Environments whose database digest cannot be compared with the last record's.
+    database_rekeyed: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return any(
+        return bool(self.database_rekeyed) or any(
             names
             for group in (self.appeared, self.vanished, self.changed)
             for names in group.values()
@@ -208,19 +85,38 @@ class ConfigChanges:
 
 
 def config_digests(config: DashboardConfig) -> dict[str, dict[str, str]]:
-    """Return a digest of each project's and environment's settings, never of a URL."""
+    """Return a digest of each project's and environment's settings, and a keyed one of its URL."""
     projects = {name: _digest(asdict(project)) for name, project in config.projects.items()}
     environments = {}
     for name, env in config.environments.items():
         values = asdict(env)
         values["url"] = env.url is not None  # whether it is inline, not what it is
+        del values["url_error"]  # the database digest covers it
         environments[name] = _digest(values)
-    return {"projects": projects, "environments": environments}
+    databases = {name: database_digest(env) for name, env in config.environments.items()}
+    return {"projects": projects, "environments": environments, "databases": databases}
 
 
 def _digest(values: dict[str, Any]) -> str:
     text = json.dumps(values, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+DATABASE_DIGEST_SALT = "dashboard.worker.database_digest"
+
+
+def database_digest(env: Environment) -> str:
+    """Return "key id:digest", keyed by SECRET_KEY, of the database the worker would connect to."""
+    try:
+        # For url_env, the variable as this process sees it: a repointed variable is a repoint.
+        identity = url_identity(env.database_url())
+    except NotConfigured as exc:
+        identity = str(exc)  # unset or unusable, which is a change too
+    # Without the password: a rotated password is the same database, not a repoint. Keyed, so
+    # the trail cannot confirm a guessed host or database name.
+    key_id = salted_hmac(DATABASE_DIGEST_SALT, "key id", algorithm="sha256").hexdigest()[:8]
+    digest = salted_hmac(DATABASE_DIGEST_SALT, identity, algorithm="sha256").hexdigest()[:16]
+    return f"{key_id}:{digest}"
 
 
 def config_changes_record(config: DashboardConfig | None = None) -> AuditEvent | None:
@@ -236,6 +132,17 @@ def config_changes_record(config: DashboardConfig | None = None) -> AuditEvent |
         changes.appeared[kind] = sorted(set(now) - set(before))
         changes.vanished[kind] = sorted(set(before) - set(now))
         changes.changed[kind] = sorted(n for n in set(now) & set(before) if now[n] != before[n])
+    before_db: dict[str, str] = previous.get("databases") or {}
+    for name in sorted(set(current["environments"]) & set(previous.get("environments") or {})):
+        old_key, _, old = before_db.get(name, "").partition(":")
+        new_key, _, new = current["databases"][name].partition(":")
+        if old_key != new_key:  # a new SECRET_KEY, or a record from before database digests
+            changes.database_rekeyed.append(name)
+        elif old != new:
+            changes.database_changed.append(name)
+    changes.changed["environments"] = sorted(
+        {*changes.changed["environments"], *changes.database_changed}
+    )
     if not changes:
         return None
     return audit.record(
@@ -246,6 +153,8 @@ def config_changes_record(config: DashboardConfig | None = None) -> AuditEvent |
             "appeared": changes.appeared,
             "vanished": changes.vanished,
             "changed": changes.changed,
+            "database_changed": changes.database_changed,
+            "database_rekeyed": changes.database_rekeyed,
             "digests": current,
         },
     )
@@ -259,6 +168,8 @@ class HousekeepingReport:
     requeued: list[int] = field(default_factory=list)
     config_recorded: bool = False
     pruned: int = 0
+    swept_copies: int = 0  # private copies of approved files no unfinished action needs
+    swept_files: int = 0  # stored approved files past their retention
     problems: list[str] = field(default_factory=list)
 
 
@@ -292,6 +203,11 @@ class Housekeeping:
         except Exception as exc:
             logger.exception("could not prune old snapshots and task results")
             report.problems.append(f"pruning: {exc}")
+        try:
+            report.swept_copies, report.swept_files = self._sweep_approved()
+        except Exception as exc:
+            logger.exception("could not sweep the approved files")
+            report.problems.append(f"approved files: {exc}")
         return report
 
     def _prune(self) -> int:
@@ -306,9 +222,23 @@ class Housekeeping:
         call_command("prune_db_task_results", min_age_days=days, verbosity=0)
         return pruned
 
+    def _sweep_approved(self) -> tuple[int, int]:
+        """Remove copies of finished actions (a killed worker's too) and bytes past retention."""
+        retention = timedelta(days=snapshot_retention_days())
+        copies, files = bundle.approved_sweep(retention=retention)
+        return len(copies), files
+
     def start_up(self) -> HousekeepingReport:
         """Do the chores, then schedule the periodic status refresh and housekeeping."""
+        from dashboard.runner.process import _sweep_config_folders
+
         report = self.run_once()
+        try:
+            # A SIGKILLed worker leaves its runs' 0600 configs, plaintext URLs and all, behind.
+            _sweep_config_folders()
+        except Exception as exc:  # every run sweeps again before it starts
+            logger.exception("could not sweep the config folders of dead workers")
+            report.problems.append(f"config folders: {exc}")
         try:
             from dashboard.services import status
 
@@ -325,8 +255,7 @@ def schedule_housekeeping(*, delay: float = 0.0) -> bool:
     from django_tasks_db.backend import DatabaseBackend
     from django_tasks_db.models import DBTaskResult
 
-    from dashboard.tasks import keep_house
-
+    keep_house = queue.task_named("keep_house")
     if not isinstance(keep_house.get_backend(), DatabaseBackend):
         return False
     waiting = DBTaskResult.objects.filter(
@@ -343,3 +272,53 @@ def schedule_housekeeping(*, delay: float = 0.0) -> bool:
     if len(ids) > 1:
         waiting.filter(id__in=ids[1:]).delete()
     return bool(ids) and ids[0] == str(result.id)
+
+
+def beat_interval(limit: float | None = None) -> float:
+    """Return the seconds between a worker's beats: four of them fit in the heartbeat limit."""
+    limit = heartbeat_limit() if limit is None else limit
+    return min(MAX_BEAT_INTERVAL, limit / 4)
+
+
+class WorkerBeats:
+    """Record this worker's beat from a helper thread, whatever task the main thread runs."""
+
+    def __init__(self, *, name: str | None = None, interval: float | None = None) -> None:
+        self.name = name or workers.worker_name()
+        self.interval = beat_interval() if interval is None else interval
+        self.started_at = timezone.now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="worker-beats", daemon=True)
+
+    def start(self) -> None:
+        """Sweep the beats of long-dead workers, beat once, then keep beating in the thread."""
+        try:
+            workers.worker_beats_prune()
+        except Exception:  # swept at the next start
+            logger.exception("could not sweep old worker beats")
+        self._beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and remove this worker's beat, so nobody waits for it."""
+        self._stop.set()
+        if self._thread.is_alive():
+            # A beat stuck on a locked database would otherwise write the row back afterwards.
+            self._thread.join(timeout=30)
+        try:
+            workers.worker_beat_remove(name=self.name)
+        except Exception:  # the beat ages and pages call the worker silent
+            logger.exception("could not remove the beat of worker %s", self.name)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                self._beat()
+        finally:
+            connection.close()  # this thread's own connection
+
+    def _beat(self) -> None:
+        try:
+            workers.worker_beat_record(name=self.name, started_at=self.started_at)
+        except Exception:  # tried again at the next beat; pages call the worker silent meanwhile
+            logger.exception("could not record the beat of worker %s", self.name)

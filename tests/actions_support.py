@@ -17,7 +17,7 @@ from django.db import connection
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from dashboard import versions
+from dashboard.databases import versions
 from dashboard.roles import ROLES
 from dashboard.services import users
 

@@ -29,7 +29,7 @@ SLUG_WORDS = (
 )
 
 ENV_PY = '''\
-"""Run this project's revisions; written by dashboard.genhistory."""
+"""Run this project's revisions; written by tests.genhistory."""
 
 from logging.config import fileConfig
 

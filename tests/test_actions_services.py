@@ -14,10 +14,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from dashboard import plans, runner
+from dashboard import runner
 from dashboard.config import load_config
 from dashboard.models import Action, Approval, AuditEvent
+from dashboard.runner import review
 from dashboard.services import actions
+from dashboard.services.actions import pinning as plans
 from dashboard.tasks import prepare_action, run_action
 from tests.actions_support import (
     ALL_REVISIONS,
@@ -386,10 +388,10 @@ def test_postgresql_sql_is_linted_by_squawk(
 def test_squawk_lines_count_from_one_and_a_missing_squawk_is_said(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    items = plans.squawk_lint("SELECT 1;\nCREATE INDEX ix_t_c ON t (c);\n")
+    items = review.squawk_lint("SELECT 1;\nCREATE INDEX ix_t_c ON t (c);\n")
     assert {i["line"] for i in items if i["rule"] == "require-concurrent-index-creation"} == {2}
-    monkeypatch.setattr(plans, "squawk_path", lambda: None)
-    assert plans.squawk_lint("SELECT 1;") == [
+    monkeypatch.setattr(review, "squawk_path", lambda: None)
+    assert review.squawk_lint("SELECT 1;") == [
         {
             "line": None,
             "level": "info",

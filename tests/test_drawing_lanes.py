@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.genhistory import random_history
+from dashboard.drawing.lanes import Row, graph_as_text, layout
 from dashboard.history import Graph, Revision
-from dashboard.layout import Row, graph_as_text, layout
+from tests.genhistory import random_history
 
 
 def generated(count: int, seed: int) -> Graph:

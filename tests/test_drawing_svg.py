@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from dashboard.genhistory import random_history
-from dashboard.graphsvg import (
+from dashboard.drawing.lanes import Row, layout
+from dashboard.drawing.svg import (
     LANE_COLOURS,
     ROW_HEIGHT,
     Marks,
@@ -17,7 +17,7 @@ from dashboard.graphsvg import (
     row_width,
 )
 from dashboard.history import Graph, Revision
-from dashboard.layout import Row, layout
+from tests.genhistory import random_history
 
 
 def rev(name: str, *down: str, date: str | None = None) -> Revision:

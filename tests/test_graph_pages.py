@@ -13,10 +13,10 @@ from django.utils import timezone
 
 from dashboard import scripts
 from dashboard.config import current_config
-from dashboard.genhistory import generate
-from dashboard.graphsvg import newest_first
+from dashboard.drawing.svg import newest_first
 from dashboard.models import Snapshot
 from dashboard.selectors.graph import load_project_history
+from tests.genhistory import generate
 from tests.statusenv import HEAD, SAMPLE, write_config
 
 pytestmark = pytest.mark.django_db

@@ -12,10 +12,10 @@ import pytest
 from alembic.script.revision import Revision as AlembicRevision
 from alembic.script.revision import RevisionMap
 
-from dashboard.genhistory import RevisionSpec, write_project
 from dashboard.history import (
     AmbiguousDowngrade,
     AmbiguousRevision,
+    AmbiguousUpgrade,
     BrokenHistory,
     Graph,
     HistoryError,
@@ -26,6 +26,7 @@ from dashboard.history import (
     Step,
     UnknownRevision,
 )
+from tests.genhistory import RevisionSpec, write_project
 
 
 def rev(
@@ -418,3 +419,58 @@ def test_plan_matches_a_real_alembic_run_on_sqlite(tmp_path: Path) -> None:
         expected_heads = tuple(sorted(graph.heads_after(current, steps)))
         current = version_heads()
         assert current == expected_heads, (target, direction)
+
+
+# a -> b, then two branches: c1 -> d1 -> e1 and c2 -> d2; f is a second base.
+FORKED = [
+    rev("a"),
+    rev("b", "a"),
+    rev("c1", "b"),
+    rev("c2", "b"),
+    rev("d1", "c1"),
+    rev("d2", "c2"),
+    rev("e1", "d1"),
+]
+
+
+def proposals(error: HistoryError) -> list[str]:
+    return str(error).rpartition("one of: ")[2].split(", ")
+
+
+@pytest.mark.parametrize(
+    ("revisions", "current", "target", "expected"),
+    [
+        (FORKED, ("a",), "+3", ["d1", "d2"]),
+        (FORKED, ("a",), "+2", ["c1", "c2"]),
+        # d2 is a head two steps past b: only the branch long enough stays a choice.
+        (FORKED, ("b",), "+3", ["e1"]),
+        (FORKED, ("b",), "b+2", ["d1", "d2"]),
+        ([*FORKED[:2], rev("f"), rev("g", "f")], (), "+2", ["b", "g"]),
+        ([rev("a"), rev("b", "a", labels=("main",)), *FORKED[2:]], ("a",), "main@+2", ["c1", "c2"]),
+    ],
+)
+def test_an_ambiguous_relative_upgrade_proposes_descendants_alembic_accepts(
+    revisions: list[Revision], current: tuple[str, ...], target: str, expected: list[str]
+) -> None:
+    graph = Graph(revisions)
+    alembic = alembic_map(revisions)
+    with pytest.raises(Exception, match="Ambiguous walk"):
+        list(alembic.iterate_revisions(target, current, implicit_base=True))
+    with pytest.raises(AmbiguousUpgrade, match="is ambiguous") as info:
+        graph.plan(current, target, "upgrade")
+    assert proposals(info.value) == expected
+    steps = int(target.rpartition("+")[2])
+    ancestors = set().union(*(graph.ancestors(c) | {c} for c in current))
+    for choice in expected:
+        assert choice not in ancestors  # a step up, never back down
+        ran = list(alembic.iterate_revisions(choice, current, implicit_base=True))
+        assert len(ran) == steps, choice  # Alembic runs exactly that many to reach it
+        assert [s.revision for s in graph.plan(current, choice, "upgrade")] == [
+            r.revision for r in reversed(ran)
+        ]
+
+
+def test_an_ambiguous_upgrade_past_every_branch_end_proposes_nothing() -> None:
+    with pytest.raises(AmbiguousUpgrade, match="No branch has that many revisions") as info:
+        Graph(FORKED).plan(["b"], "+4", "upgrade")
+    assert "one of" not in str(info.value)

@@ -16,9 +16,9 @@ from alembic.util import to_tuple
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dashboard.genhistory import RevisionSpec, write_project
 from dashboard.history import AmbiguousDowngrade, Graph, HistoryError
 from dashboard.scripts import load_history
+from tests.genhistory import RevisionSpec, write_project
 
 HEX = "0123456789abcdef"
 FOLDERS = ("", "", "2023", "2024/01", "2024/02", "legacy/old")

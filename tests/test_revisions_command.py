@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import to_tuple
 from django.core.management import CommandError, call_command
 
-from dashboard.genhistory import generate
+from tests.genhistory import generate
 from tests.statusenv import HEAD, ROOT, SAMPLE, write_config
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from dashboard.config import Project
-from dashboard.runner import (
+from dashboard.runner.process import (
     CONFIG_PREFIX,
     OfflineSQLUnavailable,
     RunnerError,
@@ -215,7 +215,7 @@ def test_failure_output_never_contains_the_password(
 def test_the_masker_hides_every_spelling_of_the_password() -> None:
     from urllib.parse import quote, quote_plus
 
-    from dashboard.runner import _Masker
+    from dashboard.runner.process import _Masker
 
     password = "p@ss:w/rd+x y!"
     url = _with_password("postgresql+psycopg2://deploy@db.internal/app", password)
@@ -279,7 +279,7 @@ import sys
 from pathlib import Path
 
 from dashboard.config import Project
-from dashboard.runner import upgrade
+from dashboard.runner.process import upgrade
 
 root = Path(sys.argv[1])
 project = Project("runner-test", root / "migrations", alembic_ini=root / "alembic.ini")

@@ -13,7 +13,6 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from dashboard.genhistory import RevisionSpec, random_history, render_revision, write_project
 from dashboard.history import Revision
 from dashboard.scripts import (
     LoadedHistory,
@@ -26,6 +25,7 @@ from dashboard.scripts import (
     read_settings,
     syntax_problems,
 )
+from tests.genhistory import RevisionSpec, random_history, render_revision, write_project
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.databases.versions import Reading
 from dashboard.history import Graph, Revision
 from dashboard.scripts import load_history
 from dashboard.states import READ_STATES, State, environment_status
-from dashboard.versions import Reading
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from django_tasks_db.models import DBTaskResult
 from dashboard import runner, worker
 from dashboard.config import Project, load_config
 from dashboard.models import Action, AuditEvent
+from dashboard.runner.monitor import RunMonitor
 from dashboard.tasks import keep_house, prepare_action, run_action
 from tests.actions_support import SAMPLE_INI, insert_heads, touch_sqlite, write_config
 
@@ -178,7 +181,7 @@ def test_child_does_not_inherit_dropped_variables(
 @pytest.mark.django_db(transaction=True)
 def test_a_run_declared_interrupted_under_its_worker_is_stopped() -> None:
     action = _action(Action.Status.RUNNING, started_at=timezone.now())
-    monitor = worker.RunMonitor(action.pk, known_revisions=[], flush_interval=0.05)
+    monitor = RunMonitor(action.pk, known_revisions=[], flush_interval=0.05)
     monitor.start()
     try:
         monitor.line("still running")
@@ -238,3 +241,124 @@ def test_housekeeping_prunes_old_unchanged_snapshots(settings: Any, tmp_path: Pa
     assert report.pruned == 1
     assert set(Snapshot.objects.values_list("pk", flat=True)) == {old_change.pk, recent.pk}
     assert old_same.pk not in set(Snapshot.objects.values_list("pk", flat=True))
+
+
+def test_start_up_sweeps_config_folders_that_killed_workers_left(
+    tmp_path: Path, settings: Any
+) -> None:
+    import tempfile
+
+    from dashboard.runner.process import CONFIG_PREFIX
+
+    settings.DASHBOARD_CONFIG = str(
+        write_config(tmp_path / "d.toml", {"staging": {"url": f"sqlite:///{tmp_path / 's.db'}"}})
+    )
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(gone.stdout)  # exited: the pid of a worker that was SIGKILLed
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    folders: dict[str, Path] = {}
+    try:
+        for name, pid in (("dead", dead_pid), ("alive", alive.pid), ("no pid", 2**64)):
+            folders[name] = Path(tempfile.mkdtemp(prefix=f"{CONFIG_PREFIX}{pid}-"))
+            ini = folders[name] / "alembic.ini"
+            ini.write_text("[alembic]\nsqlalchemy.url = postgresql://u:s3cret@db/app\n")
+            ini.chmod(0o600)
+
+        report = worker.Housekeeping().start_up()
+
+        assert not folders["dead"].exists(), report
+        assert (folders["alive"] / "alembic.ini").exists()  # a running worker's run goes on
+        assert report.problems == []  # a name no worker could have made is left, not a crash
+    finally:
+        alive.kill()
+        alive.wait()
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_repointing_an_environment_is_audited_without_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    path = tmp_path / "dashboard.toml"
+    words = ["deployer", "s3cret-pw", "alpha-db", "gamma-db", "shopmain", "shopother", "postgres"]
+    words += ["stager", "hunter2-pw", "beta-db", "delta-db", "shopstaging", "admin", "rotated"]
+    prod = "postgresql://deployer:s3cret-pw@alpha-db.example:5432/shopmain?sslmode=require"
+    staging = "postgresql://stager:hunter2-pw@beta-db.example/shopstaging"
+    monkeypatch.setenv("REPOINT_TEST_STAGING_URL", staging)
+    events = []
+
+    def record(prod_url: str) -> AuditEvent | None:
+        write_config(
+            path, {"prod": {"url": prod_url}, "staging": {"url_env": "REPOINT_TEST_STAGING_URL"}}
+        )
+        event = worker.config_changes_record(load_config(path))
+        events.append(event)
+        return event
+
+    assert record(prod) is not None  # the first record
+    assert record(prod) is None
+    for repointed in (
+        prod.replace("alpha-db", "gamma-db"),  # another host
+        prod.replace("shopmain", "shopother"),  # another database on the same server
+        prod.replace("deployer", "admin"),  # another role: other rights on the same database
+    ):
+        event = record(repointed)
+        assert event is not None, repointed
+        assert event.payload["database_changed"] == ["prod"]
+        assert event.payload["changed"]["environments"] == ["prod"]
+        assert record(prod) is not None  # and back again
+    # A rotated password is the same database: nothing to audit.
+    assert record(prod.replace("s3cret-pw", "rotated-pw")) is None
+    assert (
+        record(
+            prod.replace("s3cret-pw", "rotated-pw").replace("postgresql:", "postgresql+psycopg2:")
+        )
+        is None
+    )
+
+    # For url_env, the variable's value as the worker sees it, and whether it is set.
+    monkeypatch.setenv("REPOINT_TEST_STAGING_URL", staging.replace("beta-db", "delta-db"))
+    assert record(prod).payload["database_changed"] == ["staging"]
+    monkeypatch.setenv("REPOINT_TEST_STAGING_URL", staging.replace("hunter2-pw", "rotated-pw"))
+    assert record(prod).payload["database_changed"] == ["staging"]  # back to beta-db
+    monkeypatch.delenv("REPOINT_TEST_STAGING_URL")
+    assert record(prod).payload["database_changed"] == ["staging"]
+    assert record(prod) is None
+
+    # A new secret key changes every digest; that is no repoint, and says so.
+    settings.SECRET_KEY = "another-key-" + "x" * 50
+    rekeyed = record(prod)
+    assert rekeyed is not None
+    assert rekeyed.payload["database_changed"] == []
+    assert rekeyed.payload["database_rekeyed"] == ["prod", "staging"]
+
+    for event in filter(None, events):
+        text = json.dumps(event.payload)
+        assert not [word for word in words if word in text], text
+
+
+def test_the_first_record_after_an_upgrade_notes_the_databases_once(tmp_path: Path) -> None:
+    from dashboard import audit
+
+    path = write_config(tmp_path / "dashboard.toml", {"prod": {"url": "sqlite:///p.db"}})
+    config = load_config(path)
+    # As recorded before database digests existed, when Environment had no url_error.
+    fields = {**asdict(config.environments["prod"]), "url": True}
+    del fields["url_error"]
+    old = {
+        "projects": worker.config_digests(config)["projects"],
+        "environments": {"prod": worker._digest(fields)},
+    }
+    audit.record(worker.CONFIG_VERB, actor_name=audit.SYSTEM, payload={"digests": old})
+
+    event = worker.config_changes_record(config)
+
+    assert event is not None
+    assert event.payload["changed"] == {"projects": [], "environments": []}
+    assert (event.payload["database_changed"], event.payload["database_rekeyed"]) == ([], ["prod"])
+    assert worker.config_changes_record(config) is None

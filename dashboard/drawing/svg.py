@@ -5,8 +5,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from dashboard.drawing.lanes import Row
 from dashboard.history import Graph
-from dashboard.layout import Row
 
 LANE_WIDTH = 16
 ROW_HEIGHT = 30

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from dashboard.history.errors import (
@@ -26,7 +27,7 @@ from dashboard.history.structure import _dedupe
 if TYPE_CHECKING:
     from alembic.script.revision import RevisionMap
 
-    from dashboard.history.graph import Graph
+    from dashboard.history.structure import GraphStructure as Graph
 
 
 class _Conflict(Exception):
@@ -111,11 +112,65 @@ def _unmerge_targets(
     return tuple(set(down).difference(below))
 
 
+@cache
+def _walking_map_class() -> type[RevisionMap]:
+    """Return Alembic's RevisionMap, telling where each branch of an ambiguous walk ends."""
+    from alembic.script.revision import RevisionError, RevisionMap
+
+    class AmbiguousWalk(RevisionError):
+        """Alembic's "Ambiguous walk", with the revisions each way of walking reaches."""
+
+        def __init__(self, ends: list[str]) -> None:
+            super().__init__("Ambiguous walk")
+            self.ends = ends
+
+    class WalkingRevisionMap(RevisionMap):
+        def _walk(
+            self,
+            start: Any,
+            steps: int,
+            branch_label: str | None = None,
+            no_overwalk: bool = True,
+        ) -> Any:
+            try:
+                return super()._walk(start, steps, branch_label, no_overwalk)
+            except RevisionError as exc:
+                if type(exc) is not RevisionError or str(exc) != "Ambiguous walk":
+                    raise
+                ends = self._walk_ends(start, steps, branch_label, no_overwalk)
+                raise AmbiguousWalk(ends) from None
+
+        def _walk_ends(
+            self, start: Any, steps: int, branch_label: str | None, no_overwalk: bool
+        ) -> list[str]:
+            """Walk every branch as _walk walks one; return where those of full length end."""
+            frontier: list[Any] = [self.get_revision(start) if isinstance(start, str) else start]
+            for _ in range(abs(steps)):
+                reached: list[Any] = []
+                for node in frontier:
+                    children: Any
+                    if steps > 0:
+                        up = self.get_revisions(self.bases if node is None else node.nextrev)
+                        children = self.filter_for_lineage(up, branch_label) if branch_label else up
+                    elif node == "base":
+                        children = ()
+                    else:
+                        down = self.heads if node is None else node.down_revision
+                        children = self.get_revisions(down) or ("base",)
+                    # A branch too short for the walk is no choice; Alembic would refuse it.
+                    reached.extend(children or (() if no_overwalk else (node,)))
+                frontier = reached
+            names = (n if isinstance(n, str) else n.revision for n in frontier if n is not None)
+            return list(dict.fromkeys(names))
+
+    return WalkingRevisionMap
+
+
 def _build_alembic_map(graph: Graph) -> RevisionMap:
     """Build Alembic's RevisionMap from our revisions, with a linear-time topological sort."""
     from alembic.script.revision import Revision as AlembicRevision
-    from alembic.script.revision import RevisionMap
 
+    map_class = _walking_map_class()
     revisions = [
         AlembicRevision(
             rev.revision,
@@ -125,7 +180,7 @@ def _build_alembic_map(graph: Graph) -> RevisionMap:
         )
         for rev in graph.revisions.values()
     ]
-    revision_map = RevisionMap(lambda: revisions)
+    revision_map = map_class(lambda: revisions)
     try:
         revision_map._revision_map  # noqa: B018 - builds the map now, under our error handling
     except Exception as exc:  # noqa: BLE001
@@ -172,11 +227,20 @@ def _translate(
     if isinstance(exc, alembic_revision.CycleDetected):
         return CycleDetected(message)
     if message == "Ambiguous walk":
-        choices = _walk_choices(graph, current, target)
-        return (AmbiguousDowngrade if direction == "downgrade" else AmbiguousUpgrade)(
+        ambiguous = (
             f"{direction} {target} from {', '.join(current) or 'base'} is ambiguous: the walk"
-            f" passes a branch or merge point. Name an explicit target instead, one of: {choices}"
+            " passes a branch or merge point."
         )
+        if direction == "downgrade":
+            choices = _walk_choices(graph, current, target)
+            return AmbiguousDowngrade(
+                f"{ambiguous} Name an explicit target instead, one of: {choices}"
+            )
+        # Upgrades offer where the walk ends up each branch, never the revisions below.
+        choices = _upgrade_choices(graph, getattr(exc, "ends", ()))
+        if not choices:
+            return AmbiguousUpgrade(f"{ambiguous} No branch has that many revisions to walk.")
+        return AmbiguousUpgrade(f"{ambiguous} Name an explicit target instead, one of: {choices}")
     if message.startswith("Ambiguous upgrade"):
         choices = ", ".join(f"{head}@{target}" for head in current)
         return AmbiguousUpgrade(
@@ -188,9 +252,16 @@ def _translate(
 
 
 def _walk_choices(graph: Graph, current: tuple[str, ...], target: str) -> str:
-    """Return explicit per-branch targets to offer instead of an ambiguous relative one."""
+    """Return explicit per-branch targets to offer instead of an ambiguous relative downgrade."""
     choices: list[str] = []
     for head in current:
         if head in graph.revisions:
             choices.extend(graph.parents(head) or ("base",))
     return ", ".join(_dedupe(choices)) or "base"
+
+
+def _upgrade_choices(graph: Graph, ends: Iterable[str]) -> str:
+    """Return the revisions the walk reaches up each branch, in load order, as explicit targets."""
+    reached = set(ends)
+    ordered = [rev for rev in graph.revisions if rev in reached]
+    return ", ".join(ordered + sorted(reached - set(ordered)))

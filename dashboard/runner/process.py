@@ -28,6 +28,7 @@ from dashboard.config import (
     secret_spellings,
     url_secrets,
 )
+from dashboard.databases import sessions
 
 CHECK_INTERVAL = 0.2  # seconds between time-limit and cancel checks when the child is quiet
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the process group
@@ -41,6 +42,7 @@ PROGRESS_RE = re.compile(
 )
 _GENERATED_ID = re.compile(r"[0-9a-f]{12}")
 _HERE = re.compile(r"%%|%\(here\)s")
+_SEPARATORS = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}
 _OFFLINE_IMPOSSIBLE = (
     "cannot proceed in --sql mode",  # batch mode needs to reflect the table
     "No support for ALTER of constraints in SQLite dialect",
@@ -126,6 +128,16 @@ class RunResult:
 
 
 @dataclass(frozen=True)
+class ApprovedCopy:
+    """A private, read-only copy of the approved files, from which Alembic loads the project."""
+
+    folder: Path
+    script_location: Path  # env.py and the files beside it
+    version_locations: tuple[Path, ...]
+    alembic_ini: Path | None  # the approved bytes of the project's ini, if it has one
+
+
+@dataclass(frozen=True)
 class ProgressStep:
     """One step Alembic announced it is about to run."""
 
@@ -143,6 +155,8 @@ class RunOptions(TypedDict, total=False):
     should_cancel: Callable[[], bool] | None
     extra_env: dict[str, str] | None
     drop_env: Collection[str] | None
+    session_tag: str | None
+    approved: ApprovedCopy | None
 
 
 def run_alembic(
@@ -155,11 +169,15 @@ def run_alembic(
     should_cancel: Callable[[], bool] | None = None,
     extra_env: dict[str, str] | None = None,
     drop_env: Collection[str] | None = None,
+    session_tag: str | None = None,
+    approved: ApprovedCopy | None = None,
 ) -> RunResult:
     """Run `alembic <args>` against url, streaming masked output lines to on_line.
 
     drop_env names variables of this process the child must not inherit (the dashboard's
-    own secrets, other environments' URLs).
+    own secrets, other environments' URLs). session_tag names every database session the
+    child opens (see databases.sessions), so they can be found and stopped from outside.
+    With approved, Alembic loads env.py, the revisions and the ini from that copy only.
     """
     mask = _Masker(url)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -180,6 +198,8 @@ def run_alembic(
         should_cancel=should_cancel,
         extra_env=extra_env,
         drop_env=drop_env,
+        session_tag=session_tag,
+        approved=approved,
     )
     return RunResult(
         returncode=outcome.returncode,
@@ -209,6 +229,7 @@ def offline_sql(
     to_rev: str,
     timeout: float = 120,
     drop_env: Collection[str] | None = None,
+    approved: ApprovedCopy | None = None,
 ) -> str:
     """Return the SQL Alembic would run from from_rev to to_rev, without connecting."""
     if direction == "upgrade":
@@ -233,6 +254,7 @@ def offline_sql(
         should_cancel=None,
         extra_env=None,
         drop_env=drop_env,
+        approved=approved,
     )
     if outcome.stopped == "timed_out":
         raise RunnerError(f"offline SQL for {revision_range} took longer than {timeout:g} s")
@@ -304,12 +326,20 @@ def _execute(
     should_cancel: Callable[[], bool] | None,
     extra_env: dict[str, str] | None,
     drop_env: Collection[str] | None = None,
+    session_tag: str | None = None,
+    approved: ApprovedCopy | None = None,
 ) -> _Outcome:
     python = project.python or sys.executable
     dropped = set(drop_env or ())
+    inherited = {name: value for name, value in os.environ.items() if name not in dropped}
+    tag_env: dict[str, str] = {}
+    if session_tag is not None:
+        # Only the child's copy of the URL may change (MySQL's init_command), never the action's.
+        url, tag_env = sessions.tag_child(url, session_tag, {**inherited, **(extra_env or {})})
     env = {
-        **{name: value for name, value in os.environ.items() if name not in dropped},
+        **inherited,
         **(extra_env or {}),
+        **tag_env,
         "DATABASE_URL": url,  # never on the command line: `ps` shows it to every user
         "PYTHONUNBUFFERED": "1",
         "PYTHONIOENCODING": "utf-8",
@@ -320,7 +350,7 @@ def _execute(
         cwd = project.script_location.parent
     _sweep_config_folders()
     with tempfile.TemporaryDirectory(prefix=f"{CONFIG_PREFIX}{os.getpid()}-") as folder:
-        ini = _write_config(project, url, Path(folder))
+        ini = _write_config(project, url, Path(folder), approved=approved)
         argv = [python, "-c", _BOOTSTRAP, str(os.getpid()), "-c", str(ini), *args]
         return _supervise(
             argv,
@@ -333,15 +363,24 @@ def _execute(
         )
 
 
-def _write_config(project: Project, url: str, folder: Path) -> Path:
+def _write_config(
+    project: Project, url: str, folder: Path, *, approved: ApprovedCopy | None = None
+) -> Path:
     """Write the ini Alembic will read, with the URL, readable by this user only."""
     parser = configparser.RawConfigParser()
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     if project.alembic_ini is not None:
-        # The copy lives elsewhere, so %(here)s must keep meaning the original folder.
+        source = project.alembic_ini
+        if approved is not None:
+            if approved.alembic_ini is None:
+                raise RunnerError(f"the approved files hold no copy of {project.alembic_ini}")
+            source = approved.alembic_ini
+        # The generated ini lives elsewhere, so %(here)s keeps meaning the project's folder:
+        # outside the two locations set below (prepend_sys_path, keys env.py reads) it names
+        # the project's own code, which is not part of the approved files.
         here = _ini_escape(str(project.alembic_ini.parent))
         try:
-            text = project.alembic_ini.read_text(encoding="utf-8")
+            text = source.read_text(encoding="utf-8")
             parser.read_string(
                 _HERE.sub(lambda m: m[0] if m[0] == "%%" else here, text),
                 source=str(project.alembic_ini),
@@ -351,7 +390,13 @@ def _write_config(project: Project, url: str, folder: Path) -> Path:
     if not parser.has_section("alembic"):
         parser.add_section("alembic")
     main = parser["alembic"]
-    main["script_location"] = _ini_escape(str(project.script_location))
+    if approved is None:
+        main["script_location"] = _ini_escape(str(project.script_location))
+    else:
+        main["script_location"] = _ini_escape(str(approved.script_location))
+        main["version_locations"] = _locations_value(main, approved.version_locations)
+        # Pinned here, where the ini wins over a pyproject.toml in the working directory.
+        main.setdefault("recursive_version_locations", "false")
     main["sqlalchemy.url"] = _ini_escape(url)
     # Not keys Alembic reads itself, but an env.py can pass them to context.configure().
     main.setdefault("version_table", _ini_escape(project.version_table))
@@ -363,6 +408,20 @@ def _write_config(project: Project, url: str, folder: Path) -> Path:
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
         parser.write(handle)
     return path
+
+
+def _locations_value(main: configparser.SectionProxy, locations: tuple[Path, ...]) -> str:
+    """Join folders the way Alembic will split version_locations with this ini's separator."""
+    separator = " "  # without path_separator Alembic splits on spaces and commas
+    for name in ("path_separator", "version_path_separator"):
+        if name in main:
+            separator = _SEPARATORS.get(main[name].strip(), " ")
+            break
+    for location in locations:
+        text = str(location)
+        if separator in text or any(c.isspace() or c in ",%" for c in text):
+            raise RunnerError(f"the approved copy's folder {text} cannot be named in an ini")
+    return separator.join(str(location) for location in locations)
 
 
 def _sweep_config_folders() -> None:
@@ -378,6 +437,8 @@ def _sweep_config_folders() -> None:
             shutil.rmtree(entry, ignore_errors=True)
         except PermissionError:
             pass  # alive, and someone else's
+        except OverflowError:
+            pass  # no pid: not a folder a worker made, and no reason to stop every run
 
 
 def _ini_escape(value: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from dashboard.history import Graph, Revision
 from dashboard.scripts.ini import ScriptSettings, read_settings
 from dashboard.scripts.parse import parse_revision_file
+from dashboard.scripts.records import LoadedHistory
 from dashboard.scripts.scan import RACY_NS, Scan, _File, _scan, fingerprint_files
 
 
@@ -59,17 +60,6 @@ def _stamps(scan: Scan, started_ns: int) -> _Stamps | None:
         folders=tuple(scan.folders),
         files=tuple((folder, tuple(entries)) for folder, entries in by_folder.items()),
     )
-
-
-@dataclass(frozen=True)
-class LoadedHistory:
-    """A project's revision graph with the fingerprint of the files it came from."""
-
-    graph: Graph
-    fingerprint: str
-    script_location: Path
-    version_locations: tuple[Path, ...]
-    problems: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dashboard.history import Revision
 from dashboard.scripts.scan import RACY_NS
 
 if TYPE_CHECKING:
-    from dashboard.scripts.cache import LoadedHistory
+    from dashboard.scripts.records import LoadedHistory
 
 _LEGACY_ID = re.compile(r"([a-f0-9]+)\.py$")
 

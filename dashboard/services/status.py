@@ -12,10 +12,12 @@ from django.db.models import OuterRef, Subquery
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 
-from dashboard import scripts, states, versions
+from dashboard import scripts, states
 from dashboard.config import DashboardConfig, Environment, Project, current_config
+from dashboard.databases import versions
 from dashboard.history import Graph, HistoryError
 from dashboard.models import Snapshot
+from dashboard.services import queue
 
 DEFAULT_REFRESH_INTERVAL = 60.0
 READ_STATES = [str(state) for state in states.READ_STATES]
@@ -171,8 +173,7 @@ def schedule_periodic_refresh(*, delay: float = 0.0) -> bool:
     from django_tasks_db.backend import DatabaseBackend
     from django_tasks_db.models import DBTaskResult
 
-    from dashboard.tasks import refresh_status_periodically
-
+    refresh_status_periodically = queue.task_named("refresh_status_periodically")
     # Only the database backend can run a task later and be asked what is waiting.
     if not isinstance(refresh_status_periodically.get_backend(), DatabaseBackend):
         return False

@@ -6,9 +6,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dashboard import plans, scripts
+from dashboard import scripts
 from dashboard.config import ConfigError, current_config
-from dashboard.layout import graph_as_text
+from dashboard.drawing.lanes import graph_as_text
+from dashboard.services.actions import pinning as plans
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 """The revision graph page, the revision panel and the graph API, read from a project's files."""
 
-from dashboard.selectors.graph.drawing import GraphNotFound, load_project_history
 from dashboard.selectors.graph.links import SHORT_ID, first_project_url, graph_url, revision_url
+from dashboard.selectors.graph.loaded import GraphNotFound, load_project_history
 from dashboard.selectors.graph.page import (
     ALEMBIC_LOADER_NOTICE,
     SEARCH_LIMIT,

@@ -8,9 +8,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from dashboard import graphsvg, scripts
+from dashboard import scripts
 from dashboard.config import Project, current_config
-from dashboard.layout import Layout, layout
+from dashboard.drawing import svg
+from dashboard.drawing.lanes import Layout, layout
 
 _TOKEN = re.compile(r"\w+")
 
@@ -62,7 +63,7 @@ def _drawn_for(history: scripts.LoadedHistory) -> _Drawn:
     if drawn is not None and drawn.history is history:
         return drawn
     graph = history.graph
-    order = graphsvg.newest_first(graph)
+    order = svg.newest_first(graph)
     # Alembic imports every file, so a syntax error inside upgrade() stops it as surely as
     # one in the header; load_history leaves the full check to the caller for speed.
     raw = list(graph.problems) + scripts.syntax_problems(history)

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 
 from django.urls import reverse
 
-from dashboard import graphsvg
-from dashboard.selectors.graph.drawing import _Drawn, _drawn_project, _project
+from dashboard.drawing import svg
 from dashboard.selectors.graph.links import (
     SHORT_ID,
     _badges,
@@ -18,6 +17,7 @@ from dashboard.selectors.graph.links import (
     graph_url,
     revision_url,
 )
+from dashboard.selectors.graph.loaded import _Drawn, _drawn_project, _project
 from dashboard.selectors.graph.panel import _panel
 from dashboard.selectors.graph.records import Badge, GraphPage, GraphRow, Search, Window
 
@@ -41,7 +41,7 @@ def _window(
     for row in drawn.layout.rows(start, WINDOW):
         rev = row.revision
         item = graph.revisions[rev]
-        marks = graphsvg.Marks(
+        marks = svg.Marks(
             head=graph.is_head(rev),
             base=graph.is_base(rev),
             merge_point=graph.is_merge_point(rev),
@@ -68,7 +68,7 @@ def _window(
                 tags=_tags(graph, rev, drawn.flagged),
                 labels=_row_labels(graph, rev),
                 badges=badges.get(rev, []),
-                drawing=graphsvg.row_drawing(row, marks),
+                drawing=svg.row_drawing(row, marks),
                 focus=marks.focus,
             )
         )

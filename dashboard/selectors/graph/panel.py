@@ -6,14 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from dashboard.history import Graph
-from dashboard.selectors.graph.drawing import (
+from dashboard.selectors.graph.links import SHORT_ID, _badges, _link, _tags, graph_url, revision_url
+from dashboard.selectors.graph.loaded import (
     _TOKEN,
     GraphNotFound,
     _Drawn,
     _drawn_project,
     _relative_path,
 )
-from dashboard.selectors.graph.links import SHORT_ID, _badges, _link, _tags, graph_url, revision_url
 from dashboard.selectors.graph.records import Badge, RevisionPanel
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dashboard import graphsvg
+from dashboard.drawing import svg
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class GraphRow:
     tags: list[Tag]
     labels: list[Tag]
     badges: list[Badge]
-    drawing: graphsvg.RowDrawing
+    drawing: svg.RowDrawing
     focus: bool
 
 

@@ -9,8 +9,10 @@ from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
-from dashboard import audit, plans, roles, scripts
+from dashboard import audit, roles, scripts
 from dashboard.models import Action, Approval
+from dashboard.runner import bundle
+from dashboard.services.actions import pinning as plans
 from dashboard.services.actions.errors import (
     SCRIPT_CHANGED,
     ActionRefused,
@@ -163,8 +165,9 @@ def _check_fingerprint(action: Action) -> None:
     config = config_or_refuse()
     env, project = environment_or_refuse(config, action.environment)
     try:
+        # By content: a touched file is the same plan, a same-size edit is not.
         now = plans.current_fingerprint(project)
-    except (scripts.ScriptLocationError, OSError) as exc:
+    except (scripts.ScriptLocationError, OSError, bundle.BundleError) as exc:
         raise EnvironmentUnavailable(f"cannot read project {project.name}: {exc}") from exc
     if now != action.fingerprint:
         raise PlanChanged(SCRIPT_CHANGED)

@@ -9,9 +9,13 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from dashboard import audit, history, plans, roles, scripts, versions
+from dashboard import audit, history, roles, scripts
 from dashboard.config import ConfigError, NotConfigured, current_config
+from dashboard.databases import versions
 from dashboard.models import Action
+from dashboard.runner import bundle, review
+from dashboard.services import queue
+from dashboard.services.actions import pinning as plans
 from dashboard.services.actions.decisions import queue_action
 from dashboard.services.actions.errors import (
     ActionRefused,
@@ -72,6 +76,11 @@ def action_request(
             f"Alembic cannot load project {project.name}'s history: {broken[0]}{more};"
             " nothing can be planned until it is fixed"
         )
+    # Read now, beside the history: the plan is bound to these bytes, and only they run.
+    try:
+        approved = plans.current_bundle(project, loaded)
+    except (scripts.ScriptLocationError, OSError, bundle.BundleError) as exc:
+        raise EnvironmentUnavailable(f"cannot read project {project.name}: {exc}") from exc
     reading = versions.read_environment(env, project)
     if not reading.ok:
         raise EnvironmentUnavailable(f"cannot read {env.name} now: {reading.error}")
@@ -88,8 +97,9 @@ def action_request(
             f" {direction} {target} would run no revision"
         )
     revisions = plan.revisions
-    fingerprint = plans.code_fingerprint(project, loaded.fingerprint)
+    fingerprint = approved.digest
     with transaction.atomic():
+        bundle.bundle_store(approved)
         action = Action.objects.create(
             environment=env.name,
             project=project.name,
@@ -99,6 +109,7 @@ def action_request(
             from_heads=list(reading.heads),
             plan=revisions,
             fingerprint=fingerprint,
+            bundle=approved.manifest,
             plan_hash=plans.plan_hash(
                 environment=env.name,
                 direction=direction,
@@ -126,6 +137,8 @@ def action_request(
                 "from_heads": list(reading.heads),
                 "plan": revisions,
                 "target_heads": list(plan.target_heads),
+                # The digest of every approved file's sha256 (the action's bundle).
+                "fingerprint": fingerprint,
                 "approvals_required": action.approvals_required,
                 "reason": action.reason,
             },
@@ -215,9 +228,7 @@ def _proposals(message: str) -> list[str]:
 
 
 def _enqueue_prepare(action_id: int) -> None:
-    from dashboard.tasks import prepare_action
-
-    prepare_action.enqueue(action_id)
+    queue.task_named("prepare_action").enqueue(action_id)
 
 
 def _plan_hash_of(action: Action) -> str:
@@ -232,25 +243,31 @@ def _plan_hash_of(action: Action) -> str:
     )
 
 
-def _prepare_sql(action: Action) -> plans.PreparedSQL:
+def _prepare_sql(action: Action) -> review.PreparedSQL:
     try:
         config = current_config()
     except ConfigError as exc:
-        return plans.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+        return review.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
     env = config.environments.get(action.environment)
     if env is None or env.project != action.project:
-        return plans.PreparedSQL(note=f"environment {action.environment} is no longer configured")
+        return review.PreparedSQL(note=f"environment {action.environment} is no longer configured")
     try:
         url = env.database_url()
     except NotConfigured as exc:
-        return plans.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+        return review.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
     direction: history.Direction = "downgrade" if action.direction == "downgrade" else "upgrade"
-    return plans.prepare_sql(
-        config.projects[env.project],
-        url,
-        direction=direction,
-        from_heads=action.from_heads,
-        target=action.target,
-        target_heads=action.target_heads,
-        drop_env=child_secrets(config, env),
-    )
+    # Rendered from the private copy the run will use (kept for it), not the live folder.
+    try:
+        with bundle.approved_copy(manifest=action.bundle, digest=action.fingerprint) as copy:
+            return review.prepare_sql(
+                config.projects[env.project],
+                url,
+                direction=direction,
+                from_heads=action.from_heads,
+                target=action.target,
+                target_heads=action.target_heads,
+                drop_env=child_secrets(config, env),
+                approved=copy,
+            )
+    except bundle.BundleError as exc:
+        return review.PreparedSQL(note=f"offline SQL could not be produced: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from dashboard import audit, plans, runner, scripts, versions
+from dashboard import audit, runner, scripts
 from dashboard.config import (
     ConfigError,
     DashboardConfig,
@@ -22,10 +23,13 @@ from dashboard.config import (
     NotConfigured,
     current_config,
 )
+from dashboard.databases import sessions, versions
 from dashboard.models import Action
+from dashboard.runner import bundle, review
+from dashboard.runner.monitor import RunMonitor
+from dashboard.services import queue
 from dashboard.services.actions.errors import SCRIPT_CHANGED
 from dashboard.services.actions.lookups import locked_action_or_refuse
-from dashboard.worker import RunMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ LONG_WAIT_RETRY_DELAY = 5.0  # ... once it has waited longer than LONG_WAIT
 LONG_WAIT = timedelta(seconds=30)
 PREPARE_GRACE = timedelta(minutes=2)  # a request's SQL may take this long before it counts as lost
 PREPARE_LIMIT = timedelta(
-    seconds=plans.OFFLINE_SQL_TIMEOUT + plans.SQUAWK_TIMEOUT + 60
+    seconds=review.OFFLINE_SQL_TIMEOUT + review.SQUAWK_TIMEOUT + 60
 )  # a preparation still "running" after this lost its worker
 # Never handed to Alembic's child: the dashboard's own secrets.
 DASHBOARD_SECRETS = ("SECRET_KEY", "DASHBOARD_PASSWORD")
@@ -54,23 +58,28 @@ def action_run(*, action_id: int, worker: str) -> Action:
         return _run_claimed(action)
     except Exception as exc:
         # Never leave the action "running" with nobody behind it.
+        leftover = _stop_leftover_sessions(action)
         after_heads = _heads_now(action)
         _finish(
             action,
             Action.Status.FAILED,
             error=f"the run broke off ({type(exc).__name__}: {exc}); "
-            + where(action.environment, action.from_heads, after_heads, action.target_heads),
+            + where(action.environment, action.from_heads, after_heads, action.target_heads)
+            + leftover,
             after_heads=after_heads,
         )
         raise
     except BaseException:
-        # The worker is being stopped (a second SIGTERM, Ctrl-C): Alembic was killed with it.
+        # The worker is being stopped (a second SIGTERM, Ctrl-C): Alembic was killed with it,
+        # not the statement it had sent.
+        leftover = _stop_leftover_sessions(action)
         after_heads = _heads_now(action)
         _finish(
             action,
             Action.Status.INTERRUPTED,
             error="the worker was stopped while running it; "
-            + where(action.environment, action.from_heads, after_heads, action.target_heads),
+            + where(action.environment, action.from_heads, after_heads, action.target_heads)
+            + leftover,
             after_heads=after_heads,
         )
         raise
@@ -94,6 +103,11 @@ def action_interrupt_silent(*, limit: float) -> list[Action]:
 
 def _interrupt(action: Action, cutoff: datetime, limit: float) -> Action | None:
     """Mark one silent action interrupted unless it finished or heartbeat meanwhile."""
+    if not Action.objects.silent_since(cutoff).filter(pk=action.pk).exists():
+        return None
+    # Marking it frees the environment, while the dead worker's last statement may still run
+    # in the server, holding its locks: stop that first.
+    leftover = _stop_leftover_sessions(action)
     after_heads = _heads_now(action)
     with transaction.atomic():
         current = Action.objects.select_for_update().filter(pk=action.pk).first()
@@ -104,6 +118,7 @@ def _interrupt(action: Action, cutoff: datetime, limit: float) -> Action | None:
             f"the worker {current.worker or '(unknown)'} stopped heartbeating"
             f" at {last:%Y-%m-%d %H:%M:%S} UTC (limit {limit:g} s);"
             f" {where(current.environment, current.from_heads, after_heads, current.target_heads)}"
+            f"{leftover}"
         )
         current.status = Action.Status.INTERRUPTED
         current.finished_at = timezone.now()
@@ -134,8 +149,8 @@ def action_requeue_lost() -> list[int]:
     from django_tasks_db.backend import DatabaseBackend
     from django_tasks_db.models import DBTaskResult
 
-    from dashboard.tasks import prepare_action, run_action
-
+    prepare_action = queue.task_named("prepare_action")
+    run_action = queue.task_named("run_action")
     if not isinstance(run_action.get_backend(), DatabaseBackend):
         return []
     alive = DBTaskResult.objects.filter(
@@ -178,8 +193,7 @@ def action_requeue_lost() -> list[int]:
 
 def enqueue_run(action_id: int, *, delay: float = 0.0) -> None:
     """Put the action's run on the task queue (after delay seconds) and remember the task id."""
-    from dashboard.tasks import run_action
-
+    run_action = queue.task_named("run_action")
     task = run_action
     if delay > 0:
         task = run_action.using(run_after=timezone.now() + timedelta(seconds=delay))
@@ -272,7 +286,19 @@ def _claim(action_id: int, worker: str) -> tuple[Action, bool]:
 
 
 def _run_claimed(action: Action) -> Action:
-    """Check the plan still holds, run Alembic, and record what the environment says after."""
+    """Check the plan still holds, run the approved copy, and record what the environment says."""
+    with contextlib.ExitStack() as held:
+        finished = _run_checked(action, held)
+    # Its copy is of no further use unless another unfinished action has the same bytes.
+    try:
+        bundle.copies_sweep_unneeded()
+    except Exception:  # housekeeping sweeps what this leaves
+        logger.exception("could not sweep the approved copies after action %s", action.pk)
+    return finished
+
+
+def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
+    """Run _run_claimed's checks and Alembic; the approved copy stays held until held closes."""
     try:
         config = current_config()
     except ConfigError as exc:
@@ -290,13 +316,19 @@ def _run_claimed(action: Action) -> Action:
     except NotConfigured as exc:
         return _finish(action, Action.Status.FAILED, error=f"{exc}; nothing ran")
     try:
-        fingerprint = plans.current_fingerprint(project)
-    except (scripts.ScriptLocationError, OSError) as exc:
+        live = bundle.bundle_read(project)
+    except (scripts.ScriptLocationError, OSError, bundle.BundleError) as exc:
         return _finish(
             action, Action.Status.FAILED, error=f"cannot read project {project.name}: {exc}"
         )
-    if fingerprint != action.fingerprint:
-        return _finish(action, Action.Status.FAILED, error=f"{SCRIPT_CHANGED}; nothing ran")
+    # A courtesy: what runs is the approved copy either way, but a project edited since the
+    # request no longer matches what its operator meant.
+    if live.digest != action.fingerprint:
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"{SCRIPT_CHANGED} ({_changed_text(action.bundle, live.manifest)}); nothing ran",
+        )
     before = versions.read_environment(env, project)
     if not before.ok:
         return _finish(
@@ -318,6 +350,13 @@ def _run_claimed(action: Action) -> Action:
         # The checks above took longer than the heartbeat limit and it was declared interrupted.
         action.refresh_from_db()
         return action
+    try:
+        # Verified here, just before the start; Alembic reads nothing of the live folder's.
+        copy = held.enter_context(
+            bundle.approved_copy(manifest=action.bundle, digest=action.fingerprint)
+        )
+    except bundle.BundleError as exc:
+        return _finish(action, Action.Status.FAILED, error=f"{exc}; nothing ran")
     known = set(action.plan) | set(action.from_heads) | set(action.target_heads)
     monitor = RunMonitor(action.pk, known_revisions=known)
     monitor.start()
@@ -330,6 +369,8 @@ def _run_claimed(action: Action) -> Action:
             time_limit=env.time_limit,
             should_cancel=monitor.should_cancel,
             drop_env=child_secrets(config, env),
+            session_tag=sessions.action_tag(action.pk),
+            approved=copy,
         )
     except runner.RunnerError as exc:
         monitor.stop()
@@ -343,6 +384,10 @@ def _run_claimed(action: Action) -> Action:
         monitor.stop()
         raise
     monitor.stop()
+    leftover = ""
+    if result.cancelled or result.timed_out:
+        # Alembic was killed, not the statement it had sent: the server runs it on, locks held.
+        leftover = _stop_leftover_sessions(action, url, env.timeout)
     after = versions.read_environment(env, project)
     after_heads = list(after.heads) if after.ok else None
     place = where(env.name, action.from_heads, after_heads, action.target_heads)
@@ -350,6 +395,7 @@ def _run_claimed(action: Action) -> Action:
         place = f"{place} ({after.error})"
     action.refresh_from_db(fields=["cancel_requested_by"])
     status, error = _outcome(action, env, result, monitor, after_heads, place)
+    error += leftover
     if status == Action.Status.SUCCEEDED:
         return _finish(
             action,
@@ -463,6 +509,30 @@ def _heads_now(action: Action, config: DashboardConfig | None = None) -> list[st
         logger.exception("could not read %s again", action.environment)
         return None
     return list(reading.heads) if reading.ok else None
+
+
+def _stop_leftover_sessions(
+    action: Action, url: str | None = None, timeout: float | None = None
+) -> str:
+    """Stop the database sessions the action's Alembic left; return "; why some remain" or ""."""
+    try:
+        if url is None or timeout is None:
+            env = current_config().environments[action.environment]
+            url, timeout = env.database_url(), env.timeout
+        report = sessions.stop_sessions(url, sessions.action_tag(action.pk), timeout=timeout)
+    except Exception:  # called while recording an ending: it must not add one
+        logger.exception("could not look for the database sessions of action %s", action.pk)
+        return "; its database sessions could not be looked for"
+    for failure in report.failures:
+        logger.warning("action %s: %s", action.pk, failure)
+    return "".join(f"; {failure}" for failure in report.failures)
+
+
+def _changed_text(approved: dict[str, str], live: dict[str, str]) -> str:
+    """Say which files differ from the approved bytes, naming a few."""
+    names = bundle.changed_names(approved, live)
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"{', '.join(names[:3])}{more} differ from the approved bytes"
 
 
 def _error_line(lines: Sequence[str]) -> str:

@@ -1,0 +1,156 @@
+"""Watch a running action for the worker: stream its output, heartbeat it, notice a cancel."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Collection
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import F, TextField, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from dashboard.models import Action
+from dashboard.runner.process import parse_progress
+
+logger = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.5  # seconds between writes of new log lines and checks for a cancel
+HEARTBEAT_INTERVAL = 2.0  # seconds between heartbeats
+MAX_LOG_CHARS = 1_000_000
+DEFAULT_HEARTBEAT_LIMIT = 60.0
+
+
+def heartbeat_limit() -> float:
+    """Return the seconds of silence after which a running action counts as interrupted."""
+    return float(getattr(settings, "DASHBOARD_HEARTBEAT_LIMIT", DEFAULT_HEARTBEAT_LIMIT))
+
+
+class RunMonitor:
+    """Stream a running action's output into its row, heartbeat it and watch for a cancel.
+
+    Alembic's child must be started from the task's own thread (its parent-death signal
+    follows that thread), so the database writes happen here, in a helper thread, batched.
+    """
+
+    def __init__(
+        self,
+        action_id: int,
+        *,
+        known_revisions: Collection[str],
+        flush_interval: float = FLUSH_INTERVAL,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        give_up_after: float | None = None,
+    ) -> None:
+        self.action_id = action_id
+        self.known_revisions = frozenset(known_revisions)
+        self.flush_interval = flush_interval
+        self.heartbeat_interval = heartbeat_interval
+        # Stop the run before another worker may declare it interrupted and start the next.
+        self.give_up_after = heartbeat_limit() * 0.8 if give_up_after is None else give_up_after
+        self.cancel = threading.Event()
+        # Set when the row stopped being "running" under us (housekeeping declared it interrupted).
+        self.lost = threading.Event()
+        self.steps = 0
+        self._lines: list[str] = []
+        self._written_steps = 0
+        self._log_chars = 0
+        self._truncated = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._last_heartbeat = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"action-{action_id}-monitor", daemon=True
+        )
+
+    def line(self, line: str) -> None:
+        """Take one output line from the runner; count it when it announces a step."""
+        step = parse_progress(line, self.known_revisions)
+        with self._lock:
+            if step is not None:
+                self.steps += 1
+            if self._truncated:
+                return
+            if self._log_chars + len(line) > MAX_LOG_CHARS:
+                self._truncated = True
+                line = f"(log truncated after {MAX_LOG_CHARS} characters)"
+            self._lines.append(line)
+            self._log_chars += len(line) + 1
+
+    def should_cancel(self) -> bool:
+        """Say whether someone asked to cancel the action; the runner polls this."""
+        return self.cancel.is_set()
+
+    def start(self) -> None:
+        """Start heartbeating and flushing in the helper thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the helper thread and write what is left."""
+        self._stop.set()
+        self._thread.join()
+        self._flush(heartbeat=True)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self.flush_interval):
+                due = time.monotonic() - self._last_heartbeat >= self.heartbeat_interval
+                self._flush(heartbeat=due)
+                self._watch_for_cancel()
+        finally:
+            connection.close()  # this thread's own connection
+
+    def _watch_for_cancel(self) -> None:
+        if self.cancel.is_set():
+            return
+        try:
+            wanted = Action.objects.filter(pk=self.action_id, cancel_requested=True).exists()
+        except Exception:  # asked again at the next tick
+            logger.exception("could not check action %s for a cancel request", self.action_id)
+            return
+        if wanted:
+            self.cancel.set()
+
+    def _flush(self, *, heartbeat: bool) -> None:
+        with self._lock:
+            lines = list(self._lines)
+            steps = self.steps
+        if not lines and steps == self._written_steps and not heartbeat:
+            return
+        changes: dict[str, Any] = {"progress_done": steps}
+        if lines:
+            text = "".join(f"{line}\n" for line in lines)
+            changes["log"] = Concat(F("log"), Value(text), output_field=TextField())
+        if heartbeat:
+            changes["heartbeat_at"] = timezone.now()
+        try:
+            running = Action.objects.filter(pk=self.action_id, status=Action.Status.RUNNING)
+            updated = running.update(**changes)
+            if updated == 0 and not self.lost.is_set():
+                # Our heartbeats stopped reaching the database for longer than the limit, so the
+                # run was declared interrupted and another may start here: stop this one.
+                logger.warning("action %s is no longer running in the database", self.action_id)
+                self.lost.set()
+                self.cancel.set()
+            if heartbeat:
+                self._last_heartbeat = time.monotonic()
+        except Exception:
+            # A database hiccup must not stop the run; the lines wait for the next try.
+            logger.exception("could not record progress of action %s", self.action_id)
+            silent = time.monotonic() - self._last_heartbeat
+            if silent > self.give_up_after and not self.lost.is_set():
+                logger.error(
+                    "action %s: no heartbeat reached the database for %.0f s; stopping Alembic",
+                    self.action_id,
+                    silent,
+                )
+                self.lost.set()
+                self.cancel.set()
+            return
+        with self._lock:
+            del self._lines[: len(lines)]
+        self._written_steps = steps

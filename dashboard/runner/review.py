@@ -1,0 +1,148 @@
+"""Prepare an action's offline SQL and squawk's lock-risk lint for review, in a subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dashboard.config import BadDatabaseURL, Project, parse_database_url
+from dashboard.history import Direction
+from dashboard.runner import process
+
+SQUAWK_TIMEOUT = 60.0
+OFFLINE_SQL_TIMEOUT = 120.0
+MAX_LINT_ITEMS = 200
+
+
+@dataclass(frozen=True)
+class PreparedSQL:
+    """The plan's offline SQL with its sha256, or why there is none, and squawk's warnings."""
+
+    sql: str = ""
+    sql_sha256: str = ""
+    note: str = ""
+    lint: list[dict[str, Any]] = field(default_factory=list)
+
+
+def prepare_sql(
+    project: Project,
+    url: str,
+    *,
+    direction: Direction,
+    from_heads: Sequence[str],
+    target: str,
+    target_heads: Sequence[str],
+    drop_env: Collection[str] = (),
+    approved: process.ApprovedCopy | None = None,
+) -> PreparedSQL:
+    """Render the plan's offline SQL in a subprocess and lint it on PostgreSQL; never raise.
+
+    With approved, the SQL is rendered from that copy of the approved files: what runs later.
+    """
+    if len(from_heads) > 1:
+        return PreparedSQL(
+            note="offline SQL is not available for a plan that starts from several heads"
+            f" ({', '.join(from_heads)}): Alembic's --sql mode takes one starting revision"
+        )
+    from_rev = from_heads[0] if from_heads else None
+    # Name the exact revision where there is one, so the range cannot mean anything else.
+    if len(target_heads) == 1:
+        to_rev = target_heads[0]
+    elif not target_heads:
+        to_rev = "base"
+    else:
+        to_rev = target
+    try:
+        sql = process.offline_sql(
+            project,
+            url,
+            direction=direction,
+            from_rev=from_rev,
+            to_rev=to_rev,
+            timeout=OFFLINE_SQL_TIMEOUT,
+            drop_env=drop_env,
+            approved=approved,
+        )
+    except process.OfflineSQLUnavailable as exc:
+        return PreparedSQL(note=str(exc))
+    except (process.RunnerError, ValueError) as exc:
+        return PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+    lint = squawk_lint(sql) if _is_postgresql(url) else []
+    return PreparedSQL(sql=sql, sql_sha256=sql_digest(sql), lint=lint)
+
+
+def sql_digest(sql: str) -> str:
+    """Return the sha256 hex digest of the SQL text."""
+    return hashlib.sha256(sql.encode()).hexdigest()
+
+
+def squawk_path() -> str | None:
+    """Return squawk's executable: beside this interpreter (squawk-cli), else on PATH."""
+    beside = Path(sys.executable).parent / "squawk"
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("squawk")
+
+
+def squawk_lint(sql: str, *, executable: str | None = None) -> list[dict[str, Any]]:
+    """Return squawk's lock-risk warnings for PostgreSQL SQL as {line, level, message, rule, help}."""
+    squawk = executable or squawk_path()
+    if squawk is None:
+        return [_note("squawk is not installed, so the SQL was not checked for lock risks")]
+    # An empty folder as cwd, so a stray .squawk.toml cannot change the rules.
+    with tempfile.TemporaryDirectory(prefix="dashboard-squawk-") as folder:
+        try:
+            done = subprocess.run(
+                [squawk, "--reporter", "json", "--stdin-filepath", "plan.sql"],
+                input=sql,
+                capture_output=True,
+                text=True,
+                timeout=SQUAWK_TIMEOUT,
+                cwd=folder,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return [_note(f"squawk could not check the SQL: {exc}")]
+    try:
+        found = json.loads(done.stdout or "[]")
+    except json.JSONDecodeError:
+        found = None
+    if not isinstance(found, list):
+        detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return [_note(f"squawk could not check the SQL: {detail[0]}")]
+    items = [_lint_item(item) for item in found if isinstance(item, dict)]
+    if len(items) > MAX_LINT_ITEMS:
+        hidden = len(items) - MAX_LINT_ITEMS
+        items = [*items[:MAX_LINT_ITEMS], _note(f"{hidden} more warnings are not shown")]
+    return items
+
+
+def _lint_item(item: dict[str, Any]) -> dict[str, Any]:
+    line = item.get("line")
+    return {
+        # squawk counts lines from 0; people and editors count from 1.
+        "line": line + 1 if isinstance(line, int) else None,
+        "level": str(item.get("level") or "warning").lower(),
+        "message": str(item.get("message") or ""),
+        "rule": str(item.get("rule_name") or ""),
+        "help": str(item.get("help") or ""),
+    }
+
+
+def _note(message: str) -> dict[str, Any]:
+    return {"line": None, "level": "info", "message": message, "rule": "", "help": ""}
+
+
+def _is_postgresql(url: str) -> bool:
+    try:
+        return parse_database_url(url).get_backend_name() == "postgresql"
+    except BadDatabaseURL:
+        return False

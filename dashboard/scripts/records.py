@@ -1,0 +1,19 @@
+"""What loading a script directory yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dashboard.history import Graph
+
+
+@dataclass(frozen=True)
+class LoadedHistory:
+    """A project's revision graph with the fingerprint of the files it came from."""
+
+    graph: Graph
+    fingerprint: str
+    script_location: Path
+    version_locations: tuple[Path, ...]
+    problems: tuple[str, ...] = field(default=())
