@@ -348,6 +348,7 @@ def test_sign_in_form(site: Site, settings: Any) -> None:  # noqa: F811
 
 def test_sign_in_throttle_holds_under_any_input(site: Site, settings: Any) -> None:  # noqa: F811
     settings.DASHBOARD_SIGNIN_MAX_FAILURES = 2
+    settings.DASHBOARD_SIGNIN_ADDRESS_MAX_FAILURES = 2
 
     @FUZZ
     @given(username=nasty, password=nasty)
@@ -357,7 +358,7 @@ def test_sign_in_throttle_holds_under_any_input(site: Site, settings: Any) -> No
         check(response, {200, 429}, f"sign in {body!r}"[:300])
 
     run()
-    # After two failures from one address, everything from it is refused without a check.
+    # After two failures from one address (its ceiling here), everything from it is refused.
     refused = Client(REMOTE_ADDR="10.66.0.1").post(
         "/accounts/login/", {"username": "vera", "password": "correct-horse-9"}
     )
