@@ -23,7 +23,7 @@ from dashboard import audit
 from dashboard.config import current_config
 from dashboard.models import Action, Approval, AuditEvent, SignInThrottle
 from dashboard.roles import role_of
-from dashboard.services import signin, status, tokens, users
+from dashboard.services import signin, status, tokens, users, workers
 from dashboard.services.actions import pinning as plans
 from tests.statusenv import HEAD, MID, SAMPLE, empty_sqlite, write_config, write_versions
 
@@ -50,6 +50,9 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("overview",                "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("healthz",                 "GET"):  ("200",         "200",         "200",         "200",         "200"),
     ("healthz",                 "POST"): ALL_405,
+    # A worker beats on this site (see site()); without one it is 503, for everyone alike.
+    ("readyz",                  "GET"):  ("200",         "200",         "200",         "200",         "200"),
+    ("readyz",                  "POST"): ALL_405,
     ("overview-refresh",        "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("overview-refresh",        "POST"): (SIGN_IN,       "302 /",       "302 /",       "302 /",       "302 /"),
     ("environment",             "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
@@ -104,7 +107,7 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
 
 # A signed-in account in no role group: refused everywhere (pages 403 with the no-role page, the
 # API 403 JSON) except signing in and out, the health check and the favicon.
-NO_ROLE_REACHES = {"healthz", "favicon", "login", "logout"}
+NO_ROLE_REACHES = {"healthz", "readyz", "favicon", "login", "logout"}
 
 # What each POST carries: everything a real form would send, so the answer is the decision's.
 BODIES: dict[str, Callable[[Action | None], dict[str, str]]] = {
@@ -173,6 +176,7 @@ def site(settings: Any, tmp_path: Path) -> Site:
         users.user_set_role(username=name, role=role, password=PASSWORD)
     people = {u.username: u for u in get_user_model().objects.all()}
     status.status_refresh()
+    workers.worker_beat_record(name="security:1", started_at=timezone.now())
     fingerprint = plans.current_fingerprint(current_config().projects["blog"])
     return Site(people=people, fingerprint=fingerprint)
 

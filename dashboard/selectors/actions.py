@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from django.core.paginator import Page, Paginator
+from django.db.models import Q
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.safestring import SafeString
 
 from dashboard.config import ConfigError, Project, current_config
 from dashboard.history import Graph
 from dashboard.models import Action, ActionQuerySet, Approval
 from dashboard.roles import ADMIN, can_approve, can_request, role_of
+from dashboard.runner.monitor import heartbeat_limit
 from dashboard.scripts import ScriptLocationError, load_history
 from dashboard.selectors.sql import highlight_sql
 
@@ -165,6 +168,36 @@ def project_graph(project: Project) -> Graph:
     return load_history(project.script_location, alembic_ini=project.alembic_ini).graph
 
 
+def silent_since(action: Action, *, now: datetime | None = None) -> datetime | None:
+    """Return when a running action's worker last beat, if that is longer ago than the limit."""
+    last = action.heartbeat_at or action.started_at
+    if action.status != Action.Status.RUNNING or last is None:
+        return None
+    # The same rule housekeeping records it by (Action.objects.silent_since), applied on read:
+    # with no worker left, no housekeeping runs to record it.
+    cutoff = (now or timezone.now()) - timedelta(seconds=heartbeat_limit())
+    return last if last < cutoff else None
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _status(action: Action, silent: datetime | None) -> tuple[str, str]:
+    """Return the status and its words as pages show them: a silent run is interrupted."""
+    if silent is None:
+        return action.status, action.get_status_display()
+    return Action.Status.INTERRUPTED, f"interrupted — worker silent since {_utc(silent)}"
+
+
+def _silent_error(action: Action, silent: datetime) -> str:
+    return (
+        f"the worker {action.worker or '(unknown)'} stopped heartbeating at {_utc(silent)}"
+        f" (limit {heartbeat_limit():g} s); a worker's next housekeeping records the"
+        f" interruption and reads {action.environment} again"
+    )
+
+
 def _may_cancel(user: Any, action: Action) -> bool:
     if action.is_finished or action.cancel_requested:
         return False
@@ -192,23 +225,27 @@ def _counts(action: Action, status: str) -> dict[str, Any]:
 
 def _progress(user: Any, action: Action) -> Progress:
     lines = action.log.splitlines()
-    finished = action.is_finished
+    silent = silent_since(action)
+    finished = action.is_finished or silent is not None
+    status, status_label = _status(action, silent)
     return Progress(
         action_id=action.pk,
-        status=action.status,
-        status_label=action.get_status_display(),
+        status=status,
+        status_label=status_label,
         cancelling=action.cancel_requested_by or "someone"
         if action.cancel_requested and not finished
         else "",
-        **_counts(action, action.status),
+        **_counts(action, status),
         log_tail="\n".join(lines[-LOG_TAIL:]),
         log_lines=len(lines),
         shown_lines=min(len(lines), LOG_TAIL),
         finished=finished,
         after_heads=action.after_heads,
-        error=action.error,
-        may_cancel=_may_cancel(user, action),
-        poll_url=None if finished else reverse("action-progress", args=[action.pk]),
+        error=action.error or (_silent_error(action, silent) if silent else ""),
+        # Nobody would act on a cancel: the worker that polls for it is gone.
+        may_cancel=silent is None and _may_cancel(user, action),
+        # A silent run keeps polling until housekeeping records how it ended.
+        poll_url=None if action.is_finished else reverse("action-progress", args=[action.pk]),
         cancel_url=reverse("action-cancel", args=[action.pk]),
     )
 
@@ -366,16 +403,17 @@ def _awaiting(user: Any, actions: ActionQuerySet) -> ActionQuerySet:
     )
 
 
-def _row(action: Action, counts: dict[int, int]) -> ActionRow:
+def _row(action: Action, counts: dict[int, int], now: datetime) -> ActionRow:
     counted = counts.get(action.pk, 0)
+    status, status_label = _status(action, silent_since(action, now=now))
     return ActionRow(
         id=action.pk,
         url=reverse("action-detail", args=[action.pk]),
         environment=action.environment,
         direction_label=DIRECTION_LABELS.get(action.direction, action.direction),
         target=action.target if len(action.target) <= 40 else short(action.target),
-        status=action.status,
-        status_label=action.get_status_display(),
+        status=status,
+        status_label=status_label,
         requested_by=action.requested_by_name,
         created_at=action.created_at,
         approvals=_approvals_text(counted, action.approvals_required),
@@ -389,7 +427,14 @@ def action_list(
     actions = Action.objects.all()
     if environment:
         actions = actions.filter(environment=environment)
-    if status:
+    now = timezone.now()
+    silent = Action.objects.silent_since(now - timedelta(seconds=heartbeat_limit()))
+    if status == Action.Status.INTERRUPTED:
+        # The list calls a silent run interrupted, so its filter does too.
+        actions = actions.filter(Q(status=status) | Q(pk__in=silent.values("pk")))
+    elif status == Action.Status.RUNNING:
+        actions = actions.filter(status=status).exclude(pk__in=silent.values("pk"))
+    elif status:
         actions = actions.filter(status=status)
     awaiting = list(_awaiting(user, actions).order_by("created_at", "id"))
     rest = actions.exclude(pk__in=[a.pk for a in awaiting]).order_by("-created_at", "-id")
@@ -397,8 +442,8 @@ def action_list(
     counts = _approval_counts([*awaiting, *current.object_list])
     query = urlencode({k: v for k, v in (("environment", environment), ("status", status)) if v})
     return ActionList(
-        awaiting=[_row(a, counts) for a in awaiting],
-        rows=[_row(a, counts) for a in current.object_list],
+        awaiting=[_row(a, counts, now) for a in awaiting],
+        rows=[_row(a, counts, now) for a in current.object_list],
         page=current,
         environments=_environment_options(environment),
         statuses=[Option("", "any status", not status)]

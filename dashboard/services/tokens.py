@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import DatabaseError
+from django.db.models import Q
 from django.utils import timezone
 
 from dashboard.models import ApiToken
+from dashboard.services import brief
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "mdb_"
 SHOWN = 12  # characters of a key kept in clear to name the token
+USE_RECORDED_EVERY = timedelta(seconds=60)  # last_used_at is this precise, and no more
+USE_WAIT_MS = 100  # how long recording a use may wait for a lock before it is skipped
 
 
 class TokenError(Exception):
@@ -38,8 +47,27 @@ def token_user(key: str) -> Any | None:
     token = ApiToken.objects.select_related("user").filter(key_hash=_digest(key)).first()
     if token is None or not token.user.is_active:
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    _record_use(token)
     return token.user
+
+
+def _record_use(token: ApiToken) -> None:
+    """Record that the token was used, at most once a minute, never at the cost of the read."""
+    now = timezone.now()
+    stale = now - USE_RECORDED_EVERY
+    if token.last_used_at is not None and token.last_used_at >= stale:
+        return
+    try:
+        with brief.transaction_waiting_at_most(USE_WAIT_MS):
+            ApiToken.objects.filter(
+                Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale), pk=token.pk
+            ).update(last_used_at=now)
+    except DatabaseError:  # a locked or read-only database: the next read tries again
+        logger.warning(
+            "could not record the use of API token %s (the read goes on)",
+            token.prefix,
+            exc_info=True,
+        )
 
 
 def token_revoke(*, prefix: str) -> int:

@@ -1,7 +1,6 @@
-"""Pages that belong to no one feature: the overview and the health check."""
+"""Pages that belong to no one feature: the overview and the health and readiness checks."""
 
 from django.contrib.auth.decorators import login_not_required
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
@@ -9,6 +8,8 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from dashboard.selectors import status as status_selectors
+from dashboard.selectors import workers as worker_selectors
+from dashboard.services import health
 from dashboard.views import HtmxHttpRequest
 
 
@@ -17,17 +18,29 @@ from dashboard.views import HtmxHttpRequest
 def overview(request: HtmxHttpRequest) -> HttpResponse:
     """Show the matrix of projects and environments from their latest snapshots."""
     template = "overview.html#matrix" if request.htmx else "overview.html"
-    return render(request, template, {"matrix": status_selectors.status_matrix()})
+    return render(
+        request,
+        template,
+        {"matrix": status_selectors.status_matrix(), "workers": worker_selectors.worker_liveness()},
+    )
 
 
 @login_not_required
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
-    """Answer load balancers: 200 when the dashboard's own database answers."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except Exception:  # any database failure means unhealthy; say so without details
-        return JsonResponse({"status": "error"}, status=503)
-    return JsonResponse({"status": "ok"})
+    """Answer liveness probes: 200 while the dashboard's database can be read, with the details."""
+    report = health.health_check()
+    if not report.database.readable:
+        return JsonResponse({**report.as_json(), "status": "error"}, status=503)
+    return JsonResponse(report.as_json())
+
+
+@login_not_required
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Answer readiness probes: 503 unless the database takes writes and a worker is alive."""
+    report = health.health_check()
+    ready = not report.problems
+    return JsonResponse({"ready": ready, **report.as_json()}, status=200 if ready else 503)

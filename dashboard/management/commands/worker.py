@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
 
-from dashboard.worker import Housekeeping, keep_memory_private
+from dashboard.worker import Housekeeping, WorkerBeats, keep_memory_private
 
 
 class Command(DbWorkerCommand):
@@ -17,6 +19,20 @@ class Command(DbWorkerCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         keep_memory_private()
+        # With --reload the parent only watches files; the child it starts runs the tasks.
+        watcher = options.get("reload") and os.environ.get(DJANGO_AUTORELOAD_ENV) != "true"
+        beats = None if watcher else WorkerBeats()
+        if beats is not None:
+            beats.start()
+        try:
+            self._start_up(options)
+            super().handle(*args, **options)
+        finally:
+            # A clean stop (SIGTERM, Ctrl-C: db_worker exits through SystemExit) says so at once.
+            if beats is not None:
+                beats.stop()
+
+    def _start_up(self, options: dict[str, Any]) -> None:
         report = Housekeeping().start_up()
         if options.get("verbosity", 1) >= 1:
             for action_id in report.interrupted:
@@ -27,4 +43,3 @@ class Command(DbWorkerCommand):
                 self.stdout.write("the config changed since it was last recorded: audited")
             for problem in report.problems:
                 self.stderr.write(f"housekeeping: {problem}")
-        super().handle(*args, **options)
