@@ -43,6 +43,7 @@ MAX_TIMEOUT = 3600.0
 MAX_TIME_LIMIT = 7 * 24 * 3600.0
 # Query parameters that drivers take as a password.
 SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword")
+MAX_PORT = 65535
 
 
 class ConfigError(Exception):
@@ -85,9 +86,13 @@ class Environment:
     downgrade_approvals_required: int = 0
     order: int = 0
     description: str = ""
+    # Why the inline url cannot be used, naming file, table and key; the rest still works.
+    url_error: str | None = None
 
     def database_url(self) -> str:
         """Return the URL with its password, or raise NotConfigured."""
+        if self.url_error is not None:
+            raise NotConfigured(self.url_error)
         if self.url is not None:
             return with_installed_driver(self.url)
         value = os.environ.get(self.url_env or "", "").strip()
@@ -129,6 +134,10 @@ class DashboardConfig:
         """Return every environment in display order."""
         return sorted(self.environments.values(), key=lambda e: (e.project, e.order, e.name))
 
+    def environment_problems(self) -> list[str]:
+        """Return why each environment with an unusable inline url cannot be used."""
+        return [e.url_error for e in self.ordered_environments() if e.url_error is not None]
+
 
 # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3 and mysql:// as mysqlclient; people write
 # the bare forms, and we ship psycopg2 and PyMySQL.
@@ -150,6 +159,11 @@ def parse_database_url(url: str) -> URL:
         # make_url ends the password at its first '@' and takes the rest for the host.
         raise BadDatabaseURL(
             "not a usable database URL: write an '@' in a user name or password as %40"
+        ) from None
+    if parsed.port is not None and not 0 < parsed.port <= MAX_PORT:
+        # Not quoted: without an '@', make_url reads "user:password" as host and port.
+        raise BadDatabaseURL(
+            f"not a usable database URL: its port is not between 1 and {MAX_PORT}"
         ) from None
     return parsed
 
@@ -190,6 +204,23 @@ def mask_url(url: str) -> str:
     }
     masked = parsed.set(query=query).render_as_string(hide_password=True)
     return masked.replace("=%2A%2A%2A", "=***")
+
+
+def url_identity(url: str) -> str:
+    """Render what a URL points at (backend, user, host, port, database, options), no secrets."""
+    parsed = parse_database_url(url)
+    query = {k: v for k, v in parsed.query.items() if k.lower() not in SECRET_QUERY_KEYS}
+    # The driver is how we connect, not where: postgresql:// and postgresql+psycopg2:// match.
+    # (URL.set takes password=None as "leave it", so build the URL anew.)
+    bare = URL.create(
+        parsed.get_backend_name(),
+        username=parsed.username,
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database,
+        query=query,
+    )
+    return bare.render_as_string(hide_password=False)
 
 
 def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
@@ -321,8 +352,13 @@ def _environment(
     url_env = _get(path, where, table, "url_env", str, None)
     if (url is None) == (url_env is None):
         raise ConfigError(f"{path}: [{where}] needs exactly one of url or url_env")
+    url_error = None
     if url is not None:
-        url = _local_url(path, where, url)
+        try:
+            url = _local_url(path, url)
+        except BadDatabaseURL as exc:
+            # One environment's typo must not take every page down: only it is unusable.
+            url_error = f"invalid URL in {path} [{where}] url: {exc}"
     approvals = _get(path, where, table, "approvals_required", int, 0)
     downgrade = _get(path, where, table, "downgrade_approvals_required", int, approvals)
     timeout = _get(path, where, table, "timeout", float, 5.0)
@@ -352,15 +388,13 @@ def _environment(
         downgrade_approvals_required=downgrade,
         order=_get(path, where, table, "order", int, 0),
         description=_get(path, where, table, "description", str, ""),
+        url_error=url_error,
     )
 
 
-def _local_url(path: Path, where: str, url: str) -> str:
+def _local_url(path: Path, url: str) -> str:
     """Validate a URL and anchor relative SQLite paths at the config file's folder."""
-    try:
-        parsed = parse_database_url(url)
-    except BadDatabaseURL as exc:
-        raise ConfigError(f"{path}: [{where}] url is {exc}") from None
+    parsed = parse_database_url(url)
     db = parsed.database
     if (
         parsed.get_backend_name() == "sqlite"

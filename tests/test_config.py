@@ -151,16 +151,6 @@ BAD = [
         '[projects.""]\nscript_location = "scripts"\n',
         r"project name '' must start with a letter or digit",
     ),
-    (
-        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
-        'url = "postgresql://u:pw@x@db.example/app"\n',
-        r"\[environments\.prod\] url is not a usable database URL: write an '@' .* as %40",
-    ),
-    (
-        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
-        'url = "postgresql://u:pw@db.example:5432x/app"\n',
-        r"\[environments\.prod\] url is not a database URL",
-    ),
     ("projects = 3\n", r"\[projects\] must be a table"),
 ]
 
@@ -173,16 +163,53 @@ def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message:
     assert str(path) in str(info.value)
 
 
-def test_bad_url_error_never_echoes_the_url(tmp_path: Path) -> None:
+BAD_URLS = [
+    ("postgresql://u:pw-in-here@x@db.example/app", r"write an '@' .* as %40"),
+    ("postgresql://u:pw-in-here@db.example:5432x/app", r"not a database URL\Z"),
+    ("pw-in-here:::", r"not a database URL\Z"),
+    ("postgresql://u:pw-in-here@db.example:99999/app", r"its port is not between 1 and 65535"),
+    ("postgresql://u:pw-in-here@db.example:0/app", r"its port is not between 1 and 65535"),
+    # No '@': make_url takes the user for the host and the password for a port.
+    ("postgresql://admin:123456789/app", r"its port is not between 1 and 65535"),
+]
+
+
+@pytest.mark.parametrize(("url", "why"), BAD_URLS)
+def test_a_bad_url_fails_its_environment_alone_naming_file_table_and_key(
+    tmp_path: Path, url: str, why: str
+) -> None:
     text = (
         '[projects.blog]\nscript_location = "scripts"\n'
-        '[environments.prod]\nproject = "blog"\nurl = "pw-in-here:::"\n'
+        f'[environments.prod]\nproject = "blog"\nurl = "{url}"\n'
+        '[environments.dev]\nproject = "blog"\nurl = "sqlite:///dev.db"\n'
     )
+    path = write(tmp_path, text)
+    config = load_config(path)
+    prod = config.environments["prod"]
+    with pytest.raises(NotConfigured, match=why) as info:
+        prod.database_url()
+    reason = str(info.value)
+    assert reason.startswith(f"invalid URL in {path} [environments.prod] url: ")
+    assert config.environment_problems() == [reason]
+    assert prod.display_url() == reason
+    assert config.environments["dev"].database_url() == f"sqlite:///{tmp_path / 'dev.db'}"
+    for text in (reason, repr(prod), repr(config)):
+        assert "pw-in-here" not in text and "123456789" not in text
+
+
+def test_an_out_of_range_port_in_the_variable_is_not_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    monkeypatch.setenv("STAGING_DATABASE_URL", "postgresql://app:hunter2@db.example:65536/app")
     with pytest.raises(
-        ConfigError, match=r"\[environments\.prod\] url is not a database URL"
-    ) as info:
-        load_config(write(tmp_path, text))
-    assert "pw-in-here" not in str(info.value)
+        NotConfigured, match="STAGING_DATABASE_URL is not a usable database URL: its port"
+    ):
+        config.environments["staging"].database_url()
+    # An unset or unusable variable may be set right on the worker's host: not a config problem.
+    assert config.environment_problems() == []
+    monkeypatch.setenv("STAGING_DATABASE_URL", "postgresql://app:hunter2@db.example:65535/app")
+    assert config.environments["staging"].database_url().endswith("@db.example:65535/app")
 
 
 def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
@@ -251,6 +278,33 @@ def test_system_check_reports_a_broken_config_at_start_up(tmp_path: Path) -> Non
     assert (
         f"{path}: [environments.prod] project 'nope' is not defined in [projects]" in result.stderr
     )
+
+
+def test_system_check_reports_each_bad_url_and_passes_the_good_ones(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[projects.blog]\nscript_location = "scripts"\n'
+        '[environments.prod]\nproject = "blog"\nurl = "postgresql://u:s3cret@db:99999/app"\n'
+        '[environments.dev]\nproject = "blog"\nurl = "sqlite:///dev.db"\n',
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DASHBOARD_CONFIG": str(path),
+            "DEBUG": "1",
+            "DASHBOARD_VAR_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "dashboard.E003" in result.stderr and "dashboard.E001" not in result.stderr
+    assert f"invalid URL in {path} [environments.prod] url: " in result.stderr
+    assert "environments.dev" not in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize(
