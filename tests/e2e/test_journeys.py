@@ -311,3 +311,25 @@ def post_form(page: Page, path: str, form: dict[str, str | float | bool]) -> API
     return page.request.post(
         path, form=form, headers={"X-CSRFToken": token}, max_redirects=0, fail_on_status_code=False
     )
+
+
+def test_a_phone_reaches_every_column_of_the_overview(live: LiveStack, journey: Journey) -> None:
+    """At 390 px the overview's table scrolls sideways: its last column can be reached and read."""
+    live.place(dev=HEAD, staging=BRANCH_POINT, prod=HEAD)
+    page = journey.page_for("lead")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/")
+    # The page itself does not get wider than the phone: only the table's card scrolls.
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width} px wide at 390 px"
+    row = page.locator("#env-staging")
+    for cell in (row.locator("td").nth(3), row.locator("time"), row.get_by_role("button")):
+        cell.scroll_into_view_if_needed()
+        expect(cell).to_be_in_viewport()
+    refresh_button = row.get_by_role("button", name="Refresh staging")
+    box = refresh_button.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    with page.expect_response(re.compile(r"/environments/staging/refresh$")) as refreshed:
+        refresh_button.click()
+    assert refreshed.value.ok
+    journey.snapshot(page, "overview-390px")
