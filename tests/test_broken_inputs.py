@@ -254,10 +254,6 @@ CONFIG_MISTAKES = {
         GOOD_PROJECT + GOOD_ENV + "approvals_required = -1\n",
         "approvals_required must not be negative",
     ),
-    "not a database URL": (
-        GOOD_PROJECT + GOOD_ENV.replace("sqlite:///staging.db", "pw-in-here:::"),
-        "url is not a database URL",
-    ),
     "no file": (None, "config file does not exist"),
 }
 
