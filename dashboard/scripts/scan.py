@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterable
@@ -159,3 +160,22 @@ def fingerprint_files(files: Iterable[_File]) -> str:
 def fingerprint(script_location: Path | None = None, *, alembic_ini: Path | None = None) -> str:
     """Return the fingerprint of a script directory's revision files as they are now."""
     return fingerprint_files(_scan(read_settings(script_location, alembic_ini=alembic_ini)).files)
+
+
+def files_by_location(settings: ScriptSettings) -> list[tuple[int, str, list[_File]]]:
+    """Return (index, relpath prefix, files) per version location, in Alembic's load order.
+
+    Together the files are exactly the full scan's, so fingerprint_files over them matches
+    the fingerprint the history was loaded with.
+    """
+    grouped: list[tuple[int, str, list[_File]]] = []
+    seen: set[str] = set()
+    for index, location in enumerate(settings.version_locations):
+        prefix = os.path.relpath(location, settings.script_location).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
+        alone = dataclasses.replace(settings, version_locations=(location,))
+        # A file reached again through a later location is loaded once, from the first.
+        files = [f for f in _scan(alone).files if f.path not in seen]
+        seen.update(f.path for f in files)
+        grouped.append((index, prefix, files))
+    return grouped

@@ -1,0 +1,372 @@
+"""What was approved is exactly what runs: the plan binds file contents, the worker runs a copy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from dashboard import runner
+from dashboard.config import Project
+from dashboard.models import Action, ApprovedFile
+from dashboard.roles import ROLES
+from dashboard.services import actions
+from dashboard.services.actions import pinning as plans
+from dashboard.worker import Housekeeping
+from tests.actions_support import (
+    ALL_REVISIONS,
+    HEAD,
+    MERGE,
+    ROOT,
+    heads_of,
+    make_people,
+    run_worker,
+    schema_of,
+    touch_sqlite,
+    write_config,
+)
+
+# Worker processes share the test database, so every test commits for real.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FIRST = "3f8c1a2b9d04"
+UNREVIEWED = '    op.execute("CREATE TABLE unreviewed (i int)")'
+DOWNGRADE_COMMENT = (
+    "    # Plain DROP COLUMN: SQLite has had it since 3.35, and the column carries no constraint."
+)
+UPGRADE_DOCSTRING = '    """Upgrade schema."""'
+UPGRADE_START = (
+    UPGRADE_DOCSTRING + '\n    time.sleep(float(os.environ.get("MIGRATIONS_PROJECT_SLEEP", "0")))'
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Put back the role groups the flushes of these tests remove, for the tests after them."""
+    yield
+    with django_db_blocker.unblock():
+        for role in ROLES:
+            Group.objects.get_or_create(name=role)
+
+
+@pytest.fixture
+def people() -> dict[str, Any]:
+    return make_people()
+
+
+@pytest.fixture
+def approved_dir(tmp_path: Path, settings: Any) -> Path:
+    """Keep this test's private copies in a folder of its own."""
+    folder = tmp_path / "approved"
+    settings.DASHBOARD_APPROVED_DIR = str(folder)
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """Copy the sample project for the test to edit; return the copy."""
+    target = tmp_path / "project"
+    shutil.copytree(
+        ROOT / "migrations_project", target, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return target
+
+
+def configure(
+    settings: Any, tmp_path: Path, project: Path, url: str, *, loader: str = "static", **env: Any
+) -> Path:
+    """Make a config of staging at url on the project copy current; return its path."""
+    path = write_config(tmp_path / "dashboard.toml", {"staging": {"url": url, **env}},
+                        alembic_ini=project / "alembic.ini")  # fmt: skip
+    if loader == "alembic":
+        text = path.read_text().replace(
+            "[projects.blog]\n",
+            f'[projects.blog]\nloader = "alembic"\npython = "{sys.executable}"\n',
+        )
+        path.write_text(text)
+    settings.DASHBOARD_CONFIG = str(path)
+    return path
+
+
+def revision_file(folder: Path, revision: str) -> Path:
+    return next(folder.glob(f"{revision}_*.py"))
+
+
+def same_size_edit(path: Path, old: str, new: str) -> None:
+    """Replace old with new padded to old's length, and put the file's mtime back."""
+    before = path.stat()
+    text = path.read_text()
+    assert old in text and len(new) + 3 <= len(old)
+    padded = new + "  #" + "-" * (len(old) - len(new) - 3)
+    path.write_text(text.replace(old, padded))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def writable(path: Path) -> None:
+    path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.mark.postgres
+def test_a_same_size_same_mtime_edit_after_approval_fails_as_stale_and_runs_nothing(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    postgres_url: str,
+) -> None:
+    config = configure(settings, tmp_path, project, postgres_url, approvals_required=1)
+    blog = Project(name="blog", script_location=project, alembic_ini=project / "alembic.ini")
+    assert runner.upgrade(blog, postgres_url, "heads").succeeded
+    down = actions.action_request(
+        user=people["olga"], environment="staging", direction="downgrade", target=MERGE
+    )
+    run_worker(config, DASHBOARD_APPROVED_DIR=str(approved_dir))  # renders its SQL
+    down.refresh_from_db()
+    assert down.is_prepared and "phone_number" in down.sql and "unreviewed" not in down.sql
+    actions.action_approve(user=people["alan"], action_id=down.pk, plan_hash=down.plan_hash)
+    same_size_edit(revision_file(project / "versions", HEAD), DOWNGRADE_COMMENT, UNREVIEWED)
+    before = schema_of(postgres_url)
+
+    run_worker(config, DASHBOARD_APPROVED_DIR=str(approved_dir))
+
+    down.refresh_from_db()
+    assert down.status == Action.Status.FAILED
+    assert down.error.startswith(actions.SCRIPT_CHANGED), down.error
+    assert "nothing ran" in down.error and f"versions/0/{HEAD}_" in down.error
+    assert schema_of(postgres_url) == before
+    assert "unreviewed" not in before["tables"] and heads_of(postgres_url) == (HEAD,)
+
+
+@pytest.mark.parametrize("loader", ["static", "alembic"])
+def test_a_change_after_the_check_cannot_reach_the_run(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    loader: str,
+) -> None:
+    url = touch_sqlite(sqlite_url)
+    configure(settings, tmp_path, project, url, loader=loader, approvals_required=0)
+    action = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target=FIRST,
+        prepare=True,
+    )  # fmt: skip
+    assert action.status == Action.Status.QUEUED, action.sql_note
+    copy = approved_dir / action.fingerprint
+    assert copy.is_dir()  # kept from preparing the SQL for the run
+    live = revision_file(project / "versions", FIRST)
+    real_run = runner.run_alembic
+    seen: dict[str, Any] = {}
+
+    def edit_then_run(*args: Any, **kwargs: Any) -> Any:
+        # Past every check, just before Alembic starts: too late to change what runs.
+        live.write_text(
+            live.read_text().replace(UPGRADE_DOCSTRING, f"{UPGRADE_DOCSTRING}\n{UNREVIEWED}")
+        )
+        with (project / "env.py").open("a") as env_py:
+            env_py.write('\nraise SystemExit("the live env.py ran")\n')
+        ini = project / "alembic.ini"
+        ini.write_text(ini.read_text().replace("[alembic]", "[alembic"))
+        seen["copy"] = (copy / "versions" / "0" / live.name).read_bytes()
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_alembic", edit_then_run)
+    ran = actions.action_run(action_id=action.pk, worker="test")
+
+    assert ran.status == Action.Status.SUCCEEDED, ran.error
+    assert hashlib.sha256(seen["copy"]).hexdigest() == action.bundle[f"versions/0/{live.name}"]
+    tables = schema_of(url)["tables"]
+    assert "users" in tables and "unreviewed" not in tables
+    assert not copy.exists()  # swept once its action finished
+
+
+@pytest.mark.parametrize("tampering", ["edited", "added"])
+def test_a_tampered_private_copy_is_refused_before_start(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+    tampering: str,
+) -> None:
+    url = touch_sqlite(sqlite_url)
+    configure(settings, tmp_path, project, url, approvals_required=1)
+    action = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target=FIRST,
+        prepare=True,
+    )  # fmt: skip
+    actions.action_approve(user=people["alan"], action_id=action.pk, plan_hash=action.plan_hash)
+    versions = approved_dir / action.fingerprint / "versions" / "0"
+    writable(versions)
+    if tampering == "edited":
+        copied = revision_file(versions, FIRST)
+        writable(copied)
+        same_size_edit(copied, UPGRADE_START, UNREVIEWED)
+    else:
+        extra = revision_file(versions, FIRST).read_text().replace(UPGRADE_DOCSTRING, UNREVIEWED)
+        (versions / "0000_extra.py").write_text(extra.replace(FIRST, "0000aaaa0000"))
+    before = schema_of(url)
+
+    ran = actions.action_run(action_id=action.pk, worker="test")
+
+    assert ran.status == Action.Status.FAILED
+    assert "was altered" in ran.error and ran.error.endswith("nothing ran"), ran.error
+    assert ran.log == "" and schema_of(url) == before
+
+
+def test_a_fresh_worker_sweeps_the_copies_of_finished_actions(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+) -> None:
+    url = touch_sqlite(sqlite_url)
+    config = configure(settings, tmp_path, project, url, approvals_required=1)
+    left = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target=FIRST,
+        prepare=True,
+    )  # fmt: skip
+    # Its worker was killed mid-run: the action is still "running", its copy still there.
+    Action.objects.filter(pk=left.pk).update(
+        status=Action.Status.RUNNING,
+        started_at=timezone.now() - timedelta(minutes=5),
+        heartbeat_at=timezone.now() - timedelta(minutes=5),
+        worker="gone:1",
+    )
+    live = revision_file(project / "versions", FIRST)
+    live.write_text(live.read_text() + "\n# another change, another copy\n")
+    waiting = actions.action_request(
+        user=people["otto"], environment="staging", direction="upgrade", target=FIRST,
+        prepare=True,
+    )  # fmt: skip
+    assert waiting.fingerprint != left.fingerprint
+    assert (approved_dir / left.fingerprint).is_dir()
+    assert (approved_dir / waiting.fingerprint).is_dir()
+
+    run_worker(config, command="worker", DASHBOARD_APPROVED_DIR=str(approved_dir))
+
+    left.refresh_from_db()
+    assert left.status == Action.Status.INTERRUPTED
+    assert not (approved_dir / left.fingerprint).exists()
+    assert (approved_dir / waiting.fingerprint).is_dir()  # its action still waits for approval
+    assert not list(approved_dir.glob(f"{left.fingerprint}*"))
+
+
+def test_the_request_stores_every_file_once_and_binds_the_plan_to_their_content(
+    people: dict[str, Any], settings: Any, tmp_path: Path, project: Path, sqlite_url: str
+) -> None:
+    configure(settings, tmp_path, project, touch_sqlite(sqlite_url), approvals_required=1)
+    first = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target=FIRST
+    )
+    revisions = sorted((project / "versions").glob("*.py"))
+    files = {
+        "alembic.ini": project / "alembic.ini",
+        "script/env.py": project / "env.py",
+        "script/models.py": project / "models.py",
+        "script/script.py.mako": project / "script.py.mako",
+        **{f"versions/0/{path.name}": path for path in revisions},
+    }
+    assert set(first.bundle) == set(files)
+    for name, path in files.items():
+        stored = ApprovedFile.objects.get(sha256=first.bundle[name])
+        assert bytes(stored.content) == path.read_bytes()
+        assert stored.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    blog = Project(name="blog", script_location=project, alembic_ini=project / "alembic.ini")
+    assert first.fingerprint == plans.current_fingerprint(blog)
+    second = actions.action_request(
+        user=people["otto"], environment="staging", direction="upgrade", target="a71e"
+    )
+    assert second.fingerprint == first.fingerprint
+    assert ApprovedFile.objects.count() == len(set(first.bundle.values()))
+    # A timestamp alone changes nothing that runs; a byte of the same size does.
+    for path in files.values():
+        os.utime(path, ns=(0, 0))
+    assert plans.current_fingerprint(blog) == first.fingerprint
+    same_size_edit(revision_file(project / "versions", FIRST), UPGRADE_START, UNREVIEWED)
+    assert plans.current_fingerprint(blog) != first.fingerprint
+
+
+def test_every_version_location_and_its_subfolders_run_from_the_copy(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+) -> None:
+    ini = project / "alembic.ini"
+    ini.write_text(
+        ini.read_text().replace(
+            "version_locations = %(here)s/versions\n",
+            "version_locations = %(here)s/versions:%(here)s/reporting\n"
+            "recursive_version_locations = true\n",
+        )
+    )
+    nested = project / "reporting" / "votes"
+    nested.mkdir(parents=True)
+    moved = [revision_file(project / "versions", rev) for rev in ("e0d7f4a19b53", "7a3c2e8b5f01")]
+    for path in moved:
+        path.rename(nested / path.name)
+    url = touch_sqlite(sqlite_url)
+    configure(settings, tmp_path, project, url, approvals_required=0)
+    action = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target="heads",
+        prepare=True,
+    )  # fmt: skip
+    assert {f"versions/1/votes/{path.name}" for path in moved} <= set(action.bundle)
+    assert "CREATE TABLE votes" in action.sql
+
+    ran = actions.action_run(action_id=action.pk, worker="test")
+
+    assert ran.status == Action.Status.SUCCEEDED, ran.error
+    assert ran.plan == ALL_REVISIONS and heads_of(url) == (HEAD,)
+    assert "votes" in schema_of(url)["tables"]
+
+
+def test_housekeeping_keeps_approved_bytes_while_an_action_may_still_need_or_show_them(
+    people: dict[str, Any], settings: Any, tmp_path: Path, project: Path, sqlite_url: str
+) -> None:
+    configure(settings, tmp_path, project, touch_sqlite(sqlite_url), approvals_required=1)
+    settings.DASHBOARD_RETENTION_DAYS = 30
+    done = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target=FIRST
+    )
+    actions.action_cancel(user=people["olga"], action_id=done.pk)
+    live = revision_file(project / "versions", FIRST)
+    live.write_text(live.read_text() + "\n# changed since\n")
+    waiting = actions.action_request(
+        user=people["otto"], environment="staging", direction="upgrade", target=FIRST
+    )
+    long_ago = timezone.now() - timedelta(days=40)
+    ApprovedFile.objects.update(created_at=long_ago)
+    Action.objects.update(created_at=long_ago)
+    all_files = set(done.bundle.values()) | set(waiting.bundle.values())
+
+    Action.objects.filter(pk=done.pk).update(finished_at=timezone.now() - timedelta(days=1))
+    Housekeeping(limit=60).run_once()
+    assert set(ApprovedFile.objects.values_list("sha256", flat=True)) == all_files
+
+    Action.objects.filter(pk=done.pk).update(finished_at=long_ago)
+    Housekeeping(limit=60).run_once()
+    kept = set(ApprovedFile.objects.values_list("sha256", flat=True))
+    assert kept == set(waiting.bundle.values()) != all_files
