@@ -229,6 +229,7 @@ def test_a_tampered_private_copy_is_refused_before_start(
     assert ran.status == Action.Status.FAILED
     assert "was altered" in ran.error and ran.error.endswith("nothing ran"), ran.error
     assert ran.log == "" and schema_of(url) == before
+    assert not (approved_dir / action.fingerprint).exists()  # the next attempt copies afresh
 
 
 def test_a_fresh_worker_sweeps_the_copies_of_finished_actions(

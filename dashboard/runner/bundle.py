@@ -145,7 +145,13 @@ def approved_copy(*, manifest: dict[str, str], digest: str) -> Iterator[Approved
         folder = root / digest
         if not os.path.lexists(folder):
             _materialise(root, folder, manifest)
-        verify_copy(folder, manifest)
+        try:
+            verify_copy(folder, manifest)
+        except CopyAltered:
+            # Refused all the same; removed so that a later attempt copies the bytes afresh.
+            with contextlib.suppress(OSError):
+                _remove(folder)
+            raise
         yield _described(folder, manifest)
     finally:
         os.close(fd)
