@@ -117,7 +117,7 @@ def add_history(snapshots: int, actions: int) -> None:
 
 
 def measure_in_process(client: Client, rounds: int) -> tuple[int, float]:
-    """Render the overview with Django's test client: its query count and median ms."""
+    """Render the overview with Django's test client: its query count and median CPU ms."""
     from django.db import connection
 
     queries: list[str] = []
@@ -131,9 +131,9 @@ def measure_in_process(client: Client, rounds: int) -> tuple[int, float]:
     assert response.status_code == 200, response.status_code
     times = []
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = time.process_time()
         client.get("/")
-        times.append(time.perf_counter() - started)
+        times.append(time.process_time() - started)
     return len(queries), statistics.median(times) * 1000
 
 
@@ -201,6 +201,13 @@ def wrk(url: str, connections: int, seconds: float, cookie: str) -> tuple[float,
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
     bad = re.search(r"(Non-2xx or 3xx responses: \d+|Socket errors: .*)", done.stdout)
     return float(rate.group(1)), float(p50.group(1)) * scale, bad.group(1) if bad else ""
+
+
+def cpu_ratio(results: dict[str, list[tuple[float, float, float]]]) -> float:
+    """Return the median worker CPU per request of the overview over that of /healthz."""
+    return statistics.median(r[2] for r in results["overview"]) / statistics.median(
+        r[2] for r in results["healthz"]
+    )
 
 
 def ensure_wrk() -> None:
@@ -277,7 +284,7 @@ def run(folder: Path, args: argparse.Namespace) -> None:
     )
 
     print(f"\n(a) the overview in process (Django test client), {args.environments} environments")
-    print("    past snapshots   past actions   queries   render (median of 50)")
+    print("    past snapshots   past actions   queries   CPU per render (median of 50)")
     counts = []
     for snapshots, actions in (
         (SMALL_HISTORY, SMALL_HISTORY // 10),
@@ -286,7 +293,7 @@ def run(folder: Path, args: argparse.Namespace) -> None:
         add_history(snapshots, actions)
         queries, ms = measure_in_process(client, 50)
         counts.append(queries)
-        print(f"    {snapshots:14d} {actions:14d} {queries:9d} {ms:12.1f} ms")
+        print(f"    {snapshots:14d} {actions:14d} {queries:9d} {ms:15.1f} ms")
     same = "the same" if counts[0] == counts[-1] else "MORE, it grows with history"
     print(f"    (target: the same query count at both sizes; it is {same})")
 
@@ -323,13 +330,14 @@ def run(folder: Path, args: argparse.Namespace) -> None:
         f" {args.rounds} x {args.seconds:g} s per URL interleaved (median), history as in (a)"
     )
     print("    page        requests/s   p50 latency   worker CPU / request")
-    medians = {}
+    medians: dict[str, float] = {}
     for name, rows in results.items():
         rate, p50, cpu = (statistics.median(row[i] for row in rows) for i in range(3))
         medians[name] = rate
         print(f"    {name:9s} {rate:12.0f} {p50:10.1f} ms {cpu:15.1f} ms")
     ratio = medians["overview"] / medians["healthz"]
     print(f"\n    ratio overview / healthz:  {ratio:5.2f}  (target >= 0.5)")
+    print(f"    worker CPU per request, overview / healthz:  {cpu_ratio(results):5.2f}x")
     print(
         "    (wrk, gunicorn and the machine's other load share the cores; CPU / request comes"
         " from the workers' /proc times over each run)"

@@ -11,8 +11,10 @@ from collections.abc import Hashable
 from django import template
 from django.template.base import FilterExpression, Node, NodeList, Parser, Token
 from django.template.context import Context
+from django.urls import get_script_prefix
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.timezone import get_current_timezone_name
 
 register = template.Library()
 
@@ -21,7 +23,7 @@ SIZE = 64
 # Stands for the request's CSRF token in the cached HTML: tokens are per session, never shared.
 CSRF_PLACEHOLDER = f"csrf{secrets.token_hex(16)}"
 
-_cache: OrderedDict[tuple[int, Hashable], str] = OrderedDict()
+_cache: OrderedDict[tuple[int, str, str, Hashable], str] = OrderedDict()
 _lock = threading.Lock()
 # Each parsed tag gets its own number, so an edited and re-read template never meets old HTML.
 _numbers = itertools.count()
@@ -36,7 +38,13 @@ class FragmentNode(Node):
         self.number = next(_numbers)
 
     def render(self, context: Context) -> SafeString:
-        key = (self.number, self.key.resolve(context))
+        # What the body's {% url %} and |date read besides the key: the mount point and zone.
+        key = (
+            self.number,
+            get_script_prefix(),
+            get_current_timezone_name(),
+            self.key.resolve(context),
+        )
         with _lock:
             html = _cache.get(key)
             if html is not None:
