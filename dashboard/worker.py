@@ -166,6 +166,7 @@ class HousekeepingReport:
 
     interrupted: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
+    superseded: list[int] = field(default_factory=list)  # open requests whose plan no longer holds
     config_recorded: bool = False
     pruned: int = 0
     swept_copies: int = 0  # private copies of approved files no unfinished action needs
@@ -194,6 +195,11 @@ class Housekeeping:
         except Exception as exc:
             logger.exception("could not check the queue for lost actions")
             report.problems.append(f"lost queue entries: {exc}")
+        try:
+            report.superseded = [a.pk for a in actions.actions_supersede_stale()]
+        except Exception as exc:
+            logger.exception("could not check open requests for plans that no longer hold")
+            report.problems.append(f"superseded requests: {exc}")
         try:
             report.config_recorded = config_changes_record() is not None
         except ConfigError as exc:

@@ -179,7 +179,8 @@ def test_changed_script_directory_refuses_approval_and_run(
     project = own_sample(tmp_path, config_at, sqlite_url, approvals_required=1)
     approved = _request(people["olga"], target="c94a", prepare=True)
     actions.action_approve(user=people["alan"], action_id=approved.pk, plan_hash=approved.plan_hash)
-    pending = _request(people["otto"], target="a71e", prepare=True)
+    # Queued behind it: a request beside an unfinished one is refused (test_superseding.py).
+    pending = _request(people["otto"], target="heads", prepare=True, queue_behind=approved.pk)
     revision = next((project / "versions").glob(f"{HEAD}_*.py"))
     revision.write_text(revision.read_text() + "\n# edited after the request\n")
 
@@ -349,6 +350,7 @@ def test_label_and_prefix_targets_resolve_like_alembic(
     config_at({"staging": {"url": url}})
     labelled = _request(people["olga"], target="reporting@head")
     assert labelled.plan == ALL_REVISIONS[4:] and labelled.target_heads == [HEAD]
+    actions.action_cancel(user=people["olga"], action_id=labelled.pk)  # one plan at a time
     prefix = _request(people["olga"], target="e0d7")
     assert (prefix.plan, prefix.target_heads) == (["e0d7f4a19b53"], ["e0d7f4a19b53"])
 

@@ -242,6 +242,11 @@ def test_a_fresh_worker_sweeps_the_copies_of_finished_actions(
 ) -> None:
     url = touch_sqlite(sqlite_url)
     config = configure(settings, tmp_path, project, url, approvals_required=1)
+    # The one left waiting is on another environment: beside a running one it would be refused.
+    qa = touch_sqlite(f"sqlite:///{tmp_path / 'qa.db'}")
+    text = config.read_text()
+    config.write_text(text + '\n[environments.qa]\nproject = "blog"\n' + f'url = "{qa}"\n'
+                      + "approvals_required = 1\n")  # fmt: skip
     left = actions.action_request(
         user=people["olga"], environment="staging", direction="upgrade", target=FIRST,
         prepare=True,
@@ -256,7 +261,7 @@ def test_a_fresh_worker_sweeps_the_copies_of_finished_actions(
     live = revision_file(project / "versions", FIRST)
     live.write_text(live.read_text() + "\n# another change, another copy\n")
     waiting = actions.action_request(
-        user=people["otto"], environment="staging", direction="upgrade", target=FIRST,
+        user=people["otto"], environment="qa", direction="upgrade", target=FIRST,
         prepare=True,
     )  # fmt: skip
     assert waiting.fingerprint != left.fingerprint
@@ -294,9 +299,11 @@ def test_the_request_stores_every_file_once_and_binds_the_plan_to_their_content(
         assert stored.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     blog = Project(name="blog", script_location=project, alembic_ini=project / "alembic.ini")
     assert first.fingerprint == plans.current_fingerprint(blog)
+    # Behind the first: a request beside an unfinished one is refused (test_superseding.py).
     second = actions.action_request(
-        user=people["otto"], environment="staging", direction="upgrade", target="a71e"
-    )
+        user=people["otto"], environment="staging", direction="upgrade", target="a71e",
+        queue_behind=first.pk,
+    )  # fmt: skip
     assert second.fingerprint == first.fingerprint
     assert ApprovedFile.objects.count() == len(set(first.bundle.values()))
     # A timestamp alone changes nothing that runs; a byte of the same size does.

@@ -255,6 +255,9 @@ def request(
     client = site.client(role)
     if method == "GET":
         return client.get(url), action
+    if key == "action-request":
+        # A request beside unfinished ones is refused (test_superseding.py): start from none.
+        Action.objects.filter(status__in=Action.ACTIVE).update(status=Action.Status.CANCELLED)
     body = BODIES[key](action) if key in BODIES else {}
     return client.post(url, body), action
 

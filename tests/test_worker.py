@@ -19,9 +19,10 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from dashboard import runner, worker
-from dashboard.config import Project, load_config
+from dashboard.config import Project, current_config, load_config
 from dashboard.models import Action, AuditEvent
 from dashboard.runner.monitor import RunMonitor
+from dashboard.services.actions import pinning as plans
 from dashboard.tasks import keep_house, prepare_action, run_action
 from tests.actions_support import SAMPLE_INI, insert_heads, touch_sqlite, write_config
 
@@ -29,20 +30,20 @@ pytestmark = pytest.mark.django_db
 
 
 def _action(status: str, **fields: Any) -> Action:
-    return Action.objects.create(
-        environment="staging",
-        project="blog",
-        direction="upgrade",
-        target="heads",
-        from_heads=[],
-        target_heads=["6c0a8d3f5e94"],
-        plan=["3f8c1a2b9d04"],
-        fingerprint="f",
-        plan_hash="h",
-        requested_by_name="olga",
-        status=status,
-        **fields,
-    )
+    values: dict[str, Any] = {
+        "environment": "staging",
+        "project": "blog",
+        "direction": "upgrade",
+        "target": "heads",
+        "from_heads": [],
+        "target_heads": ["6c0a8d3f5e94"],
+        "plan": ["3f8c1a2b9d04"],
+        "fingerprint": "f",
+        "plan_hash": "h",
+        "requested_by_name": "olga",
+        "status": status,
+    }
+    return Action.objects.create(**{**values, **fields})
 
 
 def test_silent_runs_become_interrupted_after_the_configured_limit(
@@ -101,7 +102,9 @@ def test_requests_whose_sql_preparation_was_lost_are_prepared_again() -> None:
 
 
 def test_a_preparation_whose_worker_died_mid_run_is_prepared_again() -> None:
-    stuck = _action(Action.Status.REQUESTED)
+    # Planned from the project as it is: housekeeping would set aside a plan of other code.
+    fingerprint = plans.current_fingerprint(current_config().projects["blog"])
+    stuck = _action(Action.Status.REQUESTED, fingerprint=fingerprint)
     Action.objects.filter(pk=stuck.pk).update(created_at=timezone.now() - timedelta(minutes=30))
     entry = DBTaskResult.objects.get(id=prepare_action.enqueue(stuck.pk).id)
     # The worker claimed it, then was killed: django-tasks-db leaves the row "running".

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,8 +18,9 @@ from dashboard.config import DashboardConfig, Environment, Project, current_conf
 from dashboard.databases import versions
 from dashboard.history import Graph, HistoryError
 from dashboard.models import Snapshot
-from dashboard.services import queue
+from dashboard.services import queue, superseding
 
+logger = logging.getLogger(__name__)
 DEFAULT_REFRESH_INTERVAL = 60.0
 READ_STATES = [str(state) for state in states.READ_STATES]
 
@@ -53,7 +55,7 @@ def status_refresh(
     readings = versions.read_many(
         [(env, config.projects[env.project]) for env in selected], max_workers=max_workers
     )
-    return [
+    snapshots = [
         snapshot_record(
             environment=env,
             project=config.projects[env.project],
@@ -62,6 +64,21 @@ def status_refresh(
         )
         for env, reading in zip(selected, readings, strict=True)
     ]
+    _supersede_moved(snapshots)
+    return snapshots
+
+
+def _supersede_moved(snapshots: Sequence[Snapshot]) -> None:
+    """Set aside open requests whose plans start elsewhere than the heads just read."""
+    for snapshot in snapshots:
+        if snapshot.state not in READ_STATES:
+            continue
+        try:
+            superseding.actions_supersede_moved(
+                environment=snapshot.environment, heads=snapshot.heads, read_at=snapshot.read_at
+            )
+        except Exception:  # the snapshot stands; housekeeping and the approval check again
+            logger.exception("could not supersede requests on %s", snapshot.environment)
 
 
 def environments_select(

@@ -25,6 +25,7 @@ def action_document(action: Action) -> dict[str, Any]:
         "from_heads": list(action.from_heads),
         "target_heads": list(action.target_heads),
         "after_heads": action.after_heads,
+        "queued_behind": action.queued_behind_id,
         "error": action.error,
         "requested_by": action.requested_by_name,
         "reason": action.reason,
@@ -73,6 +74,12 @@ class Command(BaseCommand):
         way.add_argument("--downgrade", metavar="REV", help="id, prefix, base or label@rev")
         request.add_argument("--user", required=True, help="who requests it")
         request.add_argument("--reason", default="")
+        request.add_argument(
+            "--queue-behind",
+            metavar="ID",
+            type=int,
+            help="the environment's last unfinished action: plan from where it ends, run after it",
+        )
         request.add_argument("--json", action="store_true", help="print the action as JSON")
 
         approve = commands.add_parser("approve", help="approve a requested action")
@@ -116,6 +123,7 @@ class Command(BaseCommand):
         downgrade: str | None,
         user: str,
         reason: str,
+        queue_behind: int | None,
         json: bool,
         **_: Any,
     ) -> None:
@@ -128,6 +136,7 @@ class Command(BaseCommand):
                 target=upgrade if upgrade is not None else downgrade or "",
                 reason=reason,
                 prepare=True,
+                queue_behind=queue_behind,
             )
         except actions.AmbiguousTarget as exc:
             if exc.proposals:
@@ -137,8 +146,9 @@ class Command(BaseCommand):
         if json:
             self._print_json(action)
             return
+        behind = f", queued behind #{action.queued_behind_id}" if action.queued_behind_id else ""
         self.stdout.write(
-            f"action #{action.pk} {action.status}: {action.direction} {action.environment}"
+            f"action #{action.pk} {action.status}{behind}: {action.direction} {action.environment}"
             f" to {action.target}, {len(action.plan)} revisions: {' '.join(action.plan)}"
         )
         self._describe_review(action)

@@ -17,6 +17,7 @@ from dashboard.services.actions.errors import (
     SelfApproval,
     UnknownEnvironment,
     UnknownTarget,
+    WouldBeStale,
     WrongState,
 )
 from dashboard.services.actions.requests import action_prepare, action_request
@@ -30,6 +31,12 @@ from dashboard.services.actions.runs import (
     retry_delay,
     where,
     worker_name,
+)
+from dashboard.services.superseding import (
+    action_supersede,
+    actions_supersede_after,
+    actions_supersede_moved,
+    actions_supersede_stale,
 )
 
 __all__ = [
@@ -48,6 +55,7 @@ __all__ = [
     "SelfApproval",
     "UnknownEnvironment",
     "UnknownTarget",
+    "WouldBeStale",
     "WrongState",
     "action_approve",
     "action_cancel",
@@ -57,6 +65,10 @@ __all__ = [
     "action_request",
     "action_requeue_lost",
     "action_run",
+    "action_supersede",
+    "actions_supersede_after",
+    "actions_supersede_moved",
+    "actions_supersede_stale",
     "child_secrets",
     "enqueue_run",
     "heads_text",

@@ -12,6 +12,7 @@ from django.utils import timezone
 from dashboard import audit, roles, scripts
 from dashboard.models import Action, Approval
 from dashboard.runner import bundle
+from dashboard.services import superseding
 from dashboard.services.actions import pinning as plans
 from dashboard.services.actions.errors import (
     SCRIPT_CHANGED,
@@ -43,6 +44,9 @@ def action_approve(
     """Approve the plan the approver saw; with enough approvals the action is queued."""
     if not roles.can_approve(user):
         raise NotAllowed("only approvers and admins may approve actions")
+    # Code changed since the plan: it can never run, so set it aside for everyone, then refuse.
+    if superseding.action_supersede_if_changed(action_id=action_id) is not None:
+        raise PlanChanged(SCRIPT_CHANGED)
     with transaction.atomic():
         action = locked_action_or_refuse(action_id)
         _check_decidable(action, user, verb="approve")
@@ -94,6 +98,7 @@ def action_reject(
             action_id=action.pk,
             payload={"reason": reason, "plan_hash": action.plan_hash},
         )
+    superseding.actions_supersede_after(action_id=action.pk)  # the ones queued behind it
     return action
 
 
@@ -140,10 +145,13 @@ def action_cancel(*, user: Any, action_id: int, request: HttpRequest | None = No
             action_id=action.pk,
             payload={"from_status": before},
         )
+    superseding.actions_supersede_after(action_id=action.pk)  # the ones queued behind it
     return action
 
 
 def _check_decidable(action: Action, user: Any, *, verb: str) -> None:
+    if action.status == Action.Status.SUPERSEDED:
+        raise WrongState(f"action #{action.pk} was {action.error}")
     if action.status != Action.Status.REQUESTED:
         raise WrongState(
             f"action #{action.pk} is {action.status}: only requested actions can be {verb}d"

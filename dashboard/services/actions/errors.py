@@ -69,3 +69,11 @@ class AmbiguousDowngrade(AmbiguousTarget):
 
 class ActionNotFound(ActionRefused):
     """No action has that id."""
+
+
+class WouldBeStale(ActionRefused):
+    """Another unfinished action will move the heads first; `ahead_id` is the one to queue behind."""
+
+    def __init__(self, message: str, ahead_id: int | None = None) -> None:
+        super().__init__(message)
+        self.ahead_id = ahead_id

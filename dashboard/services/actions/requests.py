@@ -16,6 +16,7 @@ from dashboard.models import Action
 from dashboard.runner import bundle, review
 from dashboard.services import queue
 from dashboard.services.actions import pinning as plans
+from dashboard.services.actions import queueing
 from dashboard.services.actions.decisions import queue_action
 from dashboard.services.actions.errors import (
     ActionRefused,
@@ -45,11 +46,14 @@ def action_request(
     reason: str = "",
     request: HttpRequest | None = None,
     prepare: bool = False,
+    queue_behind: int | None = None,
 ) -> Action:
     """Plan an upgrade or downgrade from a fresh read of the environment and record the request.
 
     prepare=True renders the offline SQL and its lint now (the command line); otherwise a
-    worker task does it, because only the worker may run a project's code.
+    worker task does it, because only the worker may run a project's code. queue_behind names
+    the environment's last unfinished action: the plan then starts where that one ends, and
+    runs only after it succeeded; without it, a request behind an unfinished one is refused.
     """
     if not roles.can_request(user):
         raise NotAllowed("only operators and admins may request actions")
@@ -90,12 +94,24 @@ def action_request(
             f"{env.name} is at {', '.join(unknown)}, which project {project.name}'s script"
             " directory does not have; nothing can be planned from there"
         )
-    plan = _plan(loaded.graph, reading.heads, target, direction, env.name)
+    start = queueing.request_start(
+        environment=env.name,
+        project=project,
+        heads=reading.heads,
+        read_at=reading.read_at,
+        queue_behind=queue_behind,
+    )
+    plan = _plan(loaded.graph, start.heads, target, direction, env.name)
     if not plan.steps:
-        raise NothingToDo(
-            f"nothing to do: {env.name} is at {heads_text(reading.heads)}, and"
-            f" {direction} {target} would run no revision"
+        where = (
+            f"will be at {heads_text(start.heads)} after #{start.ahead.pk}"
+            if start.ahead
+            else f"is at {heads_text(start.heads)}"
         )
+        raise NothingToDo(
+            f"nothing to do: {env.name} {where}, and {direction} {target} would run no revision"
+        )
+    start.refuse_if_conflicting()
     revisions = plan.revisions
     fingerprint = approved.digest
     with transaction.atomic():
@@ -106,7 +122,8 @@ def action_request(
             direction=direction,
             target=target,
             target_heads=list(plan.target_heads),
-            from_heads=list(reading.heads),
+            from_heads=list(start.heads),
+            queued_behind=start.ahead,
             plan=revisions,
             fingerprint=fingerprint,
             bundle=approved.manifest,
@@ -114,7 +131,7 @@ def action_request(
                 environment=env.name,
                 direction=direction,
                 target=target,
-                from_heads=reading.heads,
+                from_heads=start.heads,
                 plan=revisions,
                 sql_sha256="",
                 fingerprint=fingerprint,
@@ -134,7 +151,8 @@ def action_request(
             payload={
                 "direction": direction,
                 "target": target,
-                "from_heads": list(reading.heads),
+                "from_heads": list(start.heads),
+                "queued_behind": start.ahead.pk if start.ahead else None,
                 "plan": revisions,
                 "target_heads": list(plan.target_heads),
                 # The digest of every approved file's sha256 (the action's bundle).

@@ -27,7 +27,7 @@ from dashboard.databases import sessions, versions
 from dashboard.models import Action
 from dashboard.runner import bundle, review
 from dashboard.runner.monitor import RunMonitor
-from dashboard.services import queue
+from dashboard.services import holding, queue, superseding
 from dashboard.services.actions.errors import SCRIPT_CHANGED
 from dashboard.services.actions.lookups import locked_action_or_refuse
 
@@ -261,6 +261,13 @@ def _claim(action_id: int, worker: str) -> tuple[Action, bool]:
         # Actions of one environment run in the order they were requested.
         if same_environment.queued().filter(pk__lt=action.pk).exists():
             return action, False
+        # Queued behind another: its plan starts where that one ends, so only after it succeeded.
+        ahead = action.queued_behind
+        if ahead is not None and ahead.status != Action.Status.SUCCEEDED:
+            if not ahead.is_finished:
+                return action, False
+            reason = holding.plan_problem(action, ahead=ahead)
+            return superseding.action_supersede(action_id=action.pk, reason=reason) or action, False
         now = timezone.now()
         try:
             with transaction.atomic():
@@ -483,10 +490,19 @@ def _finish(
                 action_id=action.pk,
                 payload={"outcome": status, **payload},
             )
+    _supersede_after(action.pk)
     _start_next(action.environment)
     _refresh_status(action.environment)
     action.refresh_from_db()
     return action
+
+
+def _supersede_after(action_id: int) -> None:
+    """Set aside the plans this ending made stale: others from the old heads, or those behind it."""
+    try:
+        superseding.actions_supersede_after(action_id=action_id)
+    except Exception:  # housekeeping finds them too; the run's own record is complete
+        logger.exception("could not supersede the plans action %s made stale", action_id)
 
 
 def _start_next(environment: str) -> None:

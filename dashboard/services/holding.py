@@ -1,0 +1,71 @@
+"""Say whether an action's plan still holds: the code it pins, the heads it starts from, the one ahead.
+
+Pure reads, shared by the services that mark such actions superseded and the pages that must not
+offer to approve them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from dashboard.models import Action
+
+# Not running yet: an action whose plan no longer holds can still be set aside before it starts.
+OPEN = (Action.Status.REQUESTED, Action.Status.APPROVED, Action.Status.QUEUED)
+SCRIPT_CHANGED = "the script directory changed since this plan was made"
+
+
+def plan_problem(
+    action: Action,
+    *,
+    fingerprint: str | None = None,
+    heads: Sequence[str] | None = None,
+    read_at: datetime | None = None,
+    ahead: Action | None = None,
+) -> str:
+    """Return why the action's plan no longer holds, or "" while it holds as far as is known.
+
+    fingerprint is the project's code as it is now, heads the environment's as read at read_at,
+    ahead the action it is queued behind; None means not known, and proves nothing.
+    """
+    if action.status not in OPEN:
+        return ""
+    if fingerprint is not None and fingerprint != action.fingerprint:
+        return SCRIPT_CHANGED
+    if action.queued_behind_id is not None and ahead is not None:
+        if ahead.status != Action.Status.SUCCEEDED and ahead.is_finished:
+            return (
+                f"action #{ahead.pk}, which it was queued behind, ended {ahead.status}: its plan"
+                f" starts at {heads_phrase(action.from_heads)}, where #{ahead.pk} would have ended"
+            )
+        if not ahead.is_finished:
+            return ""  # the heads move to where it starts once the one ahead has run
+    if heads is None or set(heads) == set(action.from_heads):
+        return ""
+    # A read from before the request (or before the one ahead ended) says nothing about it.
+    since = [action.created_at, ahead.finished_at if ahead is not None else None]
+    if read_at is not None and any(moment and read_at <= moment for moment in since):
+        return ""
+    return (
+        f"{action.environment} moved from {heads_phrase(action.from_heads)} to"
+        f" {heads_phrase(heads)} since this plan was made"
+    )
+
+
+def open_on(environment: str) -> list[Action]:
+    """Return the environment's actions that have not started, oldest first."""
+    return list(
+        Action.objects.filter(environment=environment, status__in=OPEN).order_by("created_at", "pk")
+    )
+
+
+def aheads_of(actions: Iterable[Action]) -> dict[int, Action]:
+    """Return the actions these are queued behind, by id, in one query."""
+    ids = {a.queued_behind_id for a in actions if a.queued_behind_id is not None}
+    return {a.pk: a for a in Action.objects.filter(pk__in=ids)} if ids else {}
+
+
+def heads_phrase(heads: Sequence[str]) -> str:
+    """Return heads as a sentence names them: ids joined by commas, or base."""
+    return ", ".join(heads) if heads else "base"
