@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 from django.test import Client
 from django.utils import timezone
+from sqlalchemy.pool import NullPool
 
 from dashboard.models import ApiToken
 from dashboard.services import tokens
-from tests.actions_support import write_config
+from tests.actions_support import dashboard_url, write_config
 
 pytestmark = pytest.mark.django_db
 # Far below the 20 s a locked SQLite database made every bearer-token read wait, then fail.
@@ -92,23 +94,16 @@ def _sqlite_write_lock() -> Iterator[None]:
 @contextmanager
 def _postgres_row_locks(*rows: tuple[str, str]) -> Iterator[None]:
     """Lock rows (table, WHERE clause) of the test's PostgreSQL database from a second connection."""
-    import psycopg
-
-    settings = connection.settings_dict
-    other = psycopg.connect(
-        dbname=settings["NAME"],
-        user=settings["USER"] or None,
-        password=settings["PASSWORD"] or None,
-        host=settings["HOST"] or None,
-        port=settings["PORT"] or None,
-    )
+    url = sa.make_url(dashboard_url()).set(drivername="postgresql+psycopg2")
+    engine = sa.create_engine(url, poolclass=NullPool)
     try:
-        for table, where in rows:
-            other.execute(f'SELECT 1 FROM "{table}" WHERE {where} FOR UPDATE')  # noqa: S608
-        yield
-        other.rollback()
+        with engine.connect() as other, other.begin() as held:
+            for table, where in rows:
+                other.execute(sa.text(f'SELECT 1 FROM "{table}" WHERE {where} FOR UPDATE'))  # noqa: S608
+            yield
+            held.rollback()
     finally:
-        other.close()
+        engine.dispose()
 
 
 def _lock_everything() -> Any:
