@@ -21,6 +21,8 @@ class ActionRequestForm(forms.Form):
         strip=True,
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "why, and what you checked"}),
     )
+    # The unfinished action to queue behind (the page's checkbox carries its id).
+    queue_behind = forms.IntegerField(required=False, min_value=1)
 
     def __init__(self, *args: Any, targets: list[tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -14,9 +14,11 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from dashboard.models import Action, Approval, Snapshot
+from dashboard.config import current_config
+from dashboard.models import Action, Approval, AuditEvent, Snapshot
 from dashboard.selectors.sql import highlight_sql
 from dashboard.services import actions as action_services
+from dashboard.services import holding
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-9"
@@ -99,7 +101,8 @@ def make_action(users: dict[str, Any], **fields: Any) -> Action:
         "plan": [VOTES, "7a3c2e8b5f01", "1d6b9f0c4e27", MERGE, HEAD],
         "sql": sql,
         "sql_sha256": hashlib.sha256(sql.encode()).hexdigest() if sql else "",
-        "fingerprint": "f" * 64,
+        # The project's code as it is: a plan of other code no longer holds.
+        "fingerprint": current_fingerprint(),
         "plan_hash": "a1" * 32,
         "approvals_required": 1,
         "requested_by": requester,
@@ -109,6 +112,11 @@ def make_action(users: dict[str, Any], **fields: Any) -> Action:
     }
     values.update(fields)
     return Action.objects.create(**values)
+
+
+def current_fingerprint() -> str:
+    """Return the fingerprint the sample project's code has now."""
+    return holding.current_fingerprint(current_config().projects["blog"])
 
 
 def buttons(html: str) -> set[str]:
@@ -365,9 +373,11 @@ def test_revision_messages_are_escaped(
     settings.DASHBOARD_CONFIG = str(
         write_config(tmp_path / "dashboard.toml", tmp_path / "project", sqlite_url)
     )
+    # Finished: an unfinished one would leave the form only what comes after it.
     action = make_action(
-        users, plan=["aaa111"], target="aaa111", from_heads=[], target_heads=["aaa111"]
-    )
+        users, plan=["aaa111"], target="aaa111", from_heads=[], target_heads=["aaa111"],
+        status="succeeded",
+    )  # fmt: skip
     for url in (f"/actions/{action.pk}/", "/environments/staging/request?direction=upgrade"):
         html = signed_in("root").get(url).content.decode()
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -800,3 +810,89 @@ def test_the_request_form_says_what_happens_on_that_environment(
     words = re.sub(r"\s+", " ", html)
     assert said in words
     assert "nothing runs before the approvals" not in words
+
+
+# --- plans that no longer hold, and requests queued behind another ---------------------------
+
+
+def test_no_approve_on_a_plan_of_code_that_changed_and_the_page_says_why(
+    config: Path, users: dict[str, Any]
+) -> None:
+    action = make_action(users, fingerprint="0" * 64)
+    html = signed_in("abe").get(f"/actions/{action.pk}/").content.decode()
+    assert buttons(html) == set()
+    assert (
+        "This plan no longer holds: the script directory changed since this plan was made" in html
+    )
+    listing = signed_in("abe").get("/actions/").content.decode()
+    assert "Awaiting your decision" not in listing
+    assert "no longer holds" in listing
+    # Computed on read: nothing was written.
+    action.refresh_from_db()
+    assert action.status == Action.Status.REQUESTED
+    assert not AuditEvent.objects.filter(action_id=action.pk).exists()
+
+
+def test_no_approve_once_a_newer_read_shows_the_heads_moved(
+    config: Path, users: dict[str, Any]
+) -> None:
+    action = make_action(users)
+    Snapshot.objects.create(
+        environment="staging", project="blog", heads=[FK], state="behind",
+        read_at=action.created_at - timezone.timedelta(minutes=1),
+    )  # fmt: skip
+    assert "Approve this plan" in buttons(
+        signed_in("abe").get(f"/actions/{action.pk}/").content.decode()
+    )
+    Snapshot.objects.create(
+        environment="staging", project="blog", heads=[VOTES], state="behind", read_at=timezone.now()
+    )
+    html = signed_in("abe").get(f"/actions/{action.pk}/").content.decode()
+    assert buttons(html) == set()
+    assert f"staging moved from {FK} to {VOTES} since this plan was made" in html
+
+
+def test_the_action_page_names_the_one_it_is_queued_behind(
+    config: Path, users: dict[str, Any]
+) -> None:
+    ahead = make_action(users)
+    behind = make_action(users, from_heads=[HEAD], target_heads=[FK], queued_behind=ahead)
+    html = signed_in("abe").get(f"/actions/{behind.pk}/").content.decode()
+    assert f'<a href="/actions/{ahead.pk}/">#{ahead.pk}</a>' in html
+    assert "runs only after it succeeded" in html
+    assert "Approve this plan" in buttons(html)  # its heads differ until the one ahead ran
+    Action.objects.filter(pk=ahead.pk).update(status="failed", finished_at=timezone.now())
+    html = signed_in("abe").get(f"/actions/{behind.pk}/").content.decode()
+    assert buttons(html) == set()
+    assert f"action #{ahead.pk}, which it was queued behind, ended failed" in html
+
+
+def test_the_request_form_offers_to_queue_behind_the_unfinished_action(
+    config: Path, users: dict[str, Any]
+) -> None:
+    Snapshot.objects.create(
+        environment="staging", project="blog", heads=[], state="uninitialized",
+        read_at=timezone.now(),
+    )  # fmt: skip
+    olga = signed_in("olga")
+    olga.post(
+        "/environments/staging/request",
+        {"direction": "upgrade", "target": FK, "reason": "first"},
+    )
+    ahead = Action.objects.get()
+    html = olga.get("/environments/staging/request").content.decode()
+    assert f'name="queue_behind" value="{ahead.pk}"' in html
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    assert f"Queue behind #{ahead.pk}" in words
+    # Planned from where the one ahead ends: what it applies is not offered again.
+    assert FK not in options(html) and VOTES in options(html)
+
+    body = {"direction": "upgrade", "target": VOTES, "reason": "second"}
+    refused = olga.post("/environments/staging/request", body)
+    assert refused.status_code == 200
+    assert f"queue this request behind #{ahead.pk}" in refused.content.decode()
+    assert Action.objects.count() == 1
+    queued = olga.post("/environments/staging/request", {**body, "queue_behind": str(ahead.pk)})
+    assert queued.status_code == 302
+    behind = Action.objects.get(reason="second")
+    assert behind.queued_behind_id == ahead.pk and behind.from_heads == [FK]

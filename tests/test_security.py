@@ -573,6 +573,8 @@ def test_markup_from_revisions_reasons_comments_users_and_config_renders_escaped
         requested_by_name=operator.username,
         reason=marker("reason"),
         prepared_at=timezone.now(),
+        # Finished: while it is not, the request form offers only what comes after it.
+        status=Action.Status.SUCCEEDED,
     )
     Approval.objects.create(
         action=action,

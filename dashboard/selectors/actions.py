@@ -20,6 +20,7 @@ from dashboard.roles import ADMIN, can_approve, can_request, role_of
 from dashboard.runner.monitor import heartbeat_limit
 from dashboard.scripts import ScriptLocationError, load_history
 from dashboard.selectors.sql import highlight_sql
+from dashboard.services import holding
 
 SHORT_ID = 12
 LOG_TAIL = 30
@@ -99,6 +100,8 @@ class Review:
     poll_url: str | None
     approve_url: str
     reject_url: str
+    # Why the plan can no longer run (code changed, heads moved): no decision is offered.
+    no_longer_holds: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ class ActionPage:
     review: Review
     environment_url: str
     list_url: str
+    # The action this one is queued behind ("#3") and its page; "" when none.
+    queued_behind: str = ""
+    queued_behind_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ class ActionRow:
     requested_by: str
     created_at: datetime
     approvals: str
+    no_longer_holds: str = ""  # why its plan can no longer run, computed on read
 
 
 @dataclass(frozen=True)
@@ -273,7 +280,7 @@ def _lint_rows(action: Action) -> list[LintRow]:
     return rows
 
 
-def _review(user: Any, action: Action, approvals: list[Approval]) -> Review:
+def _review(user: Any, action: Action, approvals: list[Approval], problem: str = "") -> Review:
     prepared = action.is_prepared
     if not prepared:
         state = "preparing"
@@ -288,6 +295,7 @@ def _review(user: Any, action: Action, approvals: list[Approval]) -> Review:
         and action.status == Action.Status.REQUESTED
         and prepared
         and mine is None
+        and not problem
     )
     preparing_live = not prepared and not action.is_finished
     return Review(
@@ -310,7 +318,28 @@ def _review(user: Any, action: Action, approvals: list[Approval]) -> Review:
         poll_url=reverse("action-detail", args=[action.pk]) if preparing_live else None,
         approve_url=reverse("action-approve", args=[action.pk]),
         reject_url=reverse("action-reject", args=[action.pk]),
+        no_longer_holds=problem,
     )
+
+
+def plan_problems(actions: list[Action]) -> dict[int, str]:
+    """Return why these actions' plans no longer hold, by id: read, never recorded here.
+
+    The services record it (superseded) when they next look; until then the pages must not
+    offer a decision that could only fail.
+    """
+    try:
+        config = current_config()
+    except ConfigError:
+        return {}
+    return holding.plan_problems(actions, config)
+
+
+def _queued_behind(action: Action) -> tuple[str, str]:
+    ahead = action.queued_behind
+    if ahead is None:
+        return "", ""
+    return f"#{ahead.pk}", reverse("action-detail", args=[ahead.pk])
 
 
 def _plan_rows(action: Action) -> tuple[list[PlanRow], str]:
@@ -344,6 +373,7 @@ def action_page(*, user: Any, action_id: int) -> ActionPage | None:
         return None
     approvals = list(action.approvals.all())
     plan, problem = _plan_rows(action)
+    behind, behind_url = _queued_behind(action)
     counted = sum(
         1
         for a in approvals
@@ -367,9 +397,11 @@ def action_page(*, user: Any, action_id: int) -> ActionPage | None:
         approvals_counted=counted,
         approvals_text=_approvals_text(counted, action.approvals_required),
         progress=_progress(user, action),
-        review=_review(user, action, approvals),
+        review=_review(user, action, approvals, plan_problems([action]).get(action.pk, "")),
         environment_url=_environment_url(action.environment),
         list_url=reverse("action-list"),
+        queued_behind=behind,
+        queued_behind_url=behind_url,
     )
 
 
@@ -403,7 +435,9 @@ def _awaiting(user: Any, actions: ActionQuerySet) -> ActionQuerySet:
     )
 
 
-def _row(action: Action, counts: dict[int, int], now: datetime) -> ActionRow:
+def _row(
+    action: Action, counts: dict[int, int], now: datetime, problems: dict[int, str]
+) -> ActionRow:
     counted = counts.get(action.pk, 0)
     status, status_label = _status(action, silent_since(action, now=now))
     return ActionRow(
@@ -417,6 +451,7 @@ def _row(action: Action, counts: dict[int, int], now: datetime) -> ActionRow:
         requested_by=action.requested_by_name,
         created_at=action.created_at,
         approvals=_approvals_text(counted, action.approvals_required),
+        no_longer_holds=problems.get(action.pk, ""),
     )
 
 
@@ -436,14 +471,18 @@ def action_list(
         actions = actions.filter(status=status).exclude(pk__in=silent.values("pk"))
     elif status:
         actions = actions.filter(status=status)
-    awaiting = list(_awaiting(user, actions).order_by("created_at", "id"))
+    candidates = list(_awaiting(user, actions).order_by("created_at", "id"))
+    problems = plan_problems(candidates)
+    # A plan that no longer holds awaits nobody's decision: it is listed with the rest.
+    awaiting = [a for a in candidates if a.pk not in problems]
     rest = actions.exclude(pk__in=[a.pk for a in awaiting]).order_by("-created_at", "-id")
     current = Paginator(rest, PER_PAGE).get_page(page)
+    problems |= plan_problems([a for a in current.object_list if a.pk not in problems])
     counts = _approval_counts([*awaiting, *current.object_list])
     query = urlencode({k: v for k, v in (("environment", environment), ("status", status)) if v})
     return ActionList(
-        awaiting=[_row(a, counts, now) for a in awaiting],
-        rows=[_row(a, counts, now) for a in current.object_list],
+        awaiting=[_row(a, counts, now, problems) for a in awaiting],
+        rows=[_row(a, counts, now, problems) for a in current.object_list],
         page=current,
         environments=_environment_options(environment),
         statuses=[Option("", "any status", not status)]

@@ -45,6 +45,16 @@ class DirectionTab:
 
 
 @dataclass(frozen=True)
+class QueueBehind:
+    """The environment's last unfinished action: a new request must be queued behind it."""
+
+    id: int
+    url: str
+    summary: str  # "upgrade to heads, requested by olga"
+    ends_at: list[str]  # the heads it leaves, where a request queued behind it starts
+
+
+@dataclass(frozen=True)
 class RequestPage:
     """Everything the request form shows for one environment and direction."""
 
@@ -69,6 +79,8 @@ class RequestPage:
     blocked: str = ""
     # What happens after the request on this environment: approvals, or none.
     next_steps: str = ""
+    # Set while another action is unfinished there: the request can only be queued behind it.
+    queue_behind: QueueBehind | None = None
 
     @property
     def target_choices(self) -> list[tuple[str, str]]:
@@ -141,6 +153,10 @@ def request_page(*, user: Any, environment: str, direction: str) -> RequestPage 
         heads = list(snapshot.heads)
         if graph is not None and not all(h in graph.revisions for h in heads):
             heads = None
+    ahead = _last_unfinished(env.name)
+    if ahead is not None:
+        # Only a request queued behind it can be made: it plans from where that one ends.
+        heads = list(ahead.ends_at)
     if graph is None:
         targets: list[TargetChoice] = []
     elif direction == Action.Direction.UPGRADE:
@@ -174,6 +190,24 @@ def request_page(*, user: Any, environment: str, direction: str) -> RequestPage 
         url=url,
         blocked=f"{blocked}. Refresh it on its page once it is back" if blocked else "",
         next_steps=_next_steps(env.name, env.approvals_for(direction), DIRECTION_LABELS[direction]),
+        queue_behind=ahead,
+    )
+
+
+def _last_unfinished(environment: str) -> QueueBehind | None:
+    """Return the environment's newest unfinished action, which a new request must follow."""
+    action = Action.objects.filter(environment=environment).active().order_by("-pk").first()
+    if action is None:
+        return None
+    return QueueBehind(
+        id=action.pk,
+        url=reverse("action-detail", args=[action.pk]),
+        summary=(
+            f"{DIRECTION_LABELS.get(action.direction, action.direction).lower()} to"
+            f" {action.target}, {action.get_status_display()}, requested by"
+            f" {action.requested_by_name}"
+        ),
+        ends_at=list(action.target_heads),
     )
 
 

@@ -6,14 +6,28 @@ offer to approve them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from dashboard.models import Action
+from dashboard import scripts
+from dashboard.config import DashboardConfig, Project
+from dashboard.models import Action, Snapshot
+from dashboard.runner import bundle
+
+logger = logging.getLogger(__name__)
 
 # Not running yet: an action whose plan no longer holds can still be set aside before it starts.
 OPEN = (Action.Status.REQUESTED, Action.Status.APPROVED, Action.Status.QUEUED)
 SCRIPT_CHANGED = "the script directory changed since this plan was made"
+# Snapshot states in which the version table was read, so their heads are what it held.
+READ_STATES = (
+    Snapshot.State.CURRENT,
+    Snapshot.State.BEHIND,
+    Snapshot.State.UNINITIALIZED,
+    Snapshot.State.UNKNOWN,
+    Snapshot.State.INVALID,
+)
 
 
 def plan_problem(
@@ -64,6 +78,75 @@ def aheads_of(actions: Iterable[Action]) -> dict[int, Action]:
     """Return the actions these are queued behind, by id, in one query."""
     ids = {a.queued_behind_id for a in actions if a.queued_behind_id is not None}
     return {a.pk: a for a in Action.objects.filter(pk__in=ids)} if ids else {}
+
+
+def plan_problems(actions: Sequence[Action], config: DashboardConfig) -> dict[int, str]:
+    """Return why each of these actions' plans no longer holds, by id, from what is stored.
+
+    The code is fingerprinted now (a read of the project's files); the heads are the newest
+    successful snapshot's, unless an action runs there (its heads are passing).
+    """
+    pending = [a for a in actions if a.status in OPEN]
+    if not pending:
+        return {}
+    fingerprints = project_fingerprints(config, {a.project for a in pending})
+    environments = {a.environment for a in pending}
+    busy = set(
+        Action.objects.running()
+        .filter(environment__in=environments)
+        .values_list("environment", flat=True)
+    )
+    heads = latest_heads(environments - busy)
+    aheads = aheads_of(pending)
+    found = {}
+    for action in pending:
+        known = heads.get(action.environment)
+        reason = plan_problem(
+            action,
+            fingerprint=fingerprints.get(action.project),
+            heads=known[0] if known else None,
+            read_at=known[1] if known else None,
+            ahead=aheads.get(action.queued_behind_id or 0),
+        )
+        if reason:
+            found[action.pk] = reason
+    return found
+
+
+def project_fingerprints(config: DashboardConfig, names: set[str]) -> dict[str, str]:
+    """Return the current fingerprint of each named project whose files can be read."""
+    found = {}
+    for name in names:
+        project = config.projects.get(name)
+        if project is None:
+            continue
+        try:
+            found[name] = current_fingerprint(project)
+        except (scripts.ScriptLocationError, OSError, bundle.BundleError):
+            logger.warning("cannot fingerprint project %s", name)
+    return found
+
+
+def current_fingerprint(project: Project) -> str:
+    """Return the fingerprint an action pins, as the project's files are now."""
+    # pinning.current_fingerprint's rule, read here without importing the actions package,
+    # which imports this module through the runs that call it.
+    return bundle.bundle_read(project).digest
+
+
+def latest_heads(environments: set[str]) -> dict[str, tuple[list[str], datetime]]:
+    """Return each environment's heads and read time from its newest successful snapshot."""
+    found: dict[str, tuple[list[str], datetime]] = {}
+    for name in environments:
+        snapshot = (
+            Snapshot.objects.filter(environment=name, state__in=READ_STATES)
+            .order_by("-read_at", "-id")
+            .only("heads", "read_at")
+            .first()
+        )
+        if snapshot is not None:
+            found[name] = (list(snapshot.heads), snapshot.read_at)
+    return found
 
 
 def heads_phrase(heads: Sequence[str]) -> str:

@@ -1,4 +1,4 @@
-"""Set aside requests whose plan no longer holds, and place a new request behind unfinished ones.
+"""Set aside requests whose plan no longer holds: nothing of theirs ran, and nothing will.
 
 A plan starts from the heads its environment had when it was made. When those heads move
 (another action ran, someone ran Alembic by hand), the code it pins changes, or the action it
@@ -8,23 +8,17 @@ with the reason, instead of waiting for an approval that would fail.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
 
-from dashboard import audit, scripts
-from dashboard.config import ConfigError, DashboardConfig, Project, current_config
-from dashboard.models import Action, Snapshot
-from dashboard.runner import bundle
-from dashboard.services.holding import (
-    OPEN,
-    aheads_of,
-    open_on,
-    plan_problem,
-)
+from dashboard import audit
+from dashboard.config import ConfigError, DashboardConfig, current_config
+from dashboard.models import Action
+from dashboard.services import holding
+from dashboard.services.holding import OPEN, aheads_of, open_on, plan_problem, plan_problems
 
 __all__ = [
     "action_supersede",
@@ -34,15 +28,6 @@ __all__ = [
     "actions_supersede_stale",
     "plan_problem",
 ]
-
-logger = logging.getLogger(__name__)
-READ_STATES = (
-    Snapshot.State.CURRENT,
-    Snapshot.State.BEHIND,
-    Snapshot.State.UNINITIALIZED,
-    Snapshot.State.UNKNOWN,
-    Snapshot.State.INVALID,
-)
 
 
 def action_supersede(*, action_id: int, reason: str) -> Action | None:
@@ -102,31 +87,13 @@ def actions_supersede_stale(*, config: DashboardConfig | None = None) -> list[Ac
     The code is fingerprinted now; the heads are the newest successful snapshot's.
     """
     pending = list(Action.objects.filter(status__in=OPEN).order_by("created_at", "pk"))
-    if not pending:
-        return []
     try:
         config = config or current_config()
     except ConfigError:
         return []
-    fingerprints = project_fingerprints(config, {a.project for a in pending})
-    busy = set(
-        Action.objects.running()
-        .filter(environment__in={a.environment for a in pending})
-        .values_list("environment", flat=True)
-    )
-    heads = latest_heads({a.environment for a in pending} - busy)
-    aheads = aheads_of(pending)
     superseded = []
-    for action in pending:
-        known = heads.get(action.environment)
-        reason = plan_problem(
-            action,
-            fingerprint=fingerprints.get(action.project),
-            heads=known[0] if known else None,
-            read_at=known[1] if known else None,
-            ahead=aheads.get(action.queued_behind_id or 0),
-        )
-        if reason and (done := action_supersede(action_id=action.pk, reason=reason)):
+    for action_id, reason in plan_problems(pending, config).items():
+        if done := action_supersede(action_id=action_id, reason=reason):
             superseded.append(done)
     return superseded
 
@@ -140,45 +107,9 @@ def action_supersede_if_changed(*, action_id: int) -> Action | None:
         config = current_config()
     except ConfigError:
         return None
-    fingerprint = project_fingerprints(config, {action.project}).get(action.project)
+    fingerprint = holding.project_fingerprints(config, {action.project}).get(action.project)
     reason = plan_problem(action, fingerprint=fingerprint)
     return action_supersede(action_id=action.pk, reason=reason) if reason else None
-
-
-def project_fingerprints(config: DashboardConfig, names: set[str]) -> dict[str, str]:
-    """Return the current fingerprint of each named project whose files can be read."""
-    found = {}
-    for name in names:
-        project = config.projects.get(name)
-        if project is None:
-            continue
-        try:
-            found[name] = current_fingerprint(project)
-        except (scripts.ScriptLocationError, OSError, bundle.BundleError):
-            logger.warning("cannot fingerprint project %s", name)
-    return found
-
-
-def current_fingerprint(project: Project) -> str:
-    """Return the fingerprint an action pins, as the project's files are now."""
-    # pinning.current_fingerprint's rule, read here without importing the actions package,
-    # which imports this module through the runs that call it.
-    return bundle.bundle_read(project).digest
-
-
-def latest_heads(environments: set[str]) -> dict[str, tuple[list[str], datetime]]:
-    """Return each environment's heads and read time from its newest successful snapshot."""
-    found: dict[str, tuple[list[str], datetime]] = {}
-    for name in environments:
-        snapshot = (
-            Snapshot.objects.filter(environment=name, state__in=READ_STATES)
-            .order_by("-read_at", "-id")
-            .only("heads", "read_at")
-            .first()
-        )
-        if snapshot is not None:
-            found[name] = (list(snapshot.heads), snapshot.read_at)
-    return found
 
 
 def _supersede_behind(action: Action) -> list[Action]:
