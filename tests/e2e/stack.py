@@ -43,6 +43,7 @@ PEOPLE = {
 # sees the run in progress; short, because offline SQL renders every step too.
 STEP_SLEEP = "0.3"
 START_TIMEOUT = 40.0
+UNFINISHED = ("requested", "approved", "queued")
 
 
 class StackFailed(Exception):
@@ -134,8 +135,11 @@ class LiveStack:
         )
         return document
 
-    def request_upgrade(self, environment: str, user: str, target: str) -> dict[str, Any]:
+    def request_upgrade(
+        self, environment: str, user: str, target: str, *, queue_behind: int | None = None
+    ) -> dict[str, Any]:
         """Request an upgrade from the command line (its SQL is prepared at once); return it."""
+        behind = ["--queue-behind", str(queue_behind)] if queue_behind is not None else []
         out = self.manage(
             "action",
             "request",
@@ -148,6 +152,7 @@ class LiveStack:
             "--reason",
             "set up by the browser journey",
             "--json",
+            *behind,
         )
         document: dict[str, Any] = json.loads(out)
         return document
@@ -173,8 +178,12 @@ class LiveStack:
         """Move environments to revisions by running the sample project's Alembic.
 
         Their snapshots stay as they were: a journey that reads states presses Refresh, as a
-        user would after changing a database behind the dashboard's back.
+        user would after changing a database behind the dashboard's back. Earlier journeys'
+        unfinished actions there are cancelled: a request beside one would be refused.
         """
+        for action in self.actions():
+            if action["environment"] in revisions and action["status"] in UNFINISHED:
+                self.manage("action", "cancel", str(action["id"]), "--user", "root")
         script = ScriptDirectory.from_config(Config(str(SAMPLE_INI)))
         moves = []
         for name, rev in revisions.items():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from playwright.sync_api import APIResponse, Page, expect
@@ -187,11 +186,10 @@ def test_requester_has_no_way_to_approve_their_own_action(
 ) -> None:
     """An admin who requested an action sees no Approve on it, though they approve others'."""
     live.place(staging=BRANCH_POINT)
-    with ThreadPoolExecutor() as pool:
-        mine = pool.submit(live.request_upgrade, "staging", "root", "heads")
-        theirs = pool.submit(live.request_upgrade, "staging", "olga", "heads")
-    own_action, others = mine.result(), theirs.result()["id"]
+    own_action = live.request_upgrade("staging", "root", "e0d7f4a19b53")
     own = own_action["id"]
+    # Beside an unfinished action a request is refused: this one is queued behind it.
+    others = live.request_upgrade("staging", "olga", "heads", queue_behind=own)["id"]
     page = journey.page_for("root")
 
     page.goto(f"/actions/{others}/")
