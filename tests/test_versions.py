@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from dashboard.config import Environment, Project
-from dashboard.versions import (
+from dashboard.databases.versions import (
     DEADLINE_GRACE,
     Reading,
     mask_secrets,
