@@ -8,7 +8,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from dashboard.roles import has_role, no_role_message
+from dashboard.roles import no_role_message, role_for_request
 
 # Reachable without a role: leaving. Signing in, the health check and the favicon need no login,
 # and the API answers for itself (its bearer tokens are read after the middleware ran).
@@ -34,7 +34,7 @@ class RoleRequiredMiddleware:
         if not getattr(view_func, "login_required", True):
             return None
         user = request.user
-        if not user.is_authenticated or has_role(user):
+        if not user.is_authenticated or role_for_request(user) is not None:
             return None
         match = request.resolver_match
         if match is not None and match.view_name in WITHOUT_ROLE:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 VIEWER = "viewer"
 OPERATOR = "operator"
 APPROVER = "approver"
 ADMIN = "admin"
 ROLES = (VIEWER, OPERATOR, APPROVER, ADMIN)
+_UNREAD = object()
 
 
 def no_role_message(user: Any) -> str:
@@ -23,11 +24,22 @@ def role_of(user: Any) -> str | None:
         return None
     if user.is_superuser:
         return ADMIN
+    # A request's user carries the role its middleware read (role_for_request).
+    cached = getattr(user, "_dashboard_role", _UNREAD)
+    if cached is not _UNREAD:
+        return cast(str | None, cached)
     names = {g.name for g in user.groups.all()}
-    for role in reversed(ROLES):
-        if role in names:
-            return role
-    return None
+    return next((role for role in reversed(ROLES) if role in names), None)
+
+
+def role_for_request(user: Any) -> str | None:
+    """Return the role of a request's user, and keep it on that user for the request's pages."""
+    # Only here, on a user loaded for one request: a user object kept longer (a service's)
+    # must see a changed role, and refresh_from_db would not clear it.
+    role = role_of(user)
+    if getattr(user, "is_authenticated", False):
+        user._dashboard_role = role
+    return role
 
 
 def has_role(user: Any) -> bool:

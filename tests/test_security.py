@@ -14,8 +14,10 @@ from unittest import mock
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import connection
 from django.http import HttpResponse
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
@@ -811,3 +813,12 @@ def test_a_new_account_with_an_old_name_cannot_cancel_the_old_ones_actions(site:
     assert response.status_code == 403
     action.refresh_from_db()
     assert action.status == Action.Status.REQUESTED
+
+
+def test_the_role_is_read_once_per_request(site: Site) -> None:
+    """The no-role check costs no second read of the groups: the page's header reuses it."""
+    client = site.client("viewer")
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/environments/staging").status_code == 200
+    group_reads = [q["sql"] for q in queries.captured_queries if "auth_group" in q["sql"]]
+    assert len(group_reads) == 1, group_reads
