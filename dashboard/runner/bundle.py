@@ -21,6 +21,8 @@ import secrets
 import shutil
 import stat
 import tempfile
+import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,7 +36,7 @@ from dashboard.config import Project
 from dashboard.models import Action, ApprovedFile
 from dashboard.runner.process import ApprovedCopy
 from dashboard.scripts.ini import read_settings
-from dashboard.scripts.scan import files_by_location, fingerprint_files
+from dashboard.scripts.scan import RACY_NS, files_by_location, fingerprint_files
 
 INI = "alembic.ini"
 SCRIPT = "script"
@@ -287,30 +289,68 @@ def approved_sweep(*, retention: timedelta) -> tuple[list[str], int]:
     return copies_sweep_unneeded(), files_sweep(retention=retention)
 
 
-def _read_once(project: Project) -> Bundle:
+def page_digest(project: Project) -> str:
+    """Return the files' content digest for a page, re-reading only files whose stat moved.
+
+    Pages (is this request's plan still current?) may trust timestamps; what runs never does:
+    requests and runs use bundle_read, which reads every byte.
+    """
+    for _ in range(READ_ATTEMPTS):
+        try:
+            return manifest_digest(_read_once(project, cached=True).manifest)
+        except _ChangedWhileRead:
+            continue
+    raise BundleError(f"project {project.name}'s files kept changing while they were read")
+
+
+# (path, size, mtime_ns, inode) -> sha256, for page_digest alone.
+_page_hashes: dict[tuple[str, int, int, int], str] = {}
+_page_lock = threading.Lock()
+PAGE_CACHE_MAX = 100_000
+
+
+def _read_once(project: Project, *, cached: bool = False) -> Bundle:
     found = read_settings(project.script_location, alembic_ini=project.alembic_ini)
     manifest: dict[str, str] = {}
     contents: dict[str, bytes] = {}
+    trusted_before = time.time_ns() - RACY_NS
 
-    def add(name: str, data: bytes) -> None:
+    def add(name: str, path: str, size: int | None = None, mtime_ns: int | None = None) -> None:
+        if cached:
+            info = os.stat(path)
+            key = (path, info.st_size, info.st_mtime_ns, info.st_ino)
+            with _page_lock:
+                sha = _page_hashes.get(key)
+            if sha is None:
+                sha = hashlib.sha256(_read_path(Path(path))).hexdigest()
+                # A file modified within the racy window may change again in the same tick.
+                if info.st_mtime_ns < trusted_before:
+                    with _page_lock:
+                        if len(_page_hashes) >= PAGE_CACHE_MAX:
+                            _page_hashes.clear()
+                        _page_hashes[key] = sha
+            manifest[name] = sha
+            return
+        data = (
+            _read_path(Path(path))
+            if size is None or mtime_ns is None
+            else _read_scanned(path, size, mtime_ns)
+        )
         sha = hashlib.sha256(data).hexdigest()
         manifest[name] = sha
         contents[sha] = data
 
     if project.alembic_ini is not None:
-        add(INI, _read_path(project.alembic_ini))
+        add(INI, str(project.alembic_ini))
     script = found.script_location
     beside = sorted(path for path in script.glob("*.py") if path.is_file())
     template = script / TEMPLATE
     for path in [*beside, *([template] if template.is_file() else [])]:
-        add(f"{SCRIPT}/{path.name}", _read_path(path))
+        add(f"{SCRIPT}/{path.name}", str(path))
     scanned = []
     for index, prefix, files in files_by_location(found):
         for f in files:
-            add(
-                f"{VERSIONS}/{index}/{f.relpath[len(prefix) :]}",
-                _read_scanned(f.path, f.size, f.mtime_ns),
-            )
+            add(f"{VERSIONS}/{index}/{f.relpath[len(prefix) :]}", f.path, f.size, f.mtime_ns)
             scanned.append(f)
     return Bundle(manifest=manifest, contents=contents, revisions_stamp=fingerprint_files(scanned))
 

@@ -332,7 +332,7 @@ def plan_problems(actions: list[Action]) -> dict[int, str]:
         config = current_config()
     except ConfigError:
         return {}
-    return holding.plan_problems(actions, config)
+    return holding.plan_problems(actions, config, for_page=True)
 
 
 def _queued_behind(action: Action) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from dashboard import scripts
-from dashboard.config import DashboardConfig, Project
+from dashboard.config import DashboardConfig
 from dashboard.models import Action, Snapshot
 from dashboard.runner import bundle
 
@@ -80,16 +80,18 @@ def aheads_of(actions: Iterable[Action]) -> dict[int, Action]:
     return {a.pk: a for a in Action.objects.filter(pk__in=ids)} if ids else {}
 
 
-def plan_problems(actions: Sequence[Action], config: DashboardConfig) -> dict[int, str]:
+def plan_problems(
+    actions: Sequence[Action], config: DashboardConfig, *, for_page: bool = False
+) -> dict[int, str]:
     """Return why each of these actions' plans no longer holds, by id, from what is stored.
 
-    The code is fingerprinted now (a read of the project's files); the heads are the newest
-    successful snapshot's, unless an action runs there (its heads are passing).
+    The code is fingerprinted now (a read of the project's files; for a page, only of files whose
+    stat moved); the heads are the newest successful snapshot's, unless an action runs there.
     """
     pending = [a for a in actions if a.status in OPEN]
     if not pending:
         return {}
-    fingerprints = project_fingerprints(config, {a.project for a in pending})
+    fingerprints = project_fingerprints(config, {a.project for a in pending}, for_page=for_page)
     environments = {a.environment for a in pending}
     busy = set(
         Action.objects.running()
@@ -113,7 +115,9 @@ def plan_problems(actions: Sequence[Action], config: DashboardConfig) -> dict[in
     return found
 
 
-def project_fingerprints(config: DashboardConfig, names: set[str]) -> dict[str, str]:
+def project_fingerprints(
+    config: DashboardConfig, names: set[str], *, for_page: bool = False
+) -> dict[str, str]:
     """Return the current fingerprint of each named project whose files can be read."""
     found = {}
     for name in names:
@@ -121,17 +125,13 @@ def project_fingerprints(config: DashboardConfig, names: set[str]) -> dict[str, 
         if project is None:
             continue
         try:
-            found[name] = current_fingerprint(project)
+            # Timestamps are a page's fast path only; what supersedes a request reads every byte.
+            found[name] = (
+                bundle.page_digest(project) if for_page else bundle.bundle_read(project).digest
+            )
         except (scripts.ScriptLocationError, OSError, bundle.BundleError):
             logger.warning("cannot fingerprint project %s", name)
     return found
-
-
-def current_fingerprint(project: Project) -> str:
-    """Return the fingerprint an action pins, as the project's files are now."""
-    # pinning.current_fingerprint's rule, read here without importing the actions package,
-    # which imports this module through the runs that call it.
-    return bundle.bundle_read(project).digest
 
 
 def latest_heads(environments: set[str]) -> dict[str, tuple[list[str], datetime]]:
