@@ -418,7 +418,8 @@ def _environment_url(name: str) -> str:
 
 def action_progress(*, user: Any, action_id: int) -> Progress | None:
     """Return the live part of the action page, or None when there is no such action."""
-    action = Action.objects.filter(pk=action_id).first()
+    # Polled every second or two while a run lasts: leave the SQL and manifest behind.
+    action = Action.objects.defer("sql", "lint", "bundle").filter(pk=action_id).first()
     return _progress(user, action) if action is not None else None
 
 
@@ -459,7 +460,8 @@ def action_list(
     *, user: Any, environment: str = "", status: str = "", page: str | int | None = 1
 ) -> ActionList:
     """Return the actions list: awaiting this user's decision first, then the rest newest first."""
-    actions = Action.objects.all()
+    # The list never shows the SQL, log or manifest, which can each be megabytes per row.
+    actions = Action.objects.defer("sql", "log", "lint", "bundle")
     if environment:
         actions = actions.filter(environment=environment)
     now = timezone.now()
