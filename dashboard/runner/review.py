@@ -20,6 +20,9 @@ from dashboard.runner import process
 SQUAWK_TIMEOUT = 60.0
 OFFLINE_SQL_TIMEOUT = 120.0
 MAX_LINT_ITEMS = 200
+# Every note of a preparation that failed starts so; one that starts otherwise says why the
+# plan legitimately has no offline SQL (several starting heads, batch operations).
+FAILED = "offline SQL could not be produced: "
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,31 @@ class PreparedSQL:
     sql_sha256: str = ""
     note: str = ""
     lint: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def failure(cls, reason: object) -> PreparedSQL:
+        """Return the preparation that failed for reason: nothing may be approved or run on it."""
+        return cls(note=f"{FAILED}{reason}")
+
+    @property
+    def failed(self) -> bool:
+        """Say whether the SQL could not be produced because something went wrong."""
+        return note_says_failed(self.note)
+
+
+def note_says_failed(note: str) -> bool:
+    """Say whether a stored sql_note records a failed preparation, not an unavailable SQL."""
+    return note.startswith(FAILED)
+
+
+def plan_end(*, target: str, target_heads: Sequence[str]) -> str:
+    """Return the revision the plan ends at, as Alembic should be told it: never a guess."""
+    # Name the exact revision where there is one, so the range cannot mean anything else.
+    if len(target_heads) == 1:
+        return target_heads[0]
+    if not target_heads:
+        return "base"
+    return target
 
 
 def prepare_sql(
@@ -53,13 +81,7 @@ def prepare_sql(
             f" ({', '.join(from_heads)}): Alembic's --sql mode takes one starting revision"
         )
     from_rev = from_heads[0] if from_heads else None
-    # Name the exact revision where there is one, so the range cannot mean anything else.
-    if len(target_heads) == 1:
-        to_rev = target_heads[0]
-    elif not target_heads:
-        to_rev = "base"
-    else:
-        to_rev = target
+    to_rev = plan_end(target=target, target_heads=target_heads)
     try:
         sql = process.offline_sql(
             project,
@@ -74,7 +96,7 @@ def prepare_sql(
     except process.OfflineSQLUnavailable as exc:
         return PreparedSQL(note=str(exc))
     except (process.RunnerError, ValueError) as exc:
-        return PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+        return PreparedSQL.failure(exc)
     lint = squawk_lint(sql) if _is_postgresql(url) else []
     return PreparedSQL(sql=sql, sql_sha256=sql_digest(sql), lint=lint)
 

@@ -21,13 +21,37 @@ ALEMBIC_TIMEOUT = 120.0
 
 
 _ALEMBIC_LOADER = r"""
-import json, sys
+import hashlib, importlib.util, json, os, sys
 from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.script.base import Script
 
 ini, location, out = sys.argv[1:4]
+
+# Each revision module is built from the bytes hashed here, never from a cached .pyc, so the
+# hashes say exactly which bytes the answer describes.
+hashes = {}
+try:
+    from alembic.util import pyfiles
+    _load_module_py = pyfiles.load_module_py
+except (ImportError, AttributeError):
+    pyfiles = None
+
+def load_module_py(module_id, path):
+    path = str(path)
+    if not path.endswith(".py"):
+        return _load_module_py(module_id, path)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    hashes[os.path.realpath(path)] = hashlib.sha256(data).hexdigest()
+    spec = importlib.util.spec_from_file_location(module_id, path)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(data, path, "exec", dont_inherit=True), module.__dict__)
+    return module
+
+if pyfiles is not None:
+    pyfiles.load_module_py = load_module_py
 config = Config(ini) if ini else Config()
 if location:
     config.set_main_option("script_location", location.replace("%", "%%"))
@@ -74,7 +98,7 @@ else:
             except BaseException as exc:
                 problems.append(f"{real}: {type(exc).__name__}: {exc}")
 with open(out, "w", encoding="utf-8") as handle:
-    json.dump({"revisions": revisions, "problems": problems}, handle)
+    json.dump({"revisions": revisions, "problems": problems, "hashes": hashes}, handle)
 """
 
 
@@ -100,6 +124,7 @@ def load_history_with_alembic(
         location = "" if alembic_ini and script_location is None else str(settings.script_location)
         revisions: list[Revision] = []
         problems = list(settings.problems)
+        hashes: dict[str, str] = {}
         ran = False
         with tempfile.TemporaryDirectory(prefix="alembic-history-") as tmp:
             out = os.path.join(tmp, "history.json")
@@ -128,6 +153,8 @@ def load_history_with_alembic(
                     answer = json.load(handle)
                 problems.extend(answer["problems"])
                 revisions = [_from_alembic(item) for item in answer["revisions"]]
+                # Missing from an Alembic without pyfiles.load_module_py: then no plan is made.
+                hashes = {str(k): str(v) for k, v in (answer.get("hashes") or {}).items()}
                 ran = True
         graph = Graph(revisions, problems, notes=notes + scan_problems)
         history = LoadedHistory(
@@ -136,6 +163,7 @@ def load_history_with_alembic(
             script_location=settings.script_location,
             version_locations=settings.version_locations,
             problems=tuple(graph.problems),
+            file_hashes=hashes,
         )
         if ran:
             # Only the newest answer per interpreter is asked for again.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -70,6 +71,7 @@ class _Parsed:
     mtime_ns: int
     parsed_at_ns: int
     result: Revision | str
+    sha256: str | None  # of the bytes parsed; None when the file could not be read
 
     def holds_for(self, f: _File) -> bool:
         """Tell whether this parse still describes the file as the scan found it."""
@@ -115,11 +117,15 @@ def _read(path: str, size: int) -> bytes | str:
     return data
 
 
-def _entry(script_location: Path | None, alembic_ini: Path | None) -> _Entry:
-    key = (
+def _key(script_location: Path | None, alembic_ini: Path | None) -> tuple[str | None, str | None]:
+    return (
         str(Path(script_location).absolute()) if script_location is not None else None,
         str(Path(alembic_ini).absolute()) if alembic_ini is not None else None,
     )
+
+
+def _entry(script_location: Path | None, alembic_ini: Path | None) -> _Entry:
+    key = _key(script_location, alembic_ini)
     with _entries_lock:
         entry = _entries.get(key)
         if entry is None:
@@ -147,23 +153,29 @@ def load_history(
                 parsed[f.path] = known
             else:
                 data = _read(f.path, f.size)
-                result = data if isinstance(data, str) else parse_revision_file(f.path, data)
-                parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, result)
-        # A re-parse that found the same (a racy file read again) keeps the history.
+                if isinstance(data, str):
+                    parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, data, None)
+                else:
+                    result = parse_revision_file(f.path, data)
+                    sha = hashlib.sha256(data).hexdigest()
+                    parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, result, sha)
+        # A re-parse that found the same bytes (a racy file read again) keeps the history.
         unchanged = all(
-            (old := entry.parsed.get(path)) is not None and (new is old or new.result == old.result)
+            (old := entry.parsed.get(path)) is not None
+            and (new is old or (new.result == old.result and new.sha256 == old.sha256))
             for path, new in parsed.items()
         )
         history = previous
         if history is None or not unchanged or entry.files != files:
-            history = _history(settings, scan, [parsed[f.path].result for f in files])
+            history = _history(settings, scan, [parsed[f.path] for f in files])
         entry.settings, entry.files, entry.parsed, entry.history = settings, files, parsed, history
         entry.stamps = _stamps(scan, started_ns)
         return history
 
 
-def _history(settings: ScriptSettings, scan: Scan, results: list[Revision | str]) -> LoadedHistory:
+def _history(settings: ScriptSettings, scan: Scan, files: list[_Parsed]) -> LoadedHistory:
     """Build the graph from parsed files (a string is a file's problem) and fingerprint it."""
+    results = [f.result for f in files]
     problems = list(settings.problems) + scan.problems
     problems += [result for result in results if isinstance(result, str)]
     revisions = [result for result in results if not isinstance(result, str)]
@@ -174,7 +186,17 @@ def _history(settings: ScriptSettings, scan: Scan, results: list[Revision | str]
         script_location=settings.script_location,
         version_locations=settings.version_locations,
         problems=tuple(graph.problems),
+        file_hashes={
+            f.path: parse.sha256 for f, parse in zip(scan.files, files, strict=True) if parse.sha256
+        },
     )
+
+
+def forget(script_location: Path | None = None, *, alembic_ini: Path | None = None) -> None:
+    """Forget what is cached of one script directory, so the next load reads every file."""
+    key = _key(script_location, alembic_ini)
+    with _entries_lock:
+        _entries.pop(key, None)
 
 
 def clear_cache() -> None:

@@ -17,3 +17,6 @@ class LoadedHistory:
     script_location: Path
     version_locations: tuple[Path, ...]
     problems: tuple[str, ...] = field(default=())
+    # {real path: sha256} of the bytes each revision file was parsed from; the fingerprint
+    # is of stats, so only these tell which bytes the graph really describes.
+    file_hashes: dict[str, str] = field(default_factory=dict, compare=False)

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from dashboard import audit, roles, scripts
 from dashboard.models import Action, Approval
-from dashboard.runner import bundle
+from dashboard.runner import bundle, review
 from dashboard.services import superseding
 from dashboard.services.actions import pinning as plans
 from dashboard.services.actions.errors import (
@@ -167,6 +167,10 @@ def _check_decidable(action: Action, user: Any, *, verb: str) -> None:
         raise AlreadyDecided(f"you already {earlier.decision}d action #{action.pk}")
     if verb == "approve" and not action.is_prepared:
         raise NotPrepared("the plan's SQL is still being prepared: review it once it is shown")
+    if verb == "approve" and review.note_says_failed(action.sql_note):
+        # Something broke rendering it (unlike a plan Alembic cannot render offline): what
+        # the approver would vouch for is unseen, and may not even be the plan.
+        raise ActionRefused(f"{action.sql_note}; it cannot be approved: request it again")
 
 
 def _check_fingerprint(action: Action) -> None:

@@ -7,11 +7,17 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dashboard import scripts
 from dashboard.config import Project
 from dashboard.history import Direction, Graph, Step
 from dashboard.runner import bundle
+from dashboard.scripts import cache
+from dashboard.scripts.scan import files_by_location
+
+if TYPE_CHECKING:
+    from dashboard.models import Action
 
 
 class ProjectCodeNeeded(Exception):
@@ -53,14 +59,62 @@ def current_fingerprint(project: Project) -> str:
     return bundle.bundle_read(project).digest
 
 
-def current_bundle(project: Project, loaded: scripts.LoadedHistory) -> bundle.Bundle:
-    """Read the files a run would load, refusing bytes other than those the history was read from."""
+def current_bundle(
+    project: Project, loaded: scripts.LoadedHistory, *, may_run_project_code: bool
+) -> tuple[scripts.LoadedHistory, bundle.Bundle]:
+    """Read the files a run would load, and return them with a history parsed from those bytes.
+
+    Raises BundleError when no fresh parse matches the bytes read.
+    """
     found = bundle.bundle_read(project)
-    if found.revisions_stamp != loaded.fingerprint:
+    if not parse_mismatch(project, found, loaded):
+        return loaded, found
+    # The parse is cached by stat, which an edit keeping size and mtime slips past: the
+    # graph must describe the bytes that will be approved, so parse every file again, once.
+    cache.forget(project.script_location, alembic_ini=project.alembic_ini)
+    loaded = load_project_history(project, may_run_project_code=may_run_project_code)
+    changed = parse_mismatch(project, found, loaded)
+    if changed:
+        if found.manifest and not loaded.file_hashes and loaded.graph.revisions:
+            raise bundle.BundleError(
+                f"Alembic's loader for project {project.name} did not say which bytes it read"
+                " (its Alembic has no alembic.util.pyfiles.load_module_py), so no plan can be"
+                " bound to them"
+            )
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise bundle.BundleError(
             f"project {project.name}'s revision files changed while the plan was made"
+            f" ({', '.join(changed[:3])}{more}); request again"
         )
-    return found
+    return loaded, found
+
+
+def parse_mismatch(
+    project: Project, found: bundle.Bundle, loaded: scripts.LoadedHistory
+) -> list[str]:
+    """Return the revision files whose bytes in found are not the ones loaded was parsed from."""
+    settings = scripts.read_settings(project.script_location, alembic_ini=project.alembic_ini)
+    # The bundle names files by their place in the copy; the parse by their real path.
+    in_bundle: dict[str, str | None] = {}
+    named = set()
+    for index, prefix, files in files_by_location(settings):
+        for f in files:
+            name = f"{bundle.VERSIONS}/{index}/{f.relpath[len(prefix) :]}"
+            in_bundle[f.path] = found.manifest.get(name)
+            named.add(name)
+    # Files of the bundle this listing no longer finds (removed or renamed since it was read).
+    gone = [
+        name
+        for name in found.manifest
+        if name.startswith(f"{bundle.VERSIONS}/") and name not in named
+    ]
+    parsed = loaded.file_hashes
+    differ = [
+        path
+        for path in sorted(in_bundle.keys() | parsed.keys())
+        if in_bundle.get(path) is None or in_bundle.get(path) != parsed.get(path)
+    ]
+    return differ + sorted(gone)
 
 
 def make_plan(graph: Graph, from_heads: Sequence[str], target: str, direction: Direction) -> Plan:
@@ -81,6 +135,7 @@ def plan_hash(
     plan: Sequence[str],
     sql_sha256: str,
     fingerprint: str,
+    target_heads: Sequence[str] = (),
 ) -> str:
     """Return sha256 over the canonical JSON of everything an approval vouches for."""
     document = {
@@ -91,6 +146,22 @@ def plan_hash(
         "plan": list(plan),
         "sql_sha256": sql_sha256,
         "fingerprint": fingerprint,
+        # The run tells Alembic the plan's end (see review.plan_end), so that end is vouched for.
+        "target_heads": sorted(target_heads),
     }
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def action_plan_hash(action: Action) -> str:
+    """Return the plan hash of the action's stored fields, as an approver's hash must be."""
+    return plan_hash(
+        environment=action.environment,
+        direction=action.direction,
+        target=action.target,
+        from_heads=action.from_heads,
+        plan=action.plan,
+        sql_sha256=action.sql_sha256,
+        fingerprint=action.fingerprint,
+        target_heads=action.target_heads,
+    )

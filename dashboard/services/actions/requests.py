@@ -14,7 +14,7 @@ from dashboard.config import ConfigError, NotConfigured, current_config
 from dashboard.databases import versions
 from dashboard.models import Action
 from dashboard.runner import bundle, review
-from dashboard.services import queue
+from dashboard.services import queue, superseding
 from dashboard.services.actions import pinning as plans
 from dashboard.services.actions import queueing
 from dashboard.services.actions.decisions import queue_action
@@ -72,6 +72,14 @@ def action_request(
         raise ActionRefused(str(exc)) from exc
     except (scripts.ScriptLocationError, OSError) as exc:
         raise EnvironmentUnavailable(f"cannot read project {project.name}: {exc}") from exc
+    # Read now, beside the history: the plan is bound to these bytes, and only they run; the
+    # history comes back parsed from exactly them (the one loaded may be a stale cache's).
+    try:
+        loaded, approved = plans.current_bundle(project, loaded, may_run_project_code=prepare)
+    except plans.ProjectCodeNeeded as exc:
+        raise ActionRefused(str(exc)) from exc
+    except (scripts.ScriptLocationError, OSError, bundle.BundleError) as exc:
+        raise EnvironmentUnavailable(f"cannot read project {project.name}: {exc}") from exc
     # Alembic imports every file before it runs one: a syntax error anywhere stops it.
     broken = scripts.syntax_problems(loaded)
     if broken:
@@ -80,11 +88,6 @@ def action_request(
             f"Alembic cannot load project {project.name}'s history: {broken[0]}{more};"
             " nothing can be planned until it is fixed"
         )
-    # Read now, beside the history: the plan is bound to these bytes, and only they run.
-    try:
-        approved = plans.current_bundle(project, loaded)
-    except (scripts.ScriptLocationError, OSError, bundle.BundleError) as exc:
-        raise EnvironmentUnavailable(f"cannot read project {project.name}: {exc}") from exc
     reading = versions.read_environment(env, project)
     if not reading.ok:
         raise EnvironmentUnavailable(f"cannot read {env.name} now: {reading.error}")
@@ -135,6 +138,7 @@ def action_request(
                 plan=revisions,
                 sql_sha256="",
                 fingerprint=fingerprint,
+                target_heads=plan.target_heads,
             ),
             approvals_required=env.approvals_for(direction),
             requested_by=user if getattr(user, "pk", None) else None,
@@ -170,7 +174,10 @@ def action_request(
 
 
 def action_prepare(*, action_id: int) -> Action:
-    """Render the plan's offline SQL and lint, fix its plan hash; queue it if none must approve."""
+    """Render the plan's offline SQL and lint, fix its plan hash; queue it if none must approve.
+
+    When the SQL could not be produced, nobody can approve it; one that needs no approval fails.
+    """
     action = action_or_refuse(action_id)
     if action.is_prepared or action.status != Action.Status.REQUESTED:
         return action
@@ -197,10 +204,15 @@ def action_prepare(*, action_id: int) -> Action:
                 "plan_hash": action.plan_hash,
                 "sql_sha256": action.sql_sha256,
                 "sql_note": action.sql_note,
+                "sql_failed": prepared.failed,
                 "lint_warnings": sum(1 for item in action.lint if item.get("line") is not None),
             },
         )
-        if action.approvals_required == 0:
+        if action.approvals_required == 0 and prepared.failed:
+            # Nobody reviews it, so the SQL is the only look anyone had at the plan: without
+            # it, what would run is unseen.
+            _fail_unrun(action, f"{prepared.note}; nothing ran")
+        elif action.approvals_required == 0:
             audit.record(
                 "action.approved",
                 actor_name=audit.SYSTEM,
@@ -209,7 +221,24 @@ def action_prepare(*, action_id: int) -> Action:
                 payload={"plan_hash": action.plan_hash, "approvals": 0, "required": 0},
             )
             queue_action(action)
+    if action.status == Action.Status.FAILED:
+        superseding.actions_supersede_after(action_id=action.pk)  # the ones queued behind it
     return action
+
+
+def _fail_unrun(action: Action, error: str) -> None:
+    """Fail a requested action that never started, and audit it."""
+    action.status = Action.Status.FAILED
+    action.finished_at = timezone.now()
+    action.error = error
+    action.save(update_fields=["status", "finished_at", "error"])
+    audit.record(
+        "action.failed",
+        actor_name=audit.SYSTEM,
+        environment=action.environment,
+        action_id=action.pk,
+        payload={"error": error, "after_heads": None, "worker": ""},
+    )
 
 
 def _plan(
@@ -250,29 +279,23 @@ def _enqueue_prepare(action_id: int) -> None:
 
 
 def _plan_hash_of(action: Action) -> str:
-    return plans.plan_hash(
-        environment=action.environment,
-        direction=action.direction,
-        target=action.target,
-        from_heads=action.from_heads,
-        plan=action.plan,
-        sql_sha256=action.sql_sha256,
-        fingerprint=action.fingerprint,
-    )
+    return plans.action_plan_hash(action)
 
 
 def _prepare_sql(action: Action) -> review.PreparedSQL:
     try:
         config = current_config()
     except ConfigError as exc:
-        return review.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+        return review.PreparedSQL.failure(exc)
     env = config.environments.get(action.environment)
     if env is None or env.project != action.project:
-        return review.PreparedSQL(note=f"environment {action.environment} is no longer configured")
+        return review.PreparedSQL.failure(
+            f"environment {action.environment} is no longer configured"
+        )
     try:
         url = env.database_url()
     except NotConfigured as exc:
-        return review.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+        return review.PreparedSQL.failure(exc)
     direction: history.Direction = "downgrade" if action.direction == "downgrade" else "upgrade"
     # Rendered from the private copy the run will use (kept for it), not the live folder.
     try:
@@ -288,4 +311,4 @@ def _prepare_sql(action: Action) -> review.PreparedSQL:
                 approved=copy,
             )
     except bundle.BundleError as exc:
-        return review.PreparedSQL(note=f"offline SQL could not be produced: {exc}")
+        return review.PreparedSQL.failure(exc)

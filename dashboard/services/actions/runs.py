@@ -24,10 +24,11 @@ from dashboard.config import (
     current_config,
 )
 from dashboard.databases import sessions, versions
-from dashboard.models import Action
+from dashboard.models import Action, Approval
 from dashboard.runner import bundle, review
 from dashboard.runner.monitor import RunMonitor
 from dashboard.services import holding, queue, superseding
+from dashboard.services.actions import pinning
 from dashboard.services.actions.errors import SCRIPT_CHANGED
 from dashboard.services.actions.lookups import locked_action_or_refuse
 
@@ -306,6 +307,9 @@ def _run_claimed(action: Action) -> Action:
 
 def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
     """Run _run_claimed's checks and Alembic; the approved copy stays held until held closes."""
+    unapproved = _approval_problem(action)
+    if unapproved:
+        return _finish(action, Action.Status.FAILED, error=f"{unapproved}; nothing ran")
     try:
         config = current_config()
     except ConfigError as exc:
@@ -368,10 +372,13 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
     monitor = RunMonitor(action.pk, known_revisions=known)
     monitor.start()
     try:
+        # The plan's end by id, as its SQL was rendered: a symbolic target ("heads", "+2")
+        # means whatever the files say at start, the id only what was approved.
+        end = review.plan_end(target=action.target, target_heads=action.target_heads)
         result = runner.run_alembic(
             project,
             url,
-            [action.direction, action.target],
+            [action.direction, end],
             on_line=monitor.line,
             time_limit=env.time_limit,
             should_cancel=monitor.should_cancel,
@@ -412,6 +419,28 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
             duration_s=result.duration_s,
         )
     return _finish(action, status, error=error, after_heads=after_heads, progress=monitor.steps)
+
+
+def _approval_problem(action: Action) -> str:
+    """Say why the stored action is not the plan its approvers vouched for, or return ""."""
+    # Recomputed from the fields the run uses: a row edited after the approval (its files,
+    # its plan, its end) no longer hashes to what the approvers saw.
+    expected = pinning.action_plan_hash(action)
+    approving = list(
+        action.approvals.filter(decision=Approval.Decision.APPROVE).values_list(
+            "plan_hash", flat=True
+        )
+    )
+    if expected != action.plan_hash or any(seen != expected for seen in approving):
+        return "the action's plan no longer matches what was approved"
+    if len(approving) < action.approvals_required:
+        return (
+            f"the action has {len(approving)} of the {action.approvals_required} approvals it needs"
+        )
+    if review.note_says_failed(action.sql_note):
+        # Queued before such actions were failed at preparation: nobody saw what would run.
+        return action.sql_note
+    return ""
 
 
 def _outcome(
