@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import py_compile
 import shutil
 import stat
 import sys
@@ -20,6 +21,7 @@ from dashboard import runner
 from dashboard.config import Project
 from dashboard.models import Action, ApprovedFile
 from dashboard.roles import ROLES
+from dashboard.runner import bundle as runner_bundle
 from dashboard.services import actions
 from dashboard.services.actions import pinning as plans
 from dashboard.worker import Housekeeping
@@ -378,3 +380,236 @@ def test_housekeeping_keeps_approved_bytes_while_an_action_may_still_need_or_sho
     Housekeeping(limit=60).run_once()
     kept = set(ApprovedFile.objects.values_list("sha256", flat=True))
     assert kept == set(waiting.bundle.values()) != all_files
+
+
+# Planted after approval: makes the table the approved SQL never held, and leaves a mark.
+EVIL = """
+import os
+import sqlalchemy as _sa
+_url = os.environ.get("DATABASE_URL")
+if _url:
+    _engine = _sa.create_engine(_url)
+    with _engine.begin() as _conn:
+        _conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS unreviewed (i int)")
+    _engine.dispose()
+with open(os.environ["APPROVED_TEST_MARK"], "a") as _mark:
+    _mark.write("planted code ran\\n")
+"""
+# A planted tomllib that does its harm, then hands over to the real one.
+DELEGATE_TOMLLIB = """
+import sys
+sys.modules.pop("tomllib")
+_here = os.path.dirname(os.path.abspath(__file__))
+_saved = sys.path[:]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+import tomllib
+sys.path[:] = _saved
+"""
+
+
+def request_and_approve(people: dict[str, Any]) -> Action:
+    """Request the first revision on staging, its SQL rendered, and approve it."""
+    action = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target=FIRST,
+        prepare=True,
+    )  # fmt: skip
+    assert action.is_prepared and "CREATE TABLE users" in action.sql, action.sql_note
+    actions.action_approve(user=people["alan"], action_id=action.pk, plan_hash=action.plan_hash)
+    action.refresh_from_db()
+    assert action.status == Action.Status.QUEUED
+    return action
+
+
+def import_beside_env_py(project: Path, module: str) -> None:
+    """Make env.py import a module by name, found through prepend_sys_path = . as many do."""
+    env_py = project / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "config = context.config\n", f"config = context.config\nimport {module}  # noqa\n"
+        )
+    )
+    ini = project / "alembic.ini"
+    ini.write_text(ini.read_text().replace("[alembic]\n", "[alembic]\nprepend_sys_path = .\n"))
+
+
+@pytest.fixture
+def mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Return the file planted code writes to when it runs."""
+    path = tmp_path / "mark"
+    monkeypatch.setenv("APPROVED_TEST_MARK", str(path))
+    return path
+
+
+def test_a_module_planted_in_the_live_folder_after_approval_is_never_imported(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+    mark: Path,
+) -> None:
+    url = touch_sqlite(sqlite_url)
+    configure(settings, tmp_path, project, url, approvals_required=1)
+    action = request_and_approve(people)
+    # Sourceless bytecode that Python would prefer to the standard library's tomllib.
+    source = tmp_path / "tomllib_source.py"
+    source.write_text(EVIL + DELEGATE_TOMLLIB)
+    py_compile.compile(str(source), cfile=str(project / "tomllib.pyc"), doraise=True)
+
+    ran = actions.action_run(action_id=action.pk, worker="test")
+
+    assert ran.status == Action.Status.SUCCEEDED, ran.error
+    assert not mark.exists()
+    tables = schema_of(url)["tables"]
+    assert "users" in tables and "unreviewed" not in tables
+
+
+@pytest.mark.parametrize("bytecode", ["unchecked-hash", "same-size-same-mtime"])
+def test_bytecode_in_the_live_folder_never_replaces_an_approved_module(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+    mark: Path,
+    bytecode: str,
+) -> None:
+    helper = project / "helpers.py"
+    import_beside_env_py(project, "helpers")
+    cached = project / "__pycache__" / f"helpers.{sys.implementation.cache_tag}.pyc"
+    cached.parent.mkdir(exist_ok=True)
+    say = "open(__import__('os').environ['APPROVED_TEST_MARK'], 'a').write('helpers {}\\n')\n"
+    if bytecode == "same-size-same-mtime":
+        # No malice: an earlier run left bytecode, then an edit kept size and mtime (cp -p).
+        helper.write_text(say.format("ONE"))
+        os.utime(helper, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+        py_compile.compile(str(helper), cfile=str(cached), doraise=True)
+        before = helper.stat()
+        helper.write_text(say.format("TWO"))
+        os.utime(helper, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:
+        helper.write_text(say.format("TWO"))
+    url = touch_sqlite(sqlite_url)
+    configure(settings, tmp_path, project, url, approvals_required=1)
+    action = request_and_approve(people)
+    assert b"TWO" in bytes(
+        ApprovedFile.objects.get(sha256=action.bundle["script/helpers.py"]).content
+    )
+    if bytecode == "unchecked-hash":
+        # After approval: bytecode Python loads without looking at the source at all.
+        planted = tmp_path / "helpers_source.py"
+        planted.write_text(EVIL)
+        py_compile.compile(
+            str(planted),
+            cfile=str(cached),
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+    mark.write_text("")
+
+    ran = actions.action_run(action_id=action.pk, worker="test")
+
+    assert ran.status == Action.Status.SUCCEEDED, ran.error
+    assert mark.read_text() == "helpers TWO\n"
+    assert "unreviewed" not in schema_of(url)["tables"]
+
+
+def test_an_inherited_pycache_prefix_cannot_replace_the_copys_bytecode(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prefix = tmp_path / "pycache-prefix"
+    prefix.mkdir()
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(prefix))
+    url = touch_sqlite(sqlite_url)
+    configure(settings, tmp_path, project, url, approvals_required=1)
+    action = request_and_approve(people)
+    copied = revision_file(approved_dir / action.fingerprint / "versions" / "0", FIRST)
+    # Where the prefix keeps the copy's bytecode follows from the digest every page shows.
+    cached = (
+        prefix
+        / str(copied.parent).lstrip("/")
+        / f"{copied.stem}.{sys.implementation.cache_tag}.pyc"
+    )
+    planted = tmp_path / "revision_source.py"
+    planted.write_text(copied.read_text().replace(UPGRADE_DOCSTRING, UNREVIEWED))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.unlink(missing_ok=True)
+    py_compile.compile(
+        str(planted),
+        cfile=str(cached),
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+
+    ran = actions.action_run(action_id=action.pk, worker="test")
+
+    assert ran.status == Action.Status.SUCCEEDED, ran.error
+    tables = schema_of(url)["tables"]
+    assert "users" in tables and "unreviewed" not in tables
+
+
+def test_code_outside_the_approved_files_is_not_imported_and_the_error_says_so(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+) -> None:
+    # The application's package, beside alembic.ini: part of the repository, not of the files.
+    (project / "myapp").mkdir()
+    (project / "myapp" / "__init__.py").write_text("")
+    import_beside_env_py(project, "myapp")
+    url = touch_sqlite(sqlite_url)
+    configure(settings, tmp_path, project, url, approvals_required=0)
+    action = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target=FIRST,
+        prepare=True,
+    )  # fmt: skip
+
+    # Nobody approves here, so a plan whose SQL cannot be rendered fails unrun (requests.py).
+    assert action.status == Action.Status.FAILED and not action.sql
+    hint = "env.py imports myapp, which is not part of the approved files; install the application"
+    assert hint in action.sql_note and hint in action.error, action.error
+    assert "into the project's `python` interpreter" in action.error
+    assert "users" not in schema_of(url)["tables"]
+
+
+def test_a_password_in_the_projects_ini_is_neither_stored_nor_copied(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    project: Path,
+    approved_dir: Path,
+    sqlite_url: str,
+) -> None:
+    ini = project / "alembic.ini"
+    ini.write_text(
+        ini.read_text().replace(
+            "sqlalchemy.url =\n", "sqlalchemy.url = postgresql://app:S3cretPassw0rd@db/prod\n"
+        )
+    )
+    url = touch_sqlite(sqlite_url)
+    configure(settings, tmp_path, project, url, approvals_required=1)
+    action = request_and_approve(people)
+    stored = bytes(ApprovedFile.objects.get(sha256=action.bundle["alembic.ini"]).content)
+    assert b"S3cretPassw0rd" not in stored and b"\nsqlalchemy.url =\n" in stored
+    copied = approved_dir / action.fingerprint / "alembic.ini"
+    assert copied.read_bytes() == stored
+    blog = Project(name="blog", script_location=project, alembic_ini=ini)
+    # The page's fast path and the run's full read agree: the request's plan still holds.
+    assert plans.current_fingerprint(blog) == action.fingerprint
+    assert runner_bundle.page_digest(blog) == action.fingerprint
+
+    ran = actions.action_run(action_id=action.pk, worker="test")
+
+    assert ran.status == Action.Status.SUCCEEDED, ran.error
+    assert "S3cretPassw0rd" not in ran.log

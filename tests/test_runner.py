@@ -1,7 +1,9 @@
 """Tests for dashboard.runner: real Alembic subprocesses against real databases."""
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -12,6 +14,7 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +26,7 @@ from sqlalchemy.pool import NullPool
 from dashboard.config import Project
 from dashboard.runner.process import (
     CONFIG_PREFIX,
+    ApprovedCopy,
     OfflineSQLUnavailable,
     RunnerError,
     downgrade,
@@ -236,10 +240,14 @@ def test_time_limit_kills_the_whole_process_group(
         "RUNNER_TEST_PID_FILE": str(pid_file),
         "RUNNER_TEST_GRANDCHILD": "1",
     }
-    result = run_alembic(ini_project, sqlite_url, ["upgrade", "head"], time_limit=2, extra_env=env)
+    # Long enough to reach b2: the child compiles every module afresh (no bytecode is read).
+    limit = 8
+    result = run_alembic(
+        ini_project, sqlite_url, ["upgrade", "head"], time_limit=limit, extra_env=env
+    )
     spawned.extend(_read_pids(pid_file, within=0))
     assert result.timed_out and not result.cancelled
-    assert 2 <= result.duration_s < 6
+    assert limit <= result.duration_s < limit + 4
     assert result.returncode == -signal.SIGTERM
     assert len(spawned) == 2
     assert _wait_dead(spawned, within=1) == []
@@ -418,3 +426,168 @@ def test_parse_progress_recognises_generated_ids_without_known_revisions() -> No
 )
 def test_parse_progress_ignores_other_lines(line: str) -> None:
     assert parse_progress(line) is None
+
+
+PROBE = """\
+import json as _json, os as _os, sys as _sys
+print("probe " + _json.dumps({
+    "cwd": _os.getcwd(),
+    "sys_path": _sys.path,
+    "pycache_prefix": _sys.pycache_prefix,
+    "prefix_entries": _os.listdir(_sys.pycache_prefix) if _sys.pycache_prefix else None,
+    "dont_write_bytecode": _sys.flags.dont_write_bytecode,
+    "safe_path": _sys.flags.safe_path,
+    "env": sorted(name for name in _os.environ if name.startswith("PYTHON")),
+}), flush=True)
+"""
+
+
+def _add_probe(env_py: Path) -> None:
+    """Make env.py print where the child imports from, as a line starting with "probe "."""
+    text = env_py.read_text()
+    env_py.write_text(
+        text.replace("config = context.config\n", PROBE + "config = context.config\n")
+    )
+
+
+def _probe(lines: list[str]) -> dict[str, Any]:
+    found = [line.removeprefix("probe ") for line in lines if line.startswith("probe {")]
+    assert found, lines
+    return dict(json.loads(found[0]))
+
+
+def _approved(project_dir: Path, folder: Path) -> ApprovedCopy:
+    """Lay the project out the way bundle.approved_copy does."""
+    (folder / "script").mkdir(parents=True)
+    shutil.copy(project_dir / "alembic.ini", folder / "alembic.ini")
+    shutil.copy(project_dir / "migrations" / "env.py", folder / "script" / "env.py")
+    shutil.copytree(project_dir / "migrations" / "versions", folder / "versions" / "0")
+    return ApprovedCopy(
+        folder=folder,
+        script_location=folder / "script",
+        version_locations=(folder / "versions" / "0",),
+        alembic_ini=folder / "alembic.ini",
+    )
+
+
+def test_the_child_neither_reads_nor_writes_existing_bytecode(
+    sqlite_url: str, ini_project: Project, project_dir: Path
+) -> None:
+    _add_probe(project_dir / "migrations" / "env.py")
+    lines: list[str] = []
+    result = upgrade(ini_project, sqlite_url, "head", on_line=lines.append)
+    assert result.returncode == 0, lines
+    probe = _probe(lines)
+    # A fresh, private, empty cache folder: no bytecode made before this run can be read.
+    prefix = Path(probe["pycache_prefix"])
+    assert probe["prefix_entries"] == [] and probe["dont_write_bytecode"] == 1
+    assert prefix.parent.name.startswith(CONFIG_PREFIX)
+    assert not prefix.exists(), "the run's cache folder was left behind"
+    assert list(project_dir.rglob("__pycache__")) == []
+
+
+def test_inherited_python_variables_that_change_imports_do_not_reach_the_child(
+    sqlite_url: str,
+    ini_project: Project,
+    project_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    mark = tmp_path / "mark"
+    # Ahead of the standard library on sys.path, Alembic would import this tomllib.
+    (planted / "tomllib.py").write_text(f"open({str(mark)!r}, 'a').write('planted')\n")
+    (planted / "startup.py").write_text(f"open({str(mark)!r}, 'a').write('startup')\n")
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    monkeypatch.setenv("PYTHONSTARTUP", str(planted / "startup.py"))
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(planted))
+    monkeypatch.setenv("PYTHONHOME", str(tmp_path / "no-such-home"))
+    monkeypatch.setenv("PYTHONWARNINGS", "default")  # changes no import: kept
+    _add_probe(project_dir / "migrations" / "env.py")
+    lines: list[str] = []
+
+    result = upgrade(ini_project, sqlite_url, "head", on_line=lines.append)
+
+    assert result.returncode == 0, lines
+    assert not mark.exists()
+    probe = _probe(lines)
+    assert "PYTHONWARNINGS" in probe["env"]
+    assert not {"PYTHONPATH", "PYTHONSTARTUP", "PYTHONPYCACHEPREFIX", "PYTHONHOME"} & set(
+        probe["env"]
+    )
+    assert probe["sys_path"] and str(planted) not in probe["sys_path"]
+
+
+def test_an_approved_run_imports_nothing_from_the_live_project_folder(
+    sqlite_url: str, ini_project: Project, project_dir: Path, tmp_path: Path
+) -> None:
+    ini = project_dir / "alembic.ini"
+    ini.write_text(
+        ini.read_text().replace(
+            "[alembic]\n", f"[alembic]\nprepend_sys_path = %(here)s/migrations{os.pathsep}.\n"
+        )
+    )
+    _add_probe(project_dir / "migrations" / "env.py")
+    copy = _approved(project_dir, tmp_path / "copy")
+    lines: list[str] = []
+
+    result = upgrade(ini_project, sqlite_url, "head", on_line=lines.append, approved=copy)
+
+    assert result.returncode == 0, lines
+    probe = _probe(lines)
+    assert probe["cwd"] == str(copy.folder) and probe["safe_path"] == 1
+    # The live script folder is the copy's; the ini's own folder ("." and %(here)s) the copy's root.
+    assert probe["sys_path"][:2] == [str(copy.script_location), str(copy.folder)]
+    live = [entry for entry in probe["sys_path"] if entry.startswith(str(project_dir))]
+    assert live == [] and "" not in probe["sys_path"]
+
+
+def test_an_approved_run_refuses_a_python_older_than_3_11(
+    sqlite_url: str, ini_project: Project, project_dir: Path, tmp_path: Path
+) -> None:
+    old = tmp_path / "python3.9"
+    old.write_text("#!/bin/sh\necho 3 9\n")
+    old.chmod(0o755)
+    project = dataclasses.replace(ini_project, python=str(old))
+    copy = _approved(project_dir, tmp_path / "copy")
+
+    with pytest.raises(RunnerError, match=r"python3\.9 is Python 3\.9.* 3\.11 or later"):
+        upgrade(project, sqlite_url, "head", approved=copy)
+    with pytest.raises(RunnerError, match=r"3\.11 or later"):
+        offline_sql(project, sqlite_url, direction="upgrade", from_rev=None, to_rev="a1",
+                    approved=copy)  # fmt: skip
+
+
+def test_an_import_of_code_outside_the_approved_files_says_what_to_do(
+    sqlite_url: str, ini_project: Project, project_dir: Path, tmp_path: Path
+) -> None:
+    (project_dir / "myapp").mkdir()
+    (project_dir / "myapp" / "__init__.py").write_text("")
+    (project_dir / "myapp" / "models.py").write_text("")
+    ini = project_dir / "alembic.ini"
+    ini.write_text(ini.read_text().replace("[alembic]\n", "[alembic]\nprepend_sys_path = .\n"))
+    env_py = project_dir / "migrations" / "env.py"
+    # Online only, so the offline SQL renders and the failure comes at the run.
+    env_py.write_text(
+        env_py.read_text().replace(
+            '    """Run the migrations on a connection."""\n',
+            '    """Run the migrations on a connection."""\n    import myapp.models  # noqa\n',
+        )
+    )
+    copy = _approved(project_dir, tmp_path / "copy")
+    assert offline_sql(ini_project, sqlite_url, direction="upgrade", from_rev=None, to_rev="a1",
+                       approved=copy)  # fmt: skip
+    lines: list[str] = []
+
+    result = upgrade(ini_project, sqlite_url, "head", on_line=lines.append, approved=copy)
+
+    assert result.returncode == 1
+    hint = (
+        "FAILED: env.py imports myapp, which is not part of the approved files; install the"
+        " application into the project's `python` interpreter"
+    )
+    assert result.output_tail[-1].startswith(hint) and lines[-1] == result.output_tail[-1]
+    assert len(result.output_tail[-1]) < 300  # the action's error quotes one line of that size
+    # Run from the live folder, as before the approved files, it finds the application.
+    assert upgrade(ini_project, sqlite_url, "head").returncode == 0

@@ -23,7 +23,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -52,6 +52,12 @@ STORE_GRACE = timedelta(hours=1)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _PARTIAL = re.compile(r"\.[0-9a-f]{64}\.(?P<pid>\d+)\.[0-9a-f]+")
 _VERSIONS_NAME = re.compile(r"versions/(?P<index>0|[1-9][0-9]*)/.+")
+# A `sqlalchemy.url = ...` or `sqlalchemy.url: ...` line of an ini (configparser lowercases
+# keys), or the same commented out; group "keep" is all but its value.
+_URL_LINE = re.compile(
+    rb"(?P<keep>(?P<indent>[ \t]*)(?P<comment>[#;][ \t]*)?sqlalchemy\.url[ \t]*[=:])(?P<value>.*)",
+    re.IGNORECASE,
+)
 
 
 class BundleError(Exception):
@@ -315,14 +321,20 @@ def _read_once(project: Project, *, cached: bool = False) -> Bundle:
     contents: dict[str, bytes] = {}
     trusted_before = time.time_ns() - RACY_NS
 
-    def add(name: str, path: str, size: int | None = None, mtime_ns: int | None = None) -> None:
+    def add(
+        name: str,
+        path: str,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+        clean: Callable[[bytes], bytes] = bytes,
+    ) -> None:
         if cached:
             info = os.stat(path)
             key = (path, info.st_size, info.st_mtime_ns, info.st_ino)
             with _page_lock:
                 sha = _page_hashes.get(key)
             if sha is None:
-                sha = hashlib.sha256(_read_path(Path(path))).hexdigest()
+                sha = hashlib.sha256(clean(_read_path(Path(path)))).hexdigest()
                 # A file modified within the racy window may change again in the same tick.
                 if info.st_mtime_ns < trusted_before:
                     with _page_lock:
@@ -331,7 +343,7 @@ def _read_once(project: Project, *, cached: bool = False) -> Bundle:
                         _page_hashes[key] = sha
             manifest[name] = sha
             return
-        data = (
+        data = clean(
             _read_path(Path(path))
             if size is None or mtime_ns is None
             else _read_scanned(path, size, mtime_ns)
@@ -341,7 +353,7 @@ def _read_once(project: Project, *, cached: bool = False) -> Bundle:
         contents[sha] = data
 
     if project.alembic_ini is not None:
-        add(INI, str(project.alembic_ini))
+        add(INI, str(project.alembic_ini), clean=without_database_url)
     script = found.script_location
     beside = sorted(path for path in script.glob("*.py") if path.is_file())
     template = script / TEMPLATE
@@ -353,6 +365,35 @@ def _read_once(project: Project, *, cached: bool = False) -> Bundle:
             add(f"{VERSIONS}/{index}/{f.relpath[len(prefix) :]}", f.path, f.size, f.mtime_ns)
             scanned.append(f)
     return Bundle(manifest=manifest, contents=contents, revisions_stamp=fingerprint_files(scanned))
+
+
+def without_database_url(ini: bytes) -> bytes:
+    """Return the ini with every sqlalchemy.url emptied: the run's own ini sets the URL.
+
+    A password there (as Alembic's template invites) would otherwise be stored with the
+    approved files and copied beside them. Continuation lines of the value go with it.
+    """
+    lines = ini.splitlines(keepends=True)
+    kept: list[bytes] = []
+    value_indent: int | None = None  # inside a value: the indent of its key
+    for line in lines:
+        text = line.rstrip(b"\r\n")
+        stripped = text.strip()
+        if value_indent is not None:
+            indent = len(text) - len(text.lstrip())
+            if stripped and not stripped.startswith((b"#", b";")) and indent > value_indent:
+                continue  # a continuation line of the emptied value
+            if stripped and not stripped.startswith((b"#", b";")):
+                value_indent = None
+        match = _URL_LINE.fullmatch(text)
+        if match is None:
+            kept.append(line)
+            continue
+        # Left byte for byte when already empty, so most files are stored as they are.
+        kept.append(line if not match["value"].strip() else match["keep"] + line[len(text) :])
+        if match["comment"] is None:
+            value_indent = len(match["indent"])  # an empty value may go on below
+    return b"".join(kept)
 
 
 def _read_path(path: Path) -> bytes:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -36,12 +36,37 @@ DRAIN_GRACE = 1.0  # seconds to wait for EOF after exit, in case a grandchild ho
 TAIL_LINES = 200
 MAX_LINE = 64 * 1024  # a longer run of output without a newline is cut into lines
 CONFIG_PREFIX = "dashboard-alembic-"  # + the owner's pid: private folders of generated configs
+SAFE_PATH_PYTHON = (3, 11)  # -P, which keeps the working directory off sys.path, came in 3.11
+VERSION_CHECK_TIMEOUT = 30.0
+# Inherited variables that change where the child imports from or what it runs first. Only the
+# interpreter's own paths and site-packages remain (installed packages are the deployment's);
+# PATH, locale, PYTHONWARNINGS and the rest pass through.
+IMPORT_VARIABLES = frozenset(
+    {
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONPLATLIBDIR",
+        "PYTHONUSERBASE",
+        "PYTHONSTARTUP",
+        "PYTHONINSPECT",
+        "PYTHONPYCACHEPREFIX",
+        "PYTHONBREAKPOINT",
+        "PYTHONEXECUTABLE",
+        "PYTHONCASEOK",
+        "PYTHON_PRESITE",
+    }
+)
 
 PROGRESS_RE = re.compile(
     r"Running (?P<direction>upgrade|downgrade) (?P<sources>.*?) ->(?: (?P<rest>.*))?$"
 )
 _GENERATED_ID = re.compile(r"[0-9a-f]{12}")
 _HERE = re.compile(r"%%|%\(here\)s")
+_LEGACY_SYS_PATH_SPLIT = re.compile(r", *|(?: +)|\:")  # Alembic's, without path_separator
+_MISSING_MODULE = re.compile(
+    r"(?:ModuleNotFoundError|ImportError): No module named '(?P<name>[^']+)'"
+)
+_TRACEBACK_FILE = re.compile(r'^\s*File "(?P<path>[^"]+)", line \d+')
 _SEPARATORS = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}
 _OFFLINE_IMPOSSIBLE = (
     "cannot proceed in --sql mode",  # batch mode needs to reflect the table
@@ -49,11 +74,13 @@ _OFFLINE_IMPOSSIBLE = (
 )
 _DIALECT_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
 
-# PR_SET_PDEATHSIG is set by this bootstrap, which then execs `python -m alembic`, rather
-# than by preexec_fn: preexec_fn runs Python between fork and exec, which can deadlock when
-# another thread (the worker's heartbeat) holds a lock at fork time. The setting survives
+# PR_SET_PDEATHSIG is set by this bootstrap, which then execs `python <options> -m alembic`,
+# rather than by preexec_fn: preexec_fn runs Python between fork and exec, which can deadlock
+# when another thread (the worker's heartbeat) holds a lock at fork time. The setting survives
 # execve. The signal fires when the *thread* that forked the child ends; run_alembic blocks
 # that thread until the child has exited, so only the death of the whole worker fires it.
+# The bootstrap itself runs isolated (-I), so nothing of its working directory is imported.
+# argv: parent pid, the number of interpreter options, those options, then Alembic's arguments.
 _BOOTSTRAP = """\
 import ctypes, os, signal, sys
 if sys.platform.startswith("linux"):
@@ -61,7 +88,9 @@ if sys.platform.startswith("linux"):
         print("warning: PR_SET_PDEATHSIG failed", file=sys.stderr)
     if os.getppid() != int(sys.argv[1]):
         os._exit(1)
-os.execv(sys.executable, [sys.executable, "-m", "alembic", *sys.argv[2:]])
+count = int(sys.argv[2])
+options, rest = sys.argv[3 : 3 + count], sys.argv[3 + count :]
+os.execv(sys.executable, [sys.executable, *options, "-m", "alembic", *rest])
 """
 
 # Used when the project has no alembic.ini, or one without logging: Alembic reports each
@@ -201,6 +230,10 @@ def run_alembic(
         session_tag=session_tag,
         approved=approved,
     )
+    if approved is not None and outcome.stopped is None and outcome.returncode != 0:
+        hint = _missing_module_hint(tail, approved)
+        if hint:
+            emit(f"FAILED: {hint}")
     return RunResult(
         returncode=outcome.returncode,
         timed_out=outcome.stopped == "timed_out",
@@ -263,6 +296,9 @@ def offline_sql(
     # Alembic prints its own failures as "FAILED: ..." on stdout, tracebacks on stderr.
     failures = [line for line in sql if line.startswith("FAILED:")]
     detail = [*failures, *(line for line in diagnostics if not line.startswith("INFO"))][-20:]
+    hint = _missing_module_hint([*diagnostics, *sql], approved) if approved else None
+    if hint:
+        detail = [f"FAILED: {hint}", *detail]
     if any(marker in line for line in detail for marker in _OFFLINE_IMPOSSIBLE):
         raise OfflineSQLUnavailable(
             f"offline SQL is not available for this plan on {_dialect_name(url)}: "
@@ -330,7 +366,9 @@ def _execute(
     approved: ApprovedCopy | None = None,
 ) -> _Outcome:
     python = project.python or sys.executable
-    dropped = set(drop_env or ())
+    if approved is not None:
+        _require_safe_path(python)
+    dropped = set(drop_env or ()) | IMPORT_VARIABLES
     inherited = {name: value for name, value in os.environ.items() if name not in dropped}
     tag_env: dict[str, str] = {}
     if session_tag is not None:
@@ -343,15 +381,26 @@ def _execute(
         "DATABASE_URL": url,  # never on the command line: `ps` shows it to every user
         "PYTHONUNBUFFERED": "1",
         "PYTHONIOENCODING": "utf-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
-    if project.alembic_ini is not None:
+    if approved is not None:
+        # With -P nothing of the working directory is imported; relative paths and a
+        # pyproject.toml Alembic looks for are found in the copy, never in the live folder.
+        cwd = approved.folder
+    elif project.alembic_ini is not None:
         cwd = project.alembic_ini.parent  # prepend_sys_path and relative paths start here
     else:
         cwd = project.script_location.parent
     _sweep_config_folders()
     with tempfile.TemporaryDirectory(prefix=f"{CONFIG_PREFIX}{os.getpid()}-") as folder:
         ini = _write_config(project, url, Path(folder), approved=approved)
-        argv = [python, "-c", _BOOTSTRAP, str(os.getpid()), "-c", str(ini), *args]
+        # Python trusts bytecode whose source has the same size and mtime, or any unchecked
+        # .pyc: a fresh empty cache folder (0700, gone with the run) means none is ever read.
+        cache = Path(folder) / "pycache"
+        os.mkdir(cache, 0o700)
+        options = ["-X", f"pycache_prefix={cache}", *(["-P"] if approved is not None else [])]
+        argv = [python, "-I", "-c", _BOOTSTRAP, str(os.getpid()), str(len(options)), *options]
+        argv += ["-c", str(ini), *args]
         return _supervise(
             argv,
             cwd=cwd,
@@ -369,22 +418,24 @@ def _write_config(
     """Write the ini Alembic will read, with the URL, readable by this user only."""
     parser = configparser.RawConfigParser()
     parser.optionxform = str  # type: ignore[assignment,method-assign]
+    sys_path: list[Path] | None = None
     if project.alembic_ini is not None:
         source = project.alembic_ini
+        # The generated ini lives elsewhere, so %(here)s is set to the folder of the ini it
+        # came from: the project's, or the approved copy's root where its approved bytes sit.
+        here = project.alembic_ini.parent
         if approved is not None:
             if approved.alembic_ini is None:
                 raise RunnerError(f"the approved files hold no copy of {project.alembic_ini}")
             source = approved.alembic_ini
-        # The generated ini lives elsewhere, so %(here)s keeps meaning the project's folder:
-        # outside the two locations set below (prepend_sys_path, keys env.py reads) it names
-        # the project's own code, which is not part of the approved files.
-        here = _ini_escape(str(project.alembic_ini.parent))
+            here = approved.alembic_ini.parent
         try:
             text = source.read_text(encoding="utf-8")
-            parser.read_string(
-                _HERE.sub(lambda m: m[0] if m[0] == "%%" else here, text),
-                source=str(project.alembic_ini),
-            )
+            _read_ini(parser, text, here, source=str(project.alembic_ini))
+            if approved is not None:
+                sys_path = _approved_sys_path(
+                    project.alembic_ini, project.script_location, approved, text
+                )
         except (OSError, UnicodeDecodeError, configparser.Error) as exc:
             raise RunnerError(f"cannot read {project.alembic_ini}: {exc}") from exc
     if not parser.has_section("alembic"):
@@ -395,6 +446,8 @@ def _write_config(
     else:
         main["script_location"] = _ini_escape(str(approved.script_location))
         main["version_locations"] = _locations_value(main, approved.version_locations)
+        if sys_path is not None:
+            main["prepend_sys_path"] = _locations_value(main, tuple(sys_path), sys_path=True)
         # Pinned here, where the ini wins over a pyproject.toml in the working directory.
         main.setdefault("recursive_version_locations", "false")
     main["sqlalchemy.url"] = _ini_escape(url)
@@ -410,18 +463,135 @@ def _write_config(
     return path
 
 
-def _locations_value(main: configparser.SectionProxy, locations: tuple[Path, ...]) -> str:
-    """Join folders the way Alembic will split version_locations with this ini's separator."""
-    separator = " "  # without path_separator Alembic splits on spaces and commas
-    for name in ("path_separator", "version_path_separator"):
+def _read_ini(parser: configparser.RawConfigParser, text: str, here: Path, *, source: str) -> None:
+    """Read an ini's text into parser with %(here)s meaning here, as Alembic would."""
+    value = _ini_escape(str(here))
+    parser.read_string(_HERE.sub(lambda m: m[0] if m[0] == "%%" else value, text), source=source)
+
+
+def _approved_sys_path(
+    live_ini: Path, script_location: Path, approved: ApprovedCopy, text: str
+) -> list[Path] | None:
+    """Return the copy's folders for the ini's prepend_sys_path, or None if it names none.
+
+    Each entry is read as it meant in the live project (relative to the ini's folder, where
+    runs used to start); the live script folder becomes the copy's, whose .py files are
+    approved, and every other entry the copy's root: no folder of the live project is left.
+    """
+    live = configparser.RawConfigParser()
+    _read_ini(live, text, live_ini.parent, source=str(live_ini))
+    value = live.get("alembic", "prepend_sys_path", fallback="")
+    if not value:
+        return None
+    separator = live.get("alembic", "path_separator", fallback=None)
+    if separator is None:
+        entries = _LEGACY_SYS_PATH_SPLIT.split(value)
+    else:
+        entries = [entry.strip() for entry in value.split(_SEPARATORS.get(separator, " ")) if entry]
+    script = os.path.realpath(script_location)
+    mapped: list[Path] = []
+    for entry in entries:
+        meant = os.path.realpath(os.path.join(live_ini.parent, entry))
+        folder = approved.script_location if meant == script else approved.folder
+        if folder not in mapped:
+            mapped.append(folder)
+    return mapped
+
+
+def _locations_value(
+    main: configparser.SectionProxy, locations: tuple[Path, ...], *, sys_path: bool = False
+) -> str:
+    """Join folders the way Alembic will split version_locations (or prepend_sys_path)."""
+    # Without path_separator Alembic splits on spaces and commas, prepend_sys_path on colons too.
+    separator = " "
+    names = ("path_separator",) if sys_path else ("path_separator", "version_path_separator")
+    unsafe = ",%:" if sys_path else ",%"
+    for name in names:
         if name in main:
             separator = _SEPARATORS.get(main[name].strip(), " ")
+            unsafe = ",%"
             break
     for location in locations:
         text = str(location)
-        if separator in text or any(c.isspace() or c in ",%" for c in text):
+        if separator in text or any(c.isspace() or c in unsafe for c in text):
             raise RunnerError(f"the approved copy's folder {text} cannot be named in an ini")
     return separator.join(str(location) for location in locations)
+
+
+# (interpreter, size, mtime_ns, inode) -> its (major, minor) version
+_python_versions: dict[tuple[str, int, int, int], tuple[int, int]] = {}
+
+
+def _require_safe_path(python: str) -> None:
+    """Refuse an interpreter that cannot keep the working directory off sys.path (-P)."""
+    version = tuple(sys.version_info[:2]) if python == sys.executable else _python_version(python)
+    if version < SAFE_PATH_PYTHON:
+        raise RunnerError(
+            f"the project's python {python} is Python {version[0]}.{version[1]}; running"
+            " Alembic from the approved files needs Python 3.11 or later, whose -P option keeps"
+            " the project's folder off sys.path: set the project's python to a newer interpreter"
+        )
+
+
+def _python_version(python: str) -> tuple[int, int]:
+    """Return the interpreter's version, asked once per build of the file."""
+    path = shutil.which(python) or python
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise RunnerError(f"cannot start {python}: {exc}") from exc
+    key = (os.path.realpath(path), info.st_size, info.st_mtime_ns, info.st_ino)
+    known = _python_versions.get(key)
+    if known is not None:
+        return known
+    try:
+        done = subprocess.run(
+            [path, "-I", "-S", "-c", "import sys; print(*sys.version_info[:2])"],
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=VERSION_CHECK_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RunnerError(f"cannot start {python}: {exc}") from exc
+    match = re.fullmatch(r"(\d+) (\d+)", done.stdout.strip())
+    if done.returncode != 0 or match is None:
+        raise RunnerError(f"cannot tell which Python {python} is (exit status {done.returncode})")
+    version = (int(match[1]), int(match[2]))
+    _python_versions[key] = version
+    return version
+
+
+def _missing_module_hint(lines: Iterable[str], approved: ApprovedCopy) -> str | None:
+    """Explain a failed import of code the approved files do not hold, from a traceback."""
+    importer: str | None = None
+    missing: tuple[str | None, str] | None = None
+    for line in lines:
+        if frame := _TRACEBACK_FILE.match(line):
+            path = Path(frame["path"])
+            if path.is_relative_to(approved.folder):
+                importer = _copy_file_name(path, approved)
+        elif found := _MISSING_MODULE.search(line):
+            missing = (importer, found["name"])
+            importer = None
+    if missing is None:
+        return None
+    who, name = missing
+    return (
+        f"{who or 'the migration code'} imports {name}, which is not part of the approved files;"
+        " install the application into the project's `python` interpreter, or keep the module"
+        " beside env.py with prepend_sys_path naming that folder: a run reads nothing else of"
+        " the project's folder"
+    )
+
+
+def _copy_file_name(path: Path, approved: ApprovedCopy) -> str:
+    """Name a file of the copy the way its project knows it."""
+    if path.is_relative_to(approved.script_location):
+        return path.relative_to(approved.script_location).as_posix()
+    return f"revision file {path.name}"
 
 
 def _sweep_config_folders() -> None:
