@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from datetime import timedelta
@@ -135,6 +136,29 @@ def test_the_overview_has_no_banner_while_a_worker_beats(viewer: Client) -> None
     _beat("gone:1", LIMIT + 30)
     _beat("alive:2", 1)
     assert 'id="no-worker"' not in viewer.get("/").content.decode()
+
+
+def _oob_banner(html: str) -> str:
+    """Return what the out-of-band banner element holds; fail when it is missing."""
+    found = re.search(
+        r'<div id="worker-banner" hx-swap-oob="true">(.*?)</div>', html, flags=re.DOTALL
+    )
+    assert found is not None, html
+    return found.group(1)
+
+
+def test_the_overviews_poll_carries_the_banner_out_of_band_and_clears_it(viewer: Client) -> None:
+    _beat("gone:1", LIMIT + 30)
+    page = viewer.get("/").content.decode()
+    assert 'id="no-worker"' in _oob_banner(page)  # the element the poll swaps is on the page
+    poll = viewer.get("/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'id="matrix"' in poll and "<html" not in poll
+    assert "No worker has been seen" in _oob_banner(poll)
+
+    _beat("alive:2", 1)
+    # Still the same element, now empty: a page left open loses the banner on its next poll.
+    assert _oob_banner(viewer.get("/", HTTP_HX_REQUEST="true").content.decode()).strip() == ""
+    assert _oob_banner(viewer.get("/").content.decode()).strip() == ""
 
 
 # --- /healthz and /readyz ------------------------------------------------------------------

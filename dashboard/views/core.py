@@ -17,7 +17,8 @@ from dashboard.views import HtmxHttpRequest
 @vary_on_headers("HX-Request")
 def overview(request: HtmxHttpRequest) -> HttpResponse:
     """Show the matrix of projects and environments from their latest snapshots."""
-    template = "overview.html#matrix" if request.htmx else "overview.html"
+    # The matrix polls itself; its answer carries the worker banner out of band.
+    template = "overview.html#poll" if request.htmx else "overview.html"
     return render(
         request,
         template,
