@@ -210,3 +210,31 @@ def test_concurrent_failures_and_refusals_are_all_counted(settings: Any) -> None
     _in_threads(6, refused)
     event = AuditEvent.objects.get(verb="auth.sign_in_throttled")
     assert SignInRefusals.objects.get(event=event).count == 30
+
+
+def test_the_address_ceiling_blocks_for_one_window_and_then_forgets(
+    accounts: None, settings: Any
+) -> None:
+    # One person behind the office proxy must not lock the office out for longer and longer.
+    settings.DASHBOARD_SIGNIN_ADDRESS_MAX_FAILURES = 5
+    start = timezone.now()
+    for i in range(5):
+        sign_in(f"madeup{i}", "wrong", address="10.0.0.1")
+    refused = sign_in("ben", PASSWORD, address="10.0.0.1")
+    assert refused.status_code == 429
+    assert 590 <= int(refused["Retry-After"]) <= 600
+    moment = start
+    for i in range(5):
+        # One more failure each time the block ends neither blocks again nor doubles anything.
+        moment += timedelta(seconds=601)
+        with clock(moment):
+            assert sign_in(f"again{i}", "wrong", address="10.0.0.1").status_code == 200
+            assert sign_in("ben", PASSWORD, address="10.0.0.1").status_code == 302
+    # A fresh ceiling's worth of failures blocks for one window again, not two.
+    moment += timedelta(seconds=601)
+    with clock(moment):
+        for i in range(5):
+            sign_in(f"more{i}", "wrong", address="10.0.0.1")
+        refused = sign_in("ben", PASSWORD, address="10.0.0.1")
+    assert refused.status_code == 429
+    assert 590 <= int(refused["Retry-After"]) <= 600

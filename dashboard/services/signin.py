@@ -1,4 +1,4 @@
-"""Sign-in throttling: per username and address with backoff, and a higher ceiling per address."""
+"""Sign-in throttling: per username and address with backoff, and a fixed ceiling per address."""
 
 from __future__ import annotations
 
@@ -170,10 +170,16 @@ def _count_failure(
         key.forget_at = now + span  # a fixed window from the first failure it counts
     key.failures += 1
     if key.failures >= limit:
-        wait = _backoff(key.failures - limit, span)
+        if scope == USER:
+            wait = _backoff(key.failures - limit, span)
+            # Remember the level for as long again: a failure right after the block doubles it.
+            key.forget_at = now + 2 * wait
+        else:
+            # One window, never doubled: one person behind a shared address must not lock the
+            # others out for longer and longer. The count is forgotten when the block ends.
+            wait = span
+            key.forget_at = now + wait
         key.blocked_until = now + wait
-        # Remember the level for as long again: a failure right after the block doubles it.
-        key.forget_at = now + 2 * wait
         key.refusals = None  # a new block: its first refusal records a new audit event
     key.save()
     return key
