@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from dashboard.history import (
     Step,
     UnknownRevision,
 )
+from dashboard.history.plans import _walking_map_class
 from tests.genhistory import RevisionSpec, write_project
 
 
@@ -421,6 +423,19 @@ def test_plan_matches_a_real_alembic_run_on_sqlite(tmp_path: Path) -> None:
         assert current == expected_heads, (target, direction)
 
 
+# a branches to b and c, which merge into m; n follows.
+MERGED = [rev("a"), rev("b", "a"), rev("c", "a"), rev("m", "b", "c"), rev("n", "m")]
+
+
+def diamonds(count: int) -> list[Revision]:
+    """Return r0, then `count` back-to-back branch-and-merge diamonds r(i-1) -> xi, yi -> ri."""
+    revisions = [rev("r0")]
+    for i in range(1, count + 1):
+        below = f"r{i - 1}"
+        revisions += [rev(f"x{i}", below), rev(f"y{i}", below), rev(f"r{i}", f"x{i}", f"y{i}")]
+    return revisions
+
+
 # a -> b, then two branches: c1 -> d1 -> e1 and c2 -> d2; f is a second base.
 FORKED = [
     rev("a"),
@@ -447,6 +462,8 @@ def proposals(error: HistoryError) -> list[str]:
         (FORKED, ("b",), "b+2", ["d1", "d2"]),
         ([*FORKED[:2], rev("f"), rev("g", "f")], (), "+2", ["b", "g"]),
         ([rev("a"), rev("b", "a", labels=("main",)), *FORKED[2:]], ("a",), "main@+2", ["c1", "c2"]),
+        # Both branches reach m in two steps, but upgrading to m runs b, c and m: three.
+        ([*MERGED, rev("d", "c")], ("a",), "+2", ["d"]),
     ],
 )
 def test_an_ambiguous_relative_upgrade_proposes_descendants_alembic_accepts(
@@ -474,3 +491,50 @@ def test_an_ambiguous_upgrade_past_every_branch_end_proposes_nothing() -> None:
     with pytest.raises(AmbiguousUpgrade, match="No branch has that many revisions") as info:
         Graph(FORKED).plan(["b"], "+4", "upgrade")
     assert "one of" not in str(info.value)
+
+
+def test_an_ambiguous_upgrade_says_what_a_merge_it_reaches_would_run() -> None:
+    with pytest.raises(AmbiguousUpgrade, match="is ambiguous") as info:
+        Graph(MERGED).plan(["a"], "+2", "upgrade")
+    assert "one of" not in str(info.value)
+    assert "No single target runs exactly 2 revisions: m runs 3" in str(info.value)
+    assert len(list(alembic_map(MERGED).iterate_revisions("m", ("a",), implicit_base=True))) == 3
+
+
+def counting_map(revisions: list[Revision], base: type[RevisionMap]) -> RevisionMap:
+    """Return a map over `revisions` that counts its get_revisions calls in `calls`."""
+
+    class Counting(base):  # type: ignore[valid-type,misc]
+        calls = 0
+
+        def get_revisions(self, id_):  # type: ignore[no-untyped-def]
+            type(self).calls += 1
+            return super().get_revisions(id_)
+
+    return Counting(alembic_map(revisions)._generator)
+
+
+def test_an_ambiguous_walk_across_many_diamonds_visits_each_revision_once() -> None:
+    revisions = diamonds(20)
+    walking = counting_map(revisions, _walking_map_class())
+    with pytest.raises(Exception, match="Ambiguous walk") as info:
+        list(walking.iterate_revisions("+40", ("r0",), implicit_base=True))
+    list(getattr(info.value, "ends", ()))  # where the walk ends, computed on demand or not
+    # Without merging the ways that meet again, the walk would follow 2**20 of them.
+    assert type(walking).calls < 20 * len(revisions)
+    started = time.perf_counter()
+    with pytest.raises(AmbiguousUpgrade, match="r20 runs 60"):
+        Graph(revisions).plan(["r0"], "+40", "upgrade")
+    assert time.perf_counter() - started < 2
+
+
+def test_an_ambiguous_relative_downgrade_walks_no_more_than_alembic() -> None:
+    revisions = diamonds(16)
+    walking = counting_map(revisions, _walking_map_class())
+    plain = counting_map(revisions, RevisionMap)
+    for revision_map in (walking, plain):
+        with pytest.raises(Exception, match="Ambiguous walk"):
+            list(revision_map.iterate_revisions(("r16",), "-40", select_for_downgrade=True))
+    assert type(walking).calls == type(plain).calls
+    with pytest.raises(AmbiguousDowngrade, match="is ambiguous"):
+        Graph(revisions).plan(["r16"], "-40", "downgrade")

@@ -118,11 +118,28 @@ def _walking_map_class() -> type[RevisionMap]:
     from alembic.script.revision import RevisionError, RevisionMap
 
     class AmbiguousWalk(RevisionError):
-        """Alembic's "Ambiguous walk", with the revisions each way of walking reaches."""
+        """Alembic's "Ambiguous walk", able to tell the revisions each way of walking reaches."""
 
-        def __init__(self, ends: list[str]) -> None:
+        def __init__(self, find_ends: Callable[[], tuple[list[str], dict[str, int]]]) -> None:
             super().__init__("Ambiguous walk")
-            self.ends = ends
+            self._find_ends = find_ends
+            self._found: tuple[list[str], dict[str, int]] | None = None
+
+        def _computed(self) -> tuple[list[str], dict[str, int]]:
+            # Only an upgrade's message asks, so a downgrade never pays for the walk.
+            if self._found is None:
+                self._found = self._find_ends()
+            return self._found
+
+        @property
+        def ends(self) -> list[str]:
+            """Return the explicit targets that run exactly as many revisions as asked."""
+            return self._computed()[0]
+
+        @property
+        def misfits(self) -> dict[str, int]:
+            """Return the other revisions the walk reaches, with how many revisions each runs."""
+            return self._computed()[1]
 
     class WalkingRevisionMap(RevisionMap):
         def _walk(
@@ -137,8 +154,29 @@ def _walking_map_class() -> type[RevisionMap]:
             except RevisionError as exc:
                 if type(exc) is not RevisionError or str(exc) != "Ambiguous walk":
                     raise
-                ends = self._walk_ends(start, steps, branch_label, no_overwalk)
-                raise AmbiguousWalk(ends) from None
+                raise AmbiguousWalk(
+                    lambda: self._fitting_ends(start, steps, branch_label, no_overwalk)
+                ) from None
+
+        def _fitting_ends(
+            self, start: Any, steps: int, branch_label: str | None, no_overwalk: bool
+        ) -> tuple[list[str], dict[str, int]]:
+            """Split the walk's ends into those an upgrade reaches in `steps` and the rest."""
+            ends = self._walk_ends(start, steps, branch_label, no_overwalk)
+            if steps <= 0:
+                return ends, {}
+            node = self.get_revision(start) if isinstance(start, str) else start
+            lower = (node.revision,) if node is not None else ()
+            fitting: list[str] = []
+            misfits: dict[str, int] = {}
+            for end in ends:
+                # Walking up a merge counts one way in; upgrading to it runs every way.
+                runs = len(list(self.iterate_revisions(end, lower, implicit_base=True)))
+                if runs == steps:
+                    fitting.append(end)
+                else:
+                    misfits[end] = runs
+            return fitting, misfits
 
         def _walk_ends(
             self, start: Any, steps: int, branch_label: str | None, no_overwalk: bool
@@ -146,7 +184,7 @@ def _walking_map_class() -> type[RevisionMap]:
             """Walk every branch as _walk walks one; return where those of full length end."""
             frontier: list[Any] = [self.get_revision(start) if isinstance(start, str) else start]
             for _ in range(abs(steps)):
-                reached: list[Any] = []
+                reached: dict[Any, Any] = {}
                 for node in frontier:
                     children: Any
                     if steps > 0:
@@ -158,8 +196,10 @@ def _walking_map_class() -> type[RevisionMap]:
                         down = self.heads if node is None else node.down_revision
                         children = self.get_revisions(down) or ("base",)
                     # A branch too short for the walk is no choice; Alembic would refuse it.
-                    reached.extend(children or (() if no_overwalk else (node,)))
-                frontier = reached
+                    for child in children or (() if no_overwalk else (node,)):
+                        # Ways that meet again walk on as one, or every merge doubles the walk.
+                        reached.setdefault(getattr(child, "revision", child), child)
+                frontier = list(reached.values())
             names = (n if isinstance(n, str) else n.revision for n in frontier if n is not None)
             return list(dict.fromkeys(names))
 
@@ -238,6 +278,13 @@ def _translate(
             )
         # Upgrades offer where the walk ends up each branch, never the revisions below.
         choices = _upgrade_choices(graph, getattr(exc, "ends", ()))
+        misfits: dict[str, int] = getattr(exc, "misfits", {})
+        if not choices and misfits:
+            runs = ", ".join(f"{rev} runs {misfits[rev]}" for rev in _upgrade_order(graph, misfits))
+            steps = target.rpartition("+")[2]
+            return AmbiguousUpgrade(
+                f"{ambiguous} No single target runs exactly {steps} revisions: {runs}."
+            )
         if not choices:
             return AmbiguousUpgrade(f"{ambiguous} No branch has that many revisions to walk.")
         return AmbiguousUpgrade(f"{ambiguous} Name an explicit target instead, one of: {choices}")
@@ -262,6 +309,11 @@ def _walk_choices(graph: Graph, current: tuple[str, ...], target: str) -> str:
 
 def _upgrade_choices(graph: Graph, ends: Iterable[str]) -> str:
     """Return the revisions the walk reaches up each branch, in load order, as explicit targets."""
+    return ", ".join(_upgrade_order(graph, ends))
+
+
+def _upgrade_order(graph: Graph, ends: Iterable[str]) -> list[str]:
+    """Return `ends` in load order, any the graph does not hold last."""
     reached = set(ends)
     ordered = [rev for rev in graph.revisions if rev in reached]
-    return ", ".join(ordered + sorted(reached - set(ordered)))
+    return ordered + sorted(reached - set(ordered))
