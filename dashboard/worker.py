@@ -120,10 +120,14 @@ def database_digest(env: Environment) -> str:
 
 
 def config_changes_record(config: DashboardConfig | None = None) -> AuditEvent | None:
-    """Record a config.changed event if the config differs from the last one recorded."""
+    """Record a config.changed event if the config differs from this worker's last record."""
     config = config or current_config()
     current = config_digests(config)
-    last = AuditEvent.objects.filter(verb=CONFIG_VERB).order_by("-id").first()
+    reporter = workers.worker_name()
+    # Workers may see different url_env values or install paths; comparing with another
+    # worker's record would flip-flop forever. A new worker starts from the latest record.
+    events = AuditEvent.objects.filter(verb=CONFIG_VERB).order_by("-id")
+    last = events.filter(payload__worker=reporter).first() or events.first()
     previous = (last.payload.get("digests") if last else None) or {}
     changes = ConfigChanges()
     for kind in ("projects", "environments"):
@@ -150,6 +154,7 @@ def config_changes_record(config: DashboardConfig | None = None) -> AuditEvent |
         actor_name=audit.SYSTEM,
         payload={
             "config": str(config.path),
+            "worker": reporter,
             "appeared": changes.appeared,
             "vanished": changes.vanished,
             "changed": changes.changed,

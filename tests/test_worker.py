@@ -22,6 +22,7 @@ from dashboard import runner, worker
 from dashboard.config import Project, current_config, load_config
 from dashboard.models import Action, AuditEvent
 from dashboard.runner.monitor import RunMonitor
+from dashboard.services import workers
 from dashboard.services.actions import pinning as plans
 from dashboard.tasks import keep_house, prepare_action, run_action
 from tests.actions_support import SAMPLE_INI, insert_heads, touch_sqlite, write_config
@@ -152,6 +153,38 @@ def test_config_changes_are_recorded_without_urls(tmp_path: Path) -> None:
     for event in (first, second):
         text = json.dumps(event.payload)
         assert "s3cret" not in text and "n3w-pw" not in text and "db.internal" not in text
+
+
+def test_workers_that_see_different_values_report_their_own_changes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(tmp_path / "dashboard.toml", {"staging": {"url_env": "FLIP_TEST_URL"}})
+    views = {"host-a:11": "sqlite:///a.db", "host-b:22": "sqlite:///b.db"}
+
+    def housekeeping_round(name: str) -> AuditEvent | None:
+        # Each worker runs with its own environment variables, as two machines would.
+        monkeypatch.setattr(workers, "worker_name", lambda: name)
+        monkeypatch.setenv("FLIP_TEST_URL", views[name])
+        return worker.config_changes_record(load_config(path))
+
+    first = housekeeping_round("host-a:11")
+    assert first is not None and first.payload["worker"] == "host-a:11"
+    second = housekeeping_round("host-b:22")  # its view differs from the last record: say so
+    assert second is not None and second.payload["worker"] == "host-b:22"
+    assert second.payload["database_changed"] == ["staging"]
+    for _ in range(3):
+        assert housekeeping_round("host-a:11") is None
+        assert housekeeping_round("host-b:22") is None
+    assert AuditEvent.objects.filter(verb=worker.CONFIG_VERB).count() == 2
+
+    # A change each worker sees is reported by each, once.
+    views = {name: url.replace(".db", "-new.db") for name, url in views.items()}
+    for name in views:
+        changed = housekeeping_round(name)
+        assert changed is not None and changed.payload["database_changed"] == ["staging"]
+    assert housekeeping_round("host-a:11") is None
+    assert housekeeping_round("host-b:22") is None
+    assert AuditEvent.objects.filter(verb=worker.CONFIG_VERB).count() == 4
 
 
 def test_child_does_not_inherit_dropped_variables(
