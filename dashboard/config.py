@@ -150,6 +150,9 @@ _DEFAULT_DRIVERS = {
 
 def parse_database_url(url: str) -> URL:
     """Parse a database URL, refusing one SQLAlchemy would misread; never quote it back."""
+    if "\x00" in url:
+        # make_url takes it, but no driver can pass a NUL on to the server or a file name.
+        raise BadDatabaseURL("not a usable database URL: it holds a NUL character")
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError, TypeError):
@@ -274,7 +277,16 @@ def _check_keys(path: Path, where: str, table: dict[str, Any], allowed: set[str]
             raise ConfigError(f"{path}: [{where}] unknown key {key!r}")
 
 
-def _get(path: Path, where: str, table: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+def _get(
+    path: Path,
+    where: str,
+    table: dict[str, Any],
+    key: str,
+    kind: type,
+    default: Any,
+    *,
+    nul_ok: bool = False,
+) -> Any:
     value = table.get(key, default)
     if value is default:
         return value
@@ -284,7 +296,7 @@ def _get(path: Path, where: str, table: dict[str, Any], key: str, kind: type, de
     if not ok:
         wanted = {int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__)
         raise ConfigError(f"{path}: [{where}] {key} must be {wanted}, not {value!r}")
-    if isinstance(value, str) and "\x00" in value:
+    if isinstance(value, str) and "\x00" in value and not nul_ok:
         raise ConfigError(f"{path}: [{where}] {key} must not hold a NUL character")
     return value
 
@@ -348,7 +360,8 @@ def _environment(
         raise ConfigError(f"{path}: [{where}] project is required")
     if project not in projects:
         raise ConfigError(f"{path}: [{where}] project {project!r} is not defined in [projects]")
-    url = _get(path, where, table, "url", str, None)
+    # A NUL in the URL is refused as a bad URL, failing this environment alone.
+    url = _get(path, where, table, "url", str, None, nul_ok=True)
     url_env = _get(path, where, table, "url_env", str, None)
     if (url is None) == (url_env is None):
         raise ConfigError(f"{path}: [{where}] needs exactly one of url or url_env")

@@ -152,6 +152,12 @@ BAD = [
         r"project name '' must start with a letter or digit",
     ),
     ("projects = 3\n", r"\[projects\] must be a table"),
+    # Only a URL's NUL is that environment's alone; elsewhere it is a config mistake.
+    (
+        '[projects.blog]\nscript_location = "scripts"\n[environments.prod]\nproject = "blog"\n'
+        'url_env = "X"\ndescription = "a\\u0000b"\n',
+        r"\[environments\.prod\] description must not hold a NUL character",
+    ),
 ]
 
 
@@ -171,6 +177,7 @@ BAD_URLS = [
     ("postgresql://u:pw-in-here@db.example:0/app", r"its port is not between 1 and 65535"),
     # No '@': make_url takes the user for the host and the password for a port.
     ("postgresql://admin:123456789/app", r"its port is not between 1 and 65535"),
+    (r"postgresql://u:pw-in-here@db.example/app\u0000", r"it holds a NUL character\Z"),
 ]
 
 

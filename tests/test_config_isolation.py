@@ -30,6 +30,7 @@ def row(html: str, name: str) -> str:
     [
         f"postgresql://app:{SECRET}@db.example:54x/app",  # not a URL at all
         f"postgresql://app:{SECRET}@db.example:99999/app",  # a port no server listens on
+        f"postgresql://app:{SECRET}@db.example/app\x00",  # a NUL no driver can pass on
     ],
 )
 def test_a_malformed_url_fails_its_environment_alone(
