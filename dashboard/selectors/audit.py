@@ -11,7 +11,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
@@ -22,6 +21,8 @@ from dashboard.models import AuditEvent, SignInRefusals
 from dashboard.selectors.actions import Option
 
 PER_PAGE = 50
+COUNT_UP_TO = 1000  # the page counts matches this far, so a long trail costs no more to show
+MAX_ID = 2**63 - 1  # a page cursor beyond the id column's range is no cursor
 EXPORT_CHUNK = 2000
 EXPORT_FORMATS = {
     "csv": ("text/csv; charset=utf-8", "csv"),
@@ -96,7 +97,8 @@ class AuditPage:
     """Everything the audit page shows."""
 
     rows: list[EventRow]
-    page: Page[AuditEvent]
+    count: int  # the matching events, counted up to COUNT_UP_TO
+    more: bool  # whether more than `count` match
     filters: AuditFilters
     environments: list[Option]
     verbs: list[Option]
@@ -163,33 +165,54 @@ def _details(payload: Any) -> list[tuple[str, str]]:
 
 
 def audit_page(
-    *, filters: AuditFilters, page: str | int | None = 1, verify: bool = False
+    *, filters: AuditFilters, page: str | int | None = None, verify: bool = False
 ) -> AuditPage:
-    """Return one page of matching events, the filters' options, and the chain's verdict if asked."""
-    events = audit_events(filters=filters).select_related("refusals")
-    current = Paginator(events, PER_PAGE).get_page(page)
+    """Return a page of matching events from event id `page` down, the options, and the chain."""
+    # A keyset pager: each page reads its own rows and the ids next to it, never an OFFSET.
+    events = audit_events(filters=filters)
+    top = _cursor(page)
+    shown = events if top is None else events.filter(id__lte=top)
+    current = list(shown.select_related("refusals")[: PER_PAGE + 1])
+    older = current[PER_PAGE].pk if len(current) > PER_PAGE else None
     query = filters.query()
+    previous_url = None
+    if top is not None:
+        start = current[0].pk if current else top
+        above = list(
+            events.filter(id__gt=start).order_by("id").values_list("id", flat=True)[:PER_PAGE]
+        )
+        if len(above) == PER_PAGE:
+            previous_url = f"?{_join(query, f'page={above[-1]}')}"
+        elif above:
+            previous_url = f"?{query}"  # fewer than a page are newer: the newest page holds them
+    count = events[: COUNT_UP_TO + 1].count()
     export = reverse("audit-export")
     return AuditPage(
-        rows=[_row(e) for e in current.object_list],
-        page=current,
+        rows=[_row(e) for e in current[:PER_PAGE]],
+        count=min(count, COUNT_UP_TO),
+        more=count > COUNT_UP_TO,
         filters=filters,
         environments=_options("every environment", _environments(), filters.environment),
         verbs=_options(
             "every verb",
-            sorted(set(AuditEvent.objects.values_list("verb", flat=True).distinct())),
+            _distinct("verb"),
             filters.verb,
         ),
         csv_url=f"{export}?{_join(query, 'format=csv')}",
         jsonl_url=f"{export}?{_join(query, 'format=jsonl')}",
-        previous_url=f"?{_join(query, f'page={current.previous_page_number()}')}"
-        if current.has_previous()
-        else None,
-        next_url=f"?{_join(query, f'page={current.next_page_number()}')}"
-        if current.has_next()
-        else None,
+        previous_url=previous_url,
+        next_url=None if older is None else f"?{_join(query, f'page={older}')}",
         chain=chain() if verify else None,
     )
+
+
+def _cursor(page: str | int | None) -> int | None:
+    """Return the id a page starts at, or None for the newest page (also for a bad value)."""
+    try:
+        top = int(page or 0)
+    except ValueError:
+        return None
+    return top if 0 < top <= MAX_ID else None
 
 
 def chain() -> Chain:
@@ -210,8 +233,24 @@ def _environments() -> list[str]:
         names = [env.name for env in current_config().ordered_environments()]
     except ConfigError:
         names = []
-    recorded = AuditEvent.objects.exclude(environment="").values_list("environment", flat=True)
-    return names + sorted(set(recorded.distinct()) - set(names))
+    return names + [name for name in _distinct("environment") if name not in names]
+
+
+def _distinct(column: str) -> list[str]:
+    """Return the column's non-empty values in order, one index lookup per value."""
+    # A DISTINCT reads every row; there are few verbs and environments, and many events.
+    values: list[str] = []
+    while True:
+        after = values[-1] if values else ""
+        value = (
+            AuditEvent.objects.filter(**{f"{column}__gt": after})
+            .order_by(column)
+            .values_list(column, flat=True)
+            .first()
+        )
+        if value is None:
+            return values
+        values.append(value)
 
 
 def _options(everything: str, values: list[str], selected: str) -> list[Option]:
