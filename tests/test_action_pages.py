@@ -18,7 +18,7 @@ from dashboard.config import current_config
 from dashboard.models import Action, Approval, AuditEvent, Snapshot
 from dashboard.selectors.sql import highlight_sql
 from dashboard.services import actions as action_services
-from dashboard.services import holding
+from dashboard.services.actions import pinning
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-9"
@@ -116,7 +116,7 @@ def make_action(users: dict[str, Any], **fields: Any) -> Action:
 
 def current_fingerprint() -> str:
     """Return the fingerprint the sample project's code has now."""
-    return holding.current_fingerprint(current_config().projects["blog"])
+    return pinning.current_fingerprint(current_config().projects["blog"])
 
 
 def buttons(html: str) -> set[str]:
