@@ -412,3 +412,43 @@ def test_the_child_is_tagged_through_libpq_and_init_command_never_through_the_ac
     assert sessions.tag_child(own, tag, {}) == (own, {})
     assert sessions.tag_child("sqlite:///x.db", tag, {}) == ("sqlite:///x.db", {})
     assert sessions.stop_sessions("sqlite:///x.db", tag).ok
+
+
+def _alembic_children() -> list[int]:
+    """Return the pids of this process's Alembic children."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and b"alembic" in command:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.postgres
+def test_a_child_that_dies_on_its_own_leaves_no_session_behind_the_freed_environment(
+    postgres_url: str, people: dict[str, Any], sleeper_project: Path, settings: Any, tmp_path: Path
+) -> None:
+    _configure(settings, tmp_path, sleeper_project, postgres_url, time_limit=120)
+    probe = Probe("postgres", postgres_url)
+    try:
+        action = _request(people["olga"])
+        tag = tag_of(action.pk)
+
+        def kill_the_child() -> None:
+            wait_for(lambda: probe.sleeping(tag), within=60)
+            for pid in _alembic_children():
+                os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+
+        killer = threading.Thread(target=kill_the_child)
+        killer.start()
+        ended = actions.action_run(action_id=action.pk, worker="test")
+        killer.join()
+        assert ended.status == Action.Status.FAILED, ended.error
+        # Finished, so the environment is free: its statement must be gone already.
+        assert probe.busy(tag) == []
+    finally:
+        probe.close()
