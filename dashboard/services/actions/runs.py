@@ -399,8 +399,9 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
         raise
     monitor.stop()
     leftover = ""
-    if result.cancelled or result.timed_out:
-        # Alembic was killed, not the statement it had sent: the server runs it on, locks held.
+    if not result.succeeded:
+        # Alembic was stopped, or died on its own (the OOM killer, a crash), not the statement
+        # it had sent: the server runs it on, locks held, unless it is stopped before the end.
         leftover = _stop_leftover_sessions(action, url, env.timeout)
     after = versions.read_environment(env, project)
     after_heads = list(after.heads) if after.ok else None
