@@ -74,13 +74,13 @@ _OFFLINE_IMPOSSIBLE = (
 )
 _DIALECT_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
 
-# PR_SET_PDEATHSIG is set by this bootstrap, which then execs `python <options> -m alembic`,
+# PR_SET_PDEATHSIG is set by this bootstrap, which then execs Alembic's interpreter (_ALEMBIC),
 # rather than by preexec_fn: preexec_fn runs Python between fork and exec, which can deadlock
 # when another thread (the worker's heartbeat) holds a lock at fork time. The setting survives
 # execve. The signal fires when the *thread* that forked the child ends; run_alembic blocks
 # that thread until the child has exited, so only the death of the whole worker fires it.
 # The bootstrap itself runs isolated (-I), so nothing of its working directory is imported.
-# argv: parent pid, the number of interpreter options, those options, then Alembic's arguments.
+# argv: parent pid, the length of the command to exec, that command, then Alembic's arguments.
 _BOOTSTRAP = """\
 import ctypes, os, signal, sys
 if sys.platform.startswith("linux"):
@@ -89,8 +89,22 @@ if sys.platform.startswith("linux"):
     if os.getppid() != int(sys.argv[1]):
         os._exit(1)
 count = int(sys.argv[2])
-options, rest = sys.argv[3 : 3 + count], sys.argv[3 + count :]
-os.execv(sys.executable, [sys.executable, *options, "-m", "alembic", *rest])
+command, rest = sys.argv[3 : 3 + count], sys.argv[3 + count :]
+os.execv(sys.executable, [sys.executable, *command, *rest])
+"""
+
+# `python -m alembic`, except that bytecode is looked for only in a fresh, empty folder (argv[1])
+# from the moment Alembic itself is loaded: env.py, the revisions and everything they import
+# are compiled from the bytes on disk. Python trusts a .pyc whose source has the same size and
+# mtime, or any unchecked-hash .pyc, so reading none is the only way to run exactly the approved
+# bytes. Alembic and SQLAlchemy come before the switch: installed packages are the deployment's
+# (like their source), and compiling them afresh would cost ~2 s of CPU per run.
+_ALEMBIC = """\
+import sys
+prefix = sys.argv.pop(1)
+from alembic.config import main
+sys.pycache_prefix = prefix
+main(prog="alembic")
 """
 
 # Used when the project has no alembic.ini, or one without logging: Alembic reports each
@@ -394,12 +408,10 @@ def _execute(
     _sweep_config_folders()
     with tempfile.TemporaryDirectory(prefix=f"{CONFIG_PREFIX}{os.getpid()}-") as folder:
         ini = _write_config(project, url, Path(folder), approved=approved)
-        # Python trusts bytecode whose source has the same size and mtime, or any unchecked
-        # .pyc: a fresh empty cache folder (0700, gone with the run) means none is ever read.
-        cache = Path(folder) / "pycache"
+        cache = Path(folder) / "pycache"  # fresh, empty, 0700, removed with the run
         os.mkdir(cache, 0o700)
-        options = ["-X", f"pycache_prefix={cache}", *(["-P"] if approved is not None else [])]
-        argv = [python, "-I", "-c", _BOOTSTRAP, str(os.getpid()), str(len(options)), *options]
+        command = [*(["-P"] if approved is not None else []), "-c", _ALEMBIC, str(cache)]
+        argv = [python, "-I", "-c", _BOOTSTRAP, str(os.getpid()), str(len(command)), *command]
         argv += ["-c", str(ini), *args]
         return _supervise(
             argv,
