@@ -197,6 +197,24 @@ def _status(action: Action, silent: datetime | None) -> tuple[str, str]:
     return Action.Status.INTERRUPTED, f"interrupted — worker silent since {_utc(silent)}"
 
 
+def status_shown(action: Action, *, now: datetime | None = None) -> tuple[str, str]:
+    """Return the status and its words as pages show them, for the command line too."""
+    return _status(action, silent_since(action, now=now))
+
+
+def with_status_shown(
+    actions: ActionQuerySet, status: str, *, now: datetime | None = None
+) -> ActionQuerySet:
+    """Keep the actions whose status, as pages show it, is status: a silent run is interrupted."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=heartbeat_limit())
+    silent = Action.objects.silent_since(cutoff)
+    if status == Action.Status.INTERRUPTED:
+        return actions.filter(Q(status=status) | Q(pk__in=silent.values("pk")))
+    if status == Action.Status.RUNNING:
+        return actions.filter(status=status).exclude(pk__in=silent.values("pk"))
+    return actions.filter(status=status)
+
+
 def _silent_error(action: Action, silent: datetime) -> str:
     return (
         f"the worker {action.worker or '(unknown)'} stopped heartbeating at {_utc(silent)}"
@@ -465,14 +483,9 @@ def action_list(
     if environment:
         actions = actions.filter(environment=environment)
     now = timezone.now()
-    silent = Action.objects.silent_since(now - timedelta(seconds=heartbeat_limit()))
-    if status == Action.Status.INTERRUPTED:
+    if status:
         # The list calls a silent run interrupted, so its filter does too.
-        actions = actions.filter(Q(status=status) | Q(pk__in=silent.values("pk")))
-    elif status == Action.Status.RUNNING:
-        actions = actions.filter(status=status).exclude(pk__in=silent.values("pk"))
-    elif status:
-        actions = actions.filter(status=status)
+        actions = with_status_shown(actions, status, now=now)
     candidates = list(_awaiting(user, actions).order_by("created_at", "id"))
     problems = plan_problems(candidates)
     # A plan that no longer holds awaits nobody's decision: it is listed with the rest.

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from dashboard.models import Action
+from dashboard.selectors import actions as action_selectors
 from dashboard.services import actions
 
 
-def action_document(action: Action) -> dict[str, Any]:
+def action_document(action: Action, *, now: datetime | None = None) -> dict[str, Any]:
     """Return the action as `action show --json` prints it."""
+    # As the pages say it: a run whose worker went silent is interrupted before anything records it.
+    status, label = action_selectors.status_shown(action, now=now)
     return {
         "id": action.pk,
         "environment": action.environment,
         "project": action.project,
         "direction": action.direction,
         "target": action.target,
-        "status": action.status,
+        "status": status,
+        "status_label": label,
+        "recorded_status": action.status,
+        "worker_silent_since": _when(action_selectors.silent_since(action, now=now)),
         "plan": list(action.plan),
         "from_heads": list(action.from_heads),
         "target_heads": list(action.target_heads),
@@ -185,9 +193,11 @@ class Command(BaseCommand):
         if json:
             self._print_json(action)
             return
+        status, label = action_selectors.status_shown(action)
+        recorded = f" (recorded: {action.status})" if status != action.status else ""
         lines = [
             f"action #{action.pk}: {action.direction} {action.environment} to {action.target}",
-            f"status:        {action.status}"
+            f"status:        {label}{recorded}"
             + (f" ({action.progress_done}/{action.progress_total})" if action.plan else ""),
             f"requested by:  {action.requested_by_name}"
             + (f": {action.reason}" if action.reason else ""),
@@ -213,16 +223,20 @@ class Command(BaseCommand):
         query = Action.objects.prefetch_related("approvals")
         if env:
             query = query.filter(environment=env)
+        now = timezone.now()
         if status:
-            query = query.filter(status=status)
+            query = action_selectors.with_status_shown(query, status, now=now)
         found = list(query[:200])
         if json:
-            self.stdout.write(_dumps([action_document(action) for action in found]))
+            self.stdout.write(_dumps([action_document(action, now=now) for action in found]))
             return
         for action in found:
+            shown, label = action_selectors.status_shown(action, now=now)
+            # The label says since when the worker is silent; other statuses need no more words.
+            note = f"  ({label.removeprefix(f'{shown} — ')})" if shown != action.status else ""
             self.stdout.write(
-                f"#{action.pk:<5} {action.status:<11} {action.environment:<16}"
-                f" {action.direction:<9} {action.target:<16} {action.requested_by_name}"
+                f"#{action.pk:<5} {shown:<11} {action.environment:<16}"
+                f" {action.direction:<9} {action.target:<16} {action.requested_by_name}{note}"
             )
 
     def _describe_review(self, action: Action) -> None:
