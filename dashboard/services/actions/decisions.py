@@ -12,8 +12,9 @@ from django.utils import timezone
 from dashboard import audit, roles, scripts
 from dashboard.models import Action, Approval
 from dashboard.runner import bundle, review
-from dashboard.services import superseding
+from dashboard.services import holding, superseding
 from dashboard.services.actions import pinning as plans
+from dashboard.services.actions import queueing
 from dashboard.services.actions.errors import (
     SCRIPT_CHANGED,
     ActionRefused,
@@ -44,12 +45,15 @@ def action_approve(
     """Approve the plan the approver saw; with enough approvals the action is queued."""
     if not roles.can_approve(user):
         raise NotAllowed("only approvers and admins may approve actions")
-    # Code changed since the plan: it can never run, so set it aside for everyone, then refuse.
-    if superseding.action_supersede_if_changed(action_id=action_id) is not None:
-        raise PlanChanged(SCRIPT_CHANGED)
+    # Code changed since the plan, or the one ahead ended without succeeding: it can never run,
+    # so set it aside for everyone, then refuse (as the page, which offers no Approve).
+    if reason := superseding.action_supersede_if_unheld(action_id=action_id):
+        raise PlanChanged(f"{reason}: request it again")
     with transaction.atomic():
         action = locked_action_or_refuse(action_id)
         _check_decidable(action, user, verb="approve")
+        if reason := holding.plan_problem(action, ahead=action.queued_behind):
+            raise PlanChanged(f"{reason}: request it again")  # the one ahead ended just now
         if plan_hash != action.plan_hash:
             raise PlanChanged("the plan changed since you reviewed it: review it again")
         _check_fingerprint(action)
@@ -202,11 +206,17 @@ def _decide(action: Action, user: Any, decision: str, comment: str) -> None:
 
 
 def queue_action(action: Action) -> None:
-    """Move an action with enough approvals to approved, then queued, and enqueue its run."""
+    """Move an action with enough approvals to approved, then queued, and enqueue its run.
+
+    One queued behind an unfinished action stays approved, off the task queue, until that
+    one succeeded.
+    """
     now = timezone.now()
     action.status = Action.Status.APPROVED
     action.decided_at = now
     action.save(update_fields=["status", "decided_at"])
+    if queueing.follower_waits(action, enqueue=enqueue_run):
+        return
     action.status = Action.Status.QUEUED
     action.queued_at = timezone.now()
     action.save(update_fields=["status", "queued_at"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+from django.db import connection, transaction
+from django.db.models import F
 
 from dashboard import scripts
 from dashboard.config import Project
@@ -53,6 +56,54 @@ def request_start(
     for action in open_on(environment):
         if reason := plan_problem(action, fingerprint=fingerprint):
             superseding.action_supersede(action_id=action.pk, reason=reason)
+    return _placement(environment=environment, heads=heads, queue_behind=queue_behind)
+
+
+def request_hold(*, environment: str, heads: Sequence[str], queue_behind: int | None) -> None:
+    """Make the environment's requests take turns until this transaction ends, then check again.
+
+    Two requests read at once would both find nothing unfinished and plan from the same heads;
+    the second to get here sees the first's action and is refused or must queue behind it.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("request_hold holds its lock until the transaction ends: open one")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"dashboard.request:{environment}"]
+            )
+    else:
+        # SQLite locks the whole file for writing: a write that changes nothing takes it now,
+        # before the reads below (a transaction that read first could not write later).
+        Action.objects.filter(pk=0).update(environment=F("environment"))
+    _placement(
+        environment=environment, heads=heads, queue_behind=queue_behind
+    ).refuse_if_conflicting()
+
+
+def follower_waits(action: Action, *, enqueue: Callable[[int], None]) -> bool:
+    """Say whether an approved action waits, off the task queue, for the unfinished one ahead.
+
+    The one ahead's success queues it (superseding.actions_release_behind); should that come
+    before this transaction commits, it missed this action, so the commit looks again.
+    """
+    if action.queued_behind_id is None:
+        return False
+    ahead = Action.objects.filter(pk=action.queued_behind_id).first()
+    if ahead is None or ahead.is_finished:
+        return False
+    ahead_id = ahead.pk
+
+    def release_if_ahead_succeeded() -> None:
+        for released in superseding.actions_release_behind(action_id=ahead_id):
+            enqueue(released.pk)
+
+    transaction.on_commit(release_if_ahead_succeeded)
+    return True
+
+
+def _placement(*, environment: str, heads: Sequence[str], queue_behind: int | None) -> RequestStart:
+    """Return where a request plans from beside the environment's unfinished actions."""
     unfinished = list(Action.objects.filter(environment=environment).active().order_by("pk"))
     last = unfinished[-1] if unfinished else None
     if queue_behind is None:

@@ -118,6 +118,8 @@ def action_request(
     revisions = plan.revisions
     fingerprint = approved.digest
     with transaction.atomic():
+        # Checked again in turn: another request may have been recorded since the check above.
+        queueing.request_hold(environment=env.name, heads=reading.heads, queue_behind=queue_behind)
         bundle.bundle_store(approved)
         action = Action.objects.create(
             environment=env.name,

@@ -161,6 +161,9 @@ def action_requeue_lost() -> list[int]:
         str(pk)
         for pk in alive.filter(task_path=run_action.module_path).values_list("id", flat=True)
     }
+    # Followers wait approved, off the queue (never counted lost); one whose ahead succeeded
+    # without its ending queuing it is queued now, and enqueued below as a lost run.
+    superseding.actions_release_behind()
     lost_runs = [
         pk
         for pk, task_id in Action.objects.queued().values_list("pk", "task_id")
