@@ -30,7 +30,6 @@ from dashboard.services.actions.runs import (
     heads_text,
     retry_delay,
     where,
-    worker_name,
 )
 from dashboard.services.superseding import (
     action_supersede,
@@ -38,6 +37,7 @@ from dashboard.services.superseding import (
     actions_supersede_moved,
     actions_supersede_stale,
 )
+from dashboard.services.workers import worker_name
 
 __all__ = [
     "SCRIPT_CHANGED",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import socket
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -210,11 +208,6 @@ def retry_delay(action: Action) -> float:
     queued_at = action.queued_at or action.created_at
     waited = timezone.now() - queued_at
     return LONG_WAIT_RETRY_DELAY if waited > LONG_WAIT else RETRY_DELAY
-
-
-def worker_name() -> str:
-    """Return this process's name as recorded on the actions it runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def child_secrets(config: DashboardConfig, env: Environment) -> set[str]:
