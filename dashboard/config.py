@@ -23,6 +23,10 @@ PROJECT_KEYS = {
     "loader",
     "python",
     "description",
+    "scratch_url",
+    "scratch_url_env",
+    "check_models",
+    "replay_time_limit",
 }
 ENVIRONMENT_KEYS = {
     "project",
@@ -34,6 +38,9 @@ ENVIRONMENT_KEYS = {
     "downgrade_approvals_required",
     "order",
     "description",
+    "schema_check_interval",
+    "schema_timeout",
+    "stamp_approvals_required",
 }
 LOADERS = ("static", "alembic")
 # Names appear in URLs, element ids and file names: keep them to one plain word.
@@ -70,6 +77,26 @@ class Project:
     loader: str = "static"
     python: str | None = None
     description: str = ""
+    # A server where drift checks may create and drop scratch databases (Atlas's "dev database").
+    scratch_url: str | None = field(default=None, repr=False)
+    scratch_url_env: str | None = None
+    # Run `alembic check` (imports the project's models) against the reference at the heads.
+    check_models: bool = False
+    replay_time_limit: float = 600.0
+
+    def scratch_database_url(self) -> str | None:
+        """Return the scratch server's URL with its password, or None when none is configured."""
+        if self.scratch_url is not None:
+            return with_installed_driver(self.scratch_url)
+        if self.scratch_url_env is None:
+            return None
+        value = os.environ.get(self.scratch_url_env, "").strip()
+        if not value:
+            raise NotConfigured(f"no scratch server: {self.scratch_url_env} is not set")
+        try:
+            return with_installed_driver(value)
+        except BadDatabaseURL as exc:
+            raise NotConfigured(f"no scratch server: {self.scratch_url_env} is {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -86,6 +113,12 @@ class Environment:
     downgrade_approvals_required: int = 0
     order: int = 0
     description: str = ""
+    # Seconds between the worker's schema drift checks; 0 turns periodic checks off.
+    schema_check_interval: float = 3600.0
+    # Seconds a whole live schema read (every table) may take.
+    schema_timeout: float = 60.0
+    # A stamp rewrites what the dashboard believes, so by default it needs a downgrade's approvals.
+    stamp_approvals_required: int = 0
     # Why the inline url cannot be used, naming file, table and key; the rest still works.
     url_error: str | None = None
 
@@ -114,6 +147,8 @@ class Environment:
         """Return how many approvals an action in this direction needs."""
         if direction == "downgrade":
             return self.downgrade_approvals_required
+        if direction == "stamp":
+            return self.stamp_approvals_required
         return self.approvals_required
 
 
@@ -324,6 +359,29 @@ def _project(path: Path, name: str, table: dict[str, Any]) -> Project:
     python = _get(path, where, table, "python", str, None)
     if loader == "alembic" and python is None:
         raise ConfigError(f'{path}: [{where}] loader = "alembic" needs python = "/path/to/python"')
+    scratch_url = _get(path, where, table, "scratch_url", str, None)
+    scratch_url_env = _get(path, where, table, "scratch_url_env", str, None)
+    if scratch_url is not None and scratch_url_env is not None:
+        raise ConfigError(f"{path}: [{where}] needs at most one of scratch_url or scratch_url_env")
+    if scratch_url is not None:
+        try:
+            scratch_url = _local_url(path, scratch_url)
+        except BadDatabaseURL as exc:
+            raise ConfigError(f"{path}: [{where}] scratch_url: {exc}") from None
+        if parse_database_url(scratch_url).get_backend_name() == "sqlite":
+            raise ConfigError(
+                f"{path}: [{where}] scratch_url must name a PostgreSQL or MySQL/MariaDB server;"
+                " SQLite environments use a temporary file"
+            )
+    check_models = table.get("check_models", False)
+    if not isinstance(check_models, bool):
+        raise ConfigError(f"{path}: [{where}] check_models must be true or false")
+    replay_time_limit = _get(path, where, table, "replay_time_limit", float, 600.0)
+    if not (math.isfinite(replay_time_limit) and 0 < replay_time_limit <= MAX_TIME_LIMIT):
+        raise ConfigError(
+            f"{path}: [{where}] replay_time_limit must be a number of seconds above 0"
+            f" and at most {MAX_TIME_LIMIT:g}"
+        )
     return Project(
         name=name,
         script_location=script_location,
@@ -333,6 +391,10 @@ def _project(path: Path, name: str, table: dict[str, Any]) -> Project:
         loader=loader,
         python=python,
         description=_get(path, where, table, "description", str, ""),
+        scratch_url=scratch_url,
+        scratch_url_env=scratch_url_env,
+        check_models=check_models,
+        replay_time_limit=replay_time_limit,
     )
 
 
@@ -374,17 +436,27 @@ def _environment(
             url_error = f"invalid URL in {path} [{where}] url: {exc}"
     approvals = _get(path, where, table, "approvals_required", int, 0)
     downgrade = _get(path, where, table, "downgrade_approvals_required", int, approvals)
+    stamp = _get(path, where, table, "stamp_approvals_required", int, downgrade)
     timeout = _get(path, where, table, "timeout", float, 5.0)
     time_limit = _get(path, where, table, "time_limit", float, 1800.0)
+    schema_timeout = _get(path, where, table, "schema_timeout", float, 60.0)
+    interval = _get(path, where, table, "schema_check_interval", float, 3600.0)
+    if not (math.isfinite(interval) and 0 <= interval <= MAX_TIME_LIMIT):
+        raise ConfigError(
+            f"{path}: [{where}] schema_check_interval must be a number of seconds from 0 (off)"
+            f" to {MAX_TIME_LIMIT:g}"
+        )
     for key, value in (
         ("approvals_required", approvals),
         ("downgrade_approvals_required", downgrade),
+        ("stamp_approvals_required", stamp),
     ):
         if value < 0:
             raise ConfigError(f"{path}: [{where}] {key} must not be negative")
     for key, value, most in (
         ("timeout", timeout, MAX_TIMEOUT),
         ("time_limit", time_limit, MAX_TIME_LIMIT),
+        ("schema_timeout", schema_timeout, MAX_TIMEOUT),
     ):
         if not (math.isfinite(value) and 0 < value <= most):
             raise ConfigError(
@@ -399,6 +471,9 @@ def _environment(
         time_limit=time_limit,
         approvals_required=approvals,
         downgrade_approvals_required=downgrade,
+        stamp_approvals_required=stamp,
+        schema_check_interval=interval,
+        schema_timeout=schema_timeout,
         order=_get(path, where, table, "order", int, 0),
         description=_get(path, where, table, "description", str, ""),
         url_error=url_error,

@@ -94,6 +94,7 @@ class Action(models.Model):
     class Direction(models.TextChoices):
         UPGRADE = "upgrade", "upgrade"
         DOWNGRADE = "downgrade", "downgrade"
+        STAMP = "stamp", "stamp"  # writes the version table only; runs no revision
 
     ACTIVE = (Status.REQUESTED, Status.APPROVED, Status.QUEUED, Status.RUNNING)
     FINISHED = (
@@ -162,7 +163,8 @@ class Action(models.Model):
                 name="one_running_action_per_environment",
             ),
             models.CheckConstraint(
-                condition=Q(direction__in=["upgrade", "downgrade"]), name="action_direction_valid"
+                condition=Q(direction__in=["upgrade", "downgrade", "stamp"]),
+                name="action_direction_valid",
             ),
         ]
 
@@ -366,3 +368,57 @@ class SignInRefusals(models.Model):
 
     def __str__(self) -> str:
         return f"{self.count} refusals under audit event {self.event_id}"
+
+
+class SchemaCheck(models.Model):
+    """One comparison of an environment's live schema with the reference its heads produce."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "checking"  # asked for; a worker has not finished it yet
+        IN_SYNC = "in_sync", "in sync"  # no difference from the reference schema
+        DRIFT = "drift", "drift"  # the live schema differs from the reference
+        NOT_CHECKED = "not_checked", "not checked"  # cannot be checked as configured (reason)
+        FAILED = "check_failed", "check failed"  # the check was tried and broke (reason)
+
+    class Trigger(models.TextChoices):
+        PERIODIC = "periodic", "periodic"
+        ACTION = "action", "after an action"
+        DEMAND = "demand", "on demand"
+        COMMAND = "command", "command line"
+
+    environment = models.CharField(max_length=100, db_index=True)
+    project = models.CharField(max_length=100)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices)
+    requested_by = models.CharField(max_length=150, blank=True)
+    # The environment's heads the reference was built for, and the script directory's digest.
+    heads = models.JSONField(default=list)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    # Each difference as {kind, table, name, detail}; kind is Alembic's operation name.
+    differences = models.JSONField(default=list)
+    reason = models.TextField(blank=True)
+    # `alembic check` of the models against the reference at the heads (check_models only).
+    models_state = models.CharField(max_length=20, blank=True)
+    models_differences = models.JSONField(default=list)
+    models_reason = models.TextField(blank=True)
+    # The live schema as read, table by table, for the environment page.
+    live_schema = models.JSONField(default=dict)
+    # For a database with tables but no version table: the revisions it matches.
+    adoption = models.JSONField(default=dict)
+    replayed = models.BooleanField(default=False)  # this check built its reference (cache miss)
+    created_at = models.DateTimeField(auto_now_add=True)
+    checked_at = models.DateTimeField(null=True)
+    duration_ms = models.FloatField(null=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["environment", "-created_at"], name="schemacheck_env_created")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.environment} schema {self.state}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state != self.State.PENDING

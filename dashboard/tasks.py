@@ -52,3 +52,24 @@ def keep_house() -> dict[str, object]:
         return asdict(worker.Housekeeping().run_once())
     finally:
         worker.schedule_housekeeping(delay=worker.housekeeping_interval())
+
+
+@queue.register
+@task
+def check_schema(check_id: int) -> str:
+    """Run one pending schema check (on demand or after an action); return its state."""
+    from dashboard.services import drift
+
+    return str(drift.schema_check_run(check_id=check_id).state)
+
+
+@queue.register
+@task
+def check_schemas_periodically() -> int:
+    """Check the environments whose periodic schema check is due, then schedule the next look."""
+    from dashboard.services import drift
+
+    try:
+        return drift.schemas_check_due()
+    finally:
+        drift.schedule_periodic_checks(delay=drift.PERIODIC_TICK)

@@ -14,7 +14,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -86,7 +85,11 @@ class ConfigChanges:
 
 def config_digests(config: DashboardConfig) -> dict[str, dict[str, str]]:
     """Return a digest of each project's and environment's settings, and a keyed one of its URL."""
-    projects = {name: _digest(asdict(project)) for name, project in config.projects.items()}
+    projects = {}
+    for name, project in config.projects.items():
+        values = asdict(project)
+        values["scratch_url"] = project.scratch_url is not None  # its password stays out
+        projects[name] = _digest(values)
     environments = {}
     for name, env in config.environments.items():
         values = asdict(env)
@@ -176,6 +179,7 @@ class HousekeepingReport:
     pruned: int = 0
     swept_copies: int = 0  # private copies of approved files no unfinished action needs
     swept_files: int = 0  # stored approved files past their retention
+    swept_scratch: list[str] = field(default_factory=list)  # scratch databases dead workers left
     problems: list[str] = field(default_factory=list)
 
 
@@ -257,32 +261,22 @@ class Housekeeping:
         except Exception as exc:
             logger.exception("could not schedule the periodic status refresh")
             report.problems.append(f"status refresh: {exc}")
+        try:
+            from dashboard.services import drift
+
+            # A worker killed mid-replay leaves its scratch database behind.
+            report.swept_scratch = drift.scratch_sweep()
+            drift.schedule_periodic_checks()
+        except Exception as exc:
+            logger.exception("could not sweep scratch databases or schedule schema checks")
+            report.problems.append(f"schema checks: {exc}")
         schedule_housekeeping(delay=housekeeping_interval())
         return report
 
 
 def schedule_housekeeping(*, delay: float = 0.0) -> bool:
     """Enqueue housekeeping to run after `delay` seconds unless a round is already waiting."""
-    from django_tasks_db.backend import DatabaseBackend
-    from django_tasks_db.models import DBTaskResult
-
-    keep_house = queue.task_named("keep_house")
-    if not isinstance(keep_house.get_backend(), DatabaseBackend):
-        return False
-    waiting = DBTaskResult.objects.filter(
-        task_path=keep_house.module_path, status=TaskResultStatus.READY
-    )
-    if waiting.exists():
-        return False
-    result = keep_house.using(run_after=timezone.now() + timedelta(seconds=delay)).enqueue()
-    # Two workers starting together can both find none waiting: keep the earliest only.
-    ids = [
-        str(pk)
-        for pk in waiting.order_by("run_after", "enqueued_at", "id").values_list("id", flat=True)
-    ]
-    if len(ids) > 1:
-        waiting.filter(id__in=ids[1:]).delete()
-    return bool(ids) and ids[0] == str(result.id)
+    return queue.schedule_once("keep_house", delay=delay)
 
 
 def beat_interval(limit: float | None = None) -> float:

@@ -10,7 +10,6 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
-from django.tasks import TaskResultStatus
 from django.utils import timezone
 
 from dashboard import scripts, states
@@ -187,24 +186,4 @@ def refresh_interval() -> float:
 
 def schedule_periodic_refresh(*, delay: float = 0.0) -> bool:
     """Enqueue the periodic refresh after `delay` seconds unless one waits; say if this did."""
-    from django_tasks_db.backend import DatabaseBackend
-    from django_tasks_db.models import DBTaskResult
-
-    refresh_status_periodically = queue.task_named("refresh_status_periodically")
-    # Only the database backend can run a task later and be asked what is waiting.
-    if not isinstance(refresh_status_periodically.get_backend(), DatabaseBackend):
-        return False
-    waiting = DBTaskResult.objects.filter(
-        task_path=refresh_status_periodically.module_path, status=TaskResultStatus.READY
-    )
-    if waiting.exists():
-        return False
-    result = refresh_status_periodically.using(
-        run_after=timezone.now() + timedelta(seconds=delay)
-    ).enqueue()
-    # Two workers starting together can both find none waiting: keep the earliest only.
-    kept = waiting.order_by("run_after", "enqueued_at", "id").values_list("id", flat=True)
-    ids = [str(pk) for pk in kept]
-    if len(ids) > 1:
-        waiting.filter(id__in=ids[1:]).delete()
-    return bool(ids) and ids[0] == str(result.id)
+    return queue.schedule_once("refresh_status_periodically", delay=delay)

@@ -1,0 +1,210 @@
+"""Read a database's schema, read-only, and compare it with a reference in Alembic's terms."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from dashboard.config import BadDatabaseURL, parse_database_url, url_secrets
+from dashboard.databases import versions
+from dashboard.drift.differences import Difference, from_alembic, invalid_index
+
+# PostgreSQL keeps an index whose CREATE INDEX CONCURRENTLY failed, unusable but maintained.
+_INVALID_INDEXES = sa.text(
+    """
+    SELECT t.relname AS table_name, i.relname AS index_name
+    FROM pg_index x
+    JOIN pg_class i ON i.oid = x.indexrelid
+    JOIN pg_class t ON t.oid = x.indrelid
+    JOIN pg_namespace n ON n.oid = t.relnamespace
+    WHERE NOT x.indisvalid AND n.nspname = current_schema()
+    ORDER BY 1, 2
+    """
+)
+
+
+class SchemaReadError(Exception):
+    """A schema could not be read; the message is short and holds no password."""
+
+
+@dataclass(frozen=True)
+class LiveComparison:
+    """How a live database differs from a reference, and its tables as read."""
+
+    differences: list[Difference]
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    table_count: int = 0
+
+
+def reflect(url: str, *, version_table: str, version_table_schema: str | None) -> sa.MetaData:
+    """Reflect every table of the default schema but the version table (a scratch database)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        metadata = sa.MetaData()
+        with engine.connect() as conn:
+            default = sa.inspect(conn).default_schema_name
+            skip = _version_table_filter(version_table, version_table_schema, default)
+            metadata.reflect(conn, only=lambda name, _meta: not skip(name, None))
+        return metadata
+    finally:
+        engine.dispose()
+
+
+def compare_live(
+    url: str,
+    reference: sa.MetaData,
+    *,
+    version_table: str,
+    version_table_schema: str | None,
+    timeout: float,
+    deadline: float,
+) -> LiveComparison:
+    """Compare the live database at url with reference, within deadline seconds; read-only.
+
+    Raises SchemaReadError with a masked message when the database cannot be read in time.
+    """
+    try:
+        parsed = parse_database_url(url)
+    except BadDatabaseURL as exc:
+        raise SchemaReadError(str(exc)) from None
+    box: list[LiveComparison | BaseException] = []
+
+    def work() -> None:
+        try:
+            box.append(_compare(parsed, reference, version_table, version_table_schema, timeout))
+        except BaseException as exc:  # handed to the caller's thread
+            box.append(exc)
+
+    # A daemon thread, as for version reads: a read stuck in a driver never holds the worker.
+    thread = threading.Thread(target=work, name="schema-read", daemon=True)
+    thread.start()
+    thread.join(deadline + versions.DEADLINE_GRACE)
+    if not box:
+        raise SchemaReadError(f"reading the schema took longer than {deadline:g} s")
+    result = box[0]
+    if isinstance(result, BaseException):
+        target = versions._Target(parsed, version_table, version_table_schema, timeout)
+        if isinstance(result, Exception):
+            _kind, message = versions._describe(result, target, "its schema")
+        else:
+            message = type(result).__name__
+        raise SchemaReadError(versions.mask_secrets(message, url_secrets(parsed)))
+    return result
+
+
+def _compare(
+    url: sa.URL,
+    reference: sa.MetaData,
+    version_table: str,
+    version_table_schema: str | None,
+    timeout: float,
+) -> LiveComparison:
+    if versions._is_sqlite_file(url) and not Path(str(url.database)).is_file():
+        raise SchemaReadError(f"database file {url.database} does not exist")
+    with versions._engine(url, timeout).connect() as conn:
+        inspector = sa.inspect(conn)
+        skip = _version_table_filter(
+            version_table, version_table_schema, inspector.default_schema_name
+        )
+
+        def include_name(name: str | None, kind: str, parent: dict[str, str | None]) -> bool:
+            if kind == "table":
+                return not skip(name, parent.get("schema_name"))
+            return True
+
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_name": include_name}
+        )
+        differences = from_alembic(compare_metadata(context, reference))
+        if conn.dialect.name == "postgresql":
+            differences += [
+                invalid_index(row.table_name, row.index_name)
+                for row in conn.execute(_INVALID_INDEXES)
+            ]
+        names = [n for n in inspector.get_table_names() if not skip(n, None)]
+        tables = [_describe_table(inspector, name) for name in sorted(names)]
+        conn.rollback()
+    return LiveComparison(differences=differences, tables=tables, table_count=len(tables))
+
+
+def _version_table_filter(
+    version_table: str, version_table_schema: str | None, default_schema: str | None
+) -> Any:
+    wanted_schema = version_table_schema or default_schema
+
+    def skip(name: str | None, schema: str | None) -> bool:
+        return name == version_table and (schema or default_schema) == wanted_schema
+
+    return skip
+
+
+def _describe_table(inspector: sa.Inspector, name: str) -> dict[str, Any]:
+    """Return one table as read: columns, primary key, indexes, unique constraints, foreign keys."""
+    columns = [
+        {
+            "name": c["name"],
+            "type": _type_text(c["type"]),
+            "nullable": bool(c.get("nullable", True)),
+            "default": None if c.get("default") is None else str(c["default"]),
+        }
+        for c in inspector.get_columns(name)
+    ]
+    pk = inspector.get_pk_constraint(name) or {}
+    indexes = [
+        {
+            "name": i.get("name") or "",
+            "columns": _names(i.get("column_names")),
+            "unique": bool(i.get("unique")),
+        }
+        for i in inspector.get_indexes(name)
+    ]
+    uniques = [
+        {"name": u.get("name") or "", "columns": _names(u.get("column_names"))}
+        for u in _safe(inspector.get_unique_constraints, name)
+    ]
+    fks = [
+        {
+            "name": f.get("name") or "",
+            "columns": _names(f.get("constrained_columns")),
+            "references": f"{f.get('referred_table')}({', '.join(_names(f.get('referred_columns')))})",
+        }
+        for f in inspector.get_foreign_keys(name)
+    ]
+    return {
+        "name": name,
+        "columns": columns,
+        "primary_key": _names(pk.get("constrained_columns")),
+        "indexes": indexes,
+        "unique_constraints": uniques,
+        "foreign_keys": fks,
+    }
+
+
+def _safe(method: Any, name: str) -> list[dict[str, Any]]:
+    try:
+        return list(method(name))
+    except NotImplementedError:
+        return []
+
+
+def _names(values: Any) -> list[str]:
+    return [str(v) for v in values or () if v is not None]
+
+
+def _type_text(value: Any) -> str:
+    try:
+        return str(value.compile())
+    except Exception:  # a dialect-only type compiles only with its dialect
+        return str(value)
+
+
+def elapsed_ms(started: float) -> float:
+    """Return the milliseconds since a perf_counter reading."""
+    return (time.perf_counter() - started) * 1000

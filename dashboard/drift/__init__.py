@@ -1,0 +1,1 @@
+"""Schema drift: reference schemas by replay, comparison in Alembic's vocabulary, adoption."""

@@ -1,0 +1,202 @@
+"""Turn Alembic's autogenerate differences into plain, storable words (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# Alembic compares the reference (as "metadata") with the live database, so its operation names
+# say what would make the live schema what the revisions produce: "add_column" means the live
+# database lacks a column a revision creates; "remove_column" that it has one no revision creates.
+KINDS = (
+    "add_table",
+    "remove_table",
+    "add_column",
+    "remove_column",
+    "modify_type",
+    "modify_nullable",
+    "modify_default",
+    "modify_comment",
+    "add_index",
+    "remove_index",
+    "add_constraint",
+    "remove_constraint",
+    "add_fk",
+    "remove_fk",
+    "add_table_comment",
+    "remove_table_comment",
+    "invalid_index",
+)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the live schema differs from the reference: Alembic's operation and its object."""
+
+    kind: str
+    table: str
+    name: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        """Return the stored form: {kind, table, name, detail}."""
+        return asdict(self)
+
+    def words(self, environment: str) -> str:
+        """Say the difference in a sentence, naming the environment."""
+        return describe(self, environment)
+
+
+def from_alembic(diffs: Iterable[Any]) -> list[Difference]:
+    """Convert compare_metadata's output (tuples, and lists of modify tuples) to differences."""
+    found: list[Difference] = []
+    for diff in diffs:
+        if isinstance(diff, list):
+            found.extend(_modify(item) for item in diff)
+        else:
+            found.append(_simple(diff))
+    return sorted(found, key=lambda d: (d.table, d.kind, d.name))
+
+
+def from_dicts(rows: Iterable[dict[str, Any]]) -> list[Difference]:
+    """Read stored differences back, tolerating rows from older versions of the dashboard."""
+    return [
+        Difference(
+            kind=str(row.get("kind", "")),
+            table=str(row.get("table", "")),
+            name=str(row.get("name", "")),
+            detail=str(row.get("detail", "")),
+        )
+        for row in rows
+    ]
+
+
+def by_table(differences: Sequence[Difference]) -> list[tuple[str, list[Difference]]]:
+    """Group differences by table, tables in name order."""
+    groups: dict[str, list[Difference]] = {}
+    for difference in differences:
+        groups.setdefault(difference.table, []).append(difference)
+    return sorted(groups.items())
+
+
+def invalid_index(table: str, name: str) -> Difference:
+    """Return the difference for a PostgreSQL index left invalid by a failed concurrent build."""
+    return Difference("invalid_index", table, name, "")
+
+
+def describe(difference: Difference, environment: str) -> str:
+    """Say one difference as people read it."""
+    d, env = difference, environment or "the database"
+    column = f"{d.table}.{d.name}"
+    match d.kind:
+        case "add_table":
+            return f"table {d.table} is missing in {env} (the revisions create it)"
+        case "remove_table":
+            return f"table {d.table} exists in {env} but no revision creates it"
+        case "add_column":
+            return f"column {column} is missing in {env} (the revisions create it)"
+        case "remove_column":
+            return f"column {column} exists in {env} but no revision creates it"
+        case "modify_type":
+            return f"column {column} {d.detail}"
+        case "modify_nullable":
+            return f"column {column} {d.detail}"
+        case "modify_default":
+            return f"column {column} {d.detail}"
+        case "modify_comment":
+            return f"the comment of column {column} differs"
+        case "add_index":
+            return f"index {d.name} on {d.table}{d.detail} is missing in {env}"
+        case "remove_index":
+            return (
+                f"index {d.name} on {d.table}{d.detail} exists in {env} but no revision creates it"
+            )
+        case "add_constraint":
+            return f"constraint {d.name} on {d.table}{d.detail} is missing in {env}"
+        case "remove_constraint":
+            return (
+                f"constraint {d.name} on {d.table}{d.detail} exists in {env}"
+                " but no revision creates it"
+            )
+        case "add_fk":
+            return f"foreign key {d.name} on {d.table}{d.detail} is missing in {env}"
+        case "remove_fk":
+            return (
+                f"foreign key {d.name} on {d.table}{d.detail} exists in {env}"
+                " but no revision creates it"
+            )
+        case "add_table_comment" | "remove_table_comment":
+            return f"the comment of table {d.table} differs"
+        case "invalid_index":
+            return (
+                f"index {d.name} on {d.table} is invalid in {env}"
+                " (a failed CREATE INDEX CONCURRENTLY leaves it so): drop it and build it again"
+            )
+    return f"{d.kind} {d.table} {d.name} {d.detail}".strip()
+
+
+def _simple(diff: tuple[Any, ...]) -> Difference:
+    kind = str(diff[0])
+    if kind in ("add_table", "remove_table"):
+        return Difference(kind, diff[1].name, diff[1].name, "")
+    if kind in ("add_column", "remove_column"):
+        column = diff[3]
+        return Difference(kind, str(diff[2]), column.name, _type_text(column.type))
+    if kind in ("add_index", "remove_index"):
+        index = diff[1]
+        return Difference(kind, index.table.name, str(index.name), _columns_text(index))
+    if kind in ("add_constraint", "remove_constraint"):
+        constraint = diff[1]
+        return Difference(
+            kind,
+            constraint.table.name,
+            str(constraint.name or "(unnamed)"),
+            _columns_text(constraint),
+        )
+    if kind in ("add_fk", "remove_fk"):
+        fk = diff[1]
+        target = fk.elements[0].target_fullname.rsplit(".", 1)[0] if fk.elements else "?"
+        detail = f" ({', '.join(fk.column_keys)}) -> {target}"
+        return Difference(kind, fk.table.name, str(fk.name or "(unnamed)"), detail)
+    if kind in ("add_table_comment", "remove_table_comment"):
+        return Difference(kind, diff[1].name, diff[1].name, "")
+    # An operation this version does not know: keep what can be said about it.
+    return Difference(kind, "", "", repr(diff[1:])[:200])
+
+
+def _modify(diff: tuple[Any, ...]) -> Difference:
+    # ("modify_type", schema, table, column, existing_kw, live_value, reference_value)
+    kind, table, column = str(diff[0]), str(diff[2]), str(diff[3])
+    live, reference = diff[5], diff[6]
+    if kind == "modify_type":
+        detail = f"is {_type_text(live)}; the revisions make it {_type_text(reference)}"
+    elif kind == "modify_nullable":
+        detail = (
+            f"is {'NULL' if live else 'NOT NULL'};"
+            f" the revisions make it {'NULL' if reference else 'NOT NULL'}"
+        )
+    elif kind == "modify_default":
+        detail = f"has default {_default_text(live)}; the revisions give {_default_text(reference)}"
+    else:
+        detail = ""
+    return Difference(kind, table, column, detail)
+
+
+def _type_text(value: Any) -> str:
+    try:
+        return str(value.compile())
+    except Exception:  # a dialect-only type compiles only with its dialect
+        return str(value)
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    text = getattr(value, "arg", value)
+    return str(getattr(text, "text", text))
+
+
+def _columns_text(item: Any) -> str:
+    names = [getattr(c, "name", str(c)) for c in getattr(item, "columns", ())]
+    return f" ({', '.join(names)})" if names else ""

@@ -1,0 +1,358 @@
+"""Check environments' schemas against their reference, store the result, audit changes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from django.db import transaction
+from django.utils import timezone
+
+from dashboard import audit
+from dashboard.config import DashboardConfig, Environment, NotConfigured, Project, current_config
+from dashboard.databases import schema, scratch, versions
+from dashboard.drift import adoption, reference
+from dashboard.drift.differences import Difference
+from dashboard.models import SchemaCheck
+from dashboard.runner import bundle
+from dashboard.services import queue
+from dashboard.services.actions.runs import child_secrets
+from dashboard.services.status import project_history
+
+logger = logging.getLogger(__name__)
+
+SYSTEM = "worker"
+MAX_PARALLEL = 8  # live reads at once; each is bounded by its environment's schema_timeout
+PERIODIC_TICK = 60.0  # seconds between the worker's looks for environments whose check is due
+State = SchemaCheck.State
+
+
+class UnknownEnvironment(Exception):
+    """No environment of that name is configured."""
+
+
+@dataclass
+class _Job:
+    """One environment's check as it goes: what is known so far, and the outcome."""
+
+    env: Environment
+    project: Project
+    check: SchemaCheck
+    url: str = ""
+    heads: tuple[str, ...] = ()
+    table_exists: bool = True
+    ref: reference.Reference | None = None
+    state: str = ""
+    reason: str = ""
+    differences: list[Difference] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    adoption: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def stop(self, state: str, reason: str) -> None:
+        self.state, self.reason = state, reason
+
+
+def schema_check_request(*, environment: str, user: Any, request: Any = None) -> SchemaCheck:
+    """Ask a worker to check an environment's schema now; the page polls the returned row."""
+    config = current_config()
+    env = config.environments.get(environment)
+    if env is None:
+        raise UnknownEnvironment(f"unknown environment {environment!r}")
+    waiting = SchemaCheck.objects.filter(environment=environment, state=State.PENDING).first()
+    if waiting is not None:
+        return waiting  # one request is enough; both people see its result
+    with transaction.atomic():
+        check = SchemaCheck.objects.create(
+            environment=environment,
+            project=env.project,
+            trigger=SchemaCheck.Trigger.DEMAND,
+            requested_by=user.get_username(),
+        )
+        audit.record(
+            "schema.check_requested",
+            actor=user,
+            request=request,
+            environment=environment,
+            payload={"check": check.pk},
+        )
+        transaction.on_commit(lambda: enqueue_check(check.pk))
+    return check
+
+
+def enqueue_check(check_id: int) -> None:
+    """Hand a pending check to the task queue."""
+    queue.task_named("check_schema").enqueue(check_id)
+
+
+def schema_check_after_action(*, environment: str) -> None:
+    """Queue a check of an environment whose schema an action may have changed."""
+    config = current_config()
+    env = config.environments.get(environment)
+    if env is None:
+        return
+    check = SchemaCheck.objects.create(
+        environment=environment, project=env.project, trigger=SchemaCheck.Trigger.ACTION
+    )
+    transaction.on_commit(lambda: enqueue_check(check.pk))
+
+
+def schema_check_run(*, check_id: int) -> SchemaCheck:
+    """Run a pending check (from the queue); a finished one is returned as it is."""
+    check = SchemaCheck.objects.get(pk=check_id)
+    if check.is_finished:
+        return check
+    return schemas_check([check.environment], trigger=check.trigger, pending=[check])[0]
+
+
+def schemas_check(
+    names: Sequence[str] | None = None,
+    *,
+    trigger: str = SchemaCheck.Trigger.COMMAND,
+    requested_by: str = "",
+    pending: Sequence[SchemaCheck] = (),
+    config: DashboardConfig | None = None,
+) -> list[SchemaCheck]:
+    """Check the named environments (all when None) now; store and return one row each.
+
+    References are built once per distinct key, in this thread; live schemas are read in
+    parallel; one broken environment never stops the others.
+    """
+    config = config or current_config()
+    if names is None:
+        names = [env.name for env in config.ordered_environments()]
+    unknown = [name for name in names if name not in config.environments]
+    if unknown:
+        raise UnknownEnvironment(f"unknown environment {unknown[0]!r}")
+    given = {check.environment: check for check in pending}
+    jobs = []
+    for name in names:
+        env = config.environments[name]
+        check = given.get(name) or SchemaCheck(
+            environment=name, project=env.project, trigger=trigger, requested_by=requested_by
+        )
+        jobs.append(_Job(env=env, project=config.projects[env.project], check=check))
+    _read_heads(jobs)
+    for job in jobs:
+        if not job.state:
+            _reference(job, config)
+    live = [job for job in jobs if not job.state]
+    if live:
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(live))) as pool:
+            list(pool.map(_compare, live))
+    for job in jobs:
+        if job.state in (State.DRIFT, State.IN_SYNC) and not job.table_exists and job.tables:
+            job.adoption = _adoption(job, config)
+    return [_store(job) for job in jobs]
+
+
+def _read_heads(jobs: Sequence[_Job]) -> None:
+    readings = versions.read_many([(job.env, job.project) for job in jobs])
+    for job, reading in zip(jobs, readings, strict=True):
+        try:
+            job.url = job.env.database_url()
+        except NotConfigured as exc:
+            job.stop(State.NOT_CHECKED, str(exc))
+            continue
+        if not reading.ok:
+            job.stop(State.FAILED, f"cannot read the version table: {reading.error}")
+            continue
+        job.heads, job.table_exists = reading.heads, reading.table_exists
+
+
+def _reference(job: _Job, config: DashboardConfig) -> None:
+    history = project_history(job.project)
+    if history.graph is None:
+        job.stop(State.FAILED, f"the script directory cannot be read: {history.error}")
+        return
+    unknown = [head for head in job.heads if head not in history.graph]
+    if unknown:
+        job.stop(
+            State.NOT_CHECKED,
+            f"head {unknown[0]} is not in the script directory, so no reference exists for it",
+        )
+        return
+    try:
+        found = bundle.bundle_read(job.project)
+        job.check.fingerprint = found.digest
+        at_heads = bool(job.heads) and set(job.heads) == set(history.graph.heads)
+        job.ref, job.check.replayed = reference.reference_for(
+            job.project,
+            found,
+            job.heads,
+            scratch.backend_of(job.url),
+            with_models=job.project.check_models and at_heads,
+            drop_env=child_secrets(config, job.env),
+        )
+    except reference.ReferenceUnavailable as exc:
+        job.stop(State.NOT_CHECKED, str(exc))
+    except (reference.ReferenceFailed, bundle.BundleError) as exc:
+        job.stop(State.FAILED, f"the reference schema could not be built: {exc}")
+
+
+def _compare(job: _Job) -> None:
+    metadata = job.ref.metadata if job.ref is not None else None
+    try:
+        found = schema.compare_live(
+            job.url,
+            metadata if metadata is not None else sa.MetaData(),
+            version_table=job.project.version_table,
+            version_table_schema=job.project.version_table_schema,
+            timeout=job.env.timeout,
+            deadline=job.env.schema_timeout,
+        )
+    except schema.SchemaReadError as exc:
+        job.stop(State.FAILED, f"cannot read the live schema: {exc}")
+        return
+    except Exception:  # one environment's surprise never takes the others down
+        logger.exception("schema comparison of %s failed", job.env.name)
+        job.stop(State.FAILED, "the comparison failed unexpectedly; the worker's log has details")
+        return
+    job.differences, job.tables = found.differences, found.tables
+    job.state = State.DRIFT if found.differences else State.IN_SYNC
+
+
+def _adoption(job: _Job, config: DashboardConfig) -> dict[str, Any]:
+    history = project_history(job.project)
+    if history.graph is None:
+        return {"error": f"the script directory cannot be read: {history.error}"}
+    try:
+        return adoption.match(
+            job.project, job.url, job.env, history.graph, drop_env=child_secrets(config, job.env)
+        )
+    except Exception as exc:  # adoption is advice: its failure must not fail the check
+        logger.exception("adoption match of %s failed", job.env.name)
+        return {"error": type(exc).__name__}
+
+
+def _store(job: _Job) -> SchemaCheck:
+    check = job.check
+    secrets = _secrets(job)
+    previous = (
+        SchemaCheck.objects.filter(environment=job.env.name)
+        .exclude(state=State.PENDING)
+        .exclude(pk=check.pk)
+        .order_by("-checked_at", "-id")
+        .first()
+    )
+    check.state = job.state
+    check.reason = versions.mask_secrets(job.reason, secrets)
+    check.heads = list(job.heads)
+    check.differences = [d.as_dict() for d in job.differences]
+    check.live_schema = {"tables": job.tables} if job.tables else {}
+    check.adoption = job.adoption
+    models = job.ref.models if job.ref is not None else None
+    if models is not None:
+        check.models_state = models.state
+        check.models_differences = models.operations
+        check.models_reason = versions.mask_secrets(models.reason, secrets)
+    check.checked_at = timezone.now()
+    check.duration_ms = schema.elapsed_ms(job.started)
+    with transaction.atomic():
+        check.save()
+        _audit_change(previous, check)
+    return check
+
+
+def _secrets(job: _Job) -> list[str]:
+    found: list[str] = []
+    for url in (job.url, _scratch_url(job.project)):
+        if url:
+            try:
+                found += versions.url_secrets(versions.parse_database_url(url))
+            except ValueError:
+                continue
+    return found
+
+
+def _scratch_url(project: Project) -> str | None:
+    try:
+        return project.scratch_database_url()
+    except NotConfigured:
+        return None
+
+
+def _audit_change(previous: SchemaCheck | None, check: SchemaCheck) -> None:
+    """Record drift found, changed and resolved; steady states and failed checks are silent."""
+    before = previous.state if previous is not None else None
+    now = check.state
+    payload = {
+        "check": check.pk,
+        "heads": check.heads,
+        "differences": len(check.differences),
+        "items": [f"{d['kind']} {d['table']}.{d['name']}" for d in check.differences][:50],
+    }
+    if now == State.DRIFT and before != State.DRIFT:
+        verb = "schema.drift_found"
+    elif now == State.DRIFT and previous is not None and previous.differences != check.differences:
+        verb = "schema.drift_changed"
+    elif now == State.IN_SYNC and before == State.DRIFT:
+        verb = "schema.drift_resolved"
+    else:
+        return
+    audit.record(verb, actor_name=SYSTEM, environment=check.environment, payload=payload)
+
+
+def due_environments(config: DashboardConfig | None = None) -> list[str]:
+    """Return the environments whose periodic check is due (interval 0 means never)."""
+    config = config or current_config()
+    now = timezone.now()
+    due = []
+    for env in config.ordered_environments():
+        if env.schema_check_interval <= 0:
+            continue
+        last = (
+            SchemaCheck.objects.filter(environment=env.name)
+            .exclude(state=State.PENDING)
+            .order_by("-checked_at")
+            .values_list("checked_at", flat=True)
+            .first()
+        )
+        if last is None or now - last >= timedelta(seconds=env.schema_check_interval):
+            due.append(env.name)
+    return due
+
+
+def schemas_check_due() -> int:
+    """Check every environment whose periodic check is due; return how many were checked."""
+    names = due_environments()
+    if names:
+        schemas_check(names, trigger=SchemaCheck.Trigger.PERIODIC)
+    return len(names)
+
+
+def schema_checks_prune(*, older_than: timedelta) -> int:
+    """Delete finished checks older than the retention, keeping each environment's latest."""
+    cutoff = timezone.now() - older_than
+    latest = {
+        row["environment"]: row["id"]
+        for row in SchemaCheck.objects.exclude(state=State.PENDING)
+        .order_by("environment", "-checked_at", "-id")
+        .values("environment", "id")
+    }
+    old = SchemaCheck.objects.filter(created_at__lt=cutoff).exclude(id__in=set(latest.values()))
+    return old.delete()[0]
+
+
+def scratch_sweep(config: DashboardConfig | None = None) -> list[str]:
+    """Drop scratch databases dead workers of this host left, on every configured server."""
+    config = config or current_config()
+    dropped: list[str] = scratch.sweep(None)
+    servers = {url for project in config.projects.values() if (url := _scratch_url(project))}
+    for url in sorted(servers):
+        try:
+            dropped += scratch.sweep(url)
+        except scratch.ScratchError as exc:
+            logger.warning("could not sweep scratch databases: %s", exc)
+    return dropped
+
+
+def schedule_periodic_checks(*, delay: float = 0.0) -> bool:
+    """Enqueue the periodic look for due schema checks unless one waits; say if this did."""
+    return queue.schedule_once("check_schemas_periodically", delay=delay)
