@@ -229,10 +229,11 @@ class Housekeeping:
         """Delete unchanged snapshots and finished task results past the retention period."""
         from django.core.management import call_command
 
-        from dashboard.services import status
+        from dashboard.services import drift, status
 
         days = snapshot_retention_days()
         pruned = status.snapshots_prune(older_than=timedelta(days=days))
+        pruned += drift.schema_checks_prune(older_than=timedelta(days=days))
         # The periodic refresh and housekeeping leave a finished task row every minute.
         call_command("prune_db_task_results", min_age_days=days, verbosity=0)
         return pruned
