@@ -14,6 +14,7 @@ from django.db.models import Subquery
 from dashboard import states
 from dashboard.config import ConfigError, Environment, current_config
 from dashboard.models import Snapshot
+from dashboard.selectors import drift as drift_selectors
 from dashboard.templatetags.dashboard_tags import ago
 
 SHORT_ID = 12
@@ -59,6 +60,8 @@ class EnvironmentCell:
     read_at: datetime | None
     # How long ago it was read, in words ("3 minutes ago"); "" when never read.
     read_ago: str
+    # The latest schema check's badge, beside the revision state (part of the cache key).
+    schema: drift_selectors.SchemaBadge | None = None
     # For the environment page; the overview shows only the values above (its cache key).
     snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
@@ -148,6 +151,7 @@ def status_matrix() -> Matrix:
     except ConfigError as exc:
         return Matrix(projects=(), config_error=str(exc))
     latest = _latest(config.ordered_environments())
+    badges = drift_selectors.schema_badges(config.ordered_environments())
     rows = []
     for project in sorted(config.projects.values(), key=lambda p: p.name):
         envs = config.environments_of(project.name)
@@ -161,7 +165,9 @@ def status_matrix() -> Matrix:
                 if newest
                 else (),
                 graph_url=graph_url(project.name),
-                environments=tuple(_cell(env, latest.get(env.name)) for env in envs),
+                environments=tuple(
+                    _cell(env, latest.get(env.name), badges[env.name]) for env in envs
+                ),
             )
         )
     return Matrix(projects=tuple(rows), config_error=None)
@@ -172,7 +178,8 @@ def environment_cell(*, name: str) -> EnvironmentCell | None:
     env = current_config().environments.get(name)
     if env is None:
         return None
-    return _cell(env, _latest([env]).get(env.name))
+    badge = drift_selectors.schema_badges([env])[name]
+    return _cell(env, _latest([env]).get(env.name), badge)
 
 
 def environment_detail(*, name: str) -> EnvironmentDetail | None:
@@ -194,7 +201,7 @@ def environment_detail(*, name: str) -> EnvironmentDetail | None:
     last_known = last_read(name, env.project) if unreadable else None
     heads = (last_known or latest).heads if latest else []
     return EnvironmentDetail(
-        cell=_cell(env, latest),
+        cell=_cell(env, latest, drift_selectors.schema_badges([env])[name]),
         environment=env,
         display_url=env.display_url(),
         graph_url=graph_url(env.project, heads[0] if heads else None),
@@ -246,7 +253,7 @@ def environment_items() -> list[dict[str, Any]]:
     """Return the API's item for every configured environment (raises ConfigError)."""
     envs = current_config().ordered_environments()
     latest = _latest(envs)
-    return [environment_item(env, latest.get(env.name)) for env in envs]
+    return with_schema(envs, [environment_item(env, latest.get(env.name)) for env in envs])
 
 
 def environment_item_named(*, name: str) -> dict[str, Any] | None:
@@ -254,7 +261,19 @@ def environment_item_named(*, name: str) -> dict[str, Any] | None:
     env = current_config().environments.get(name)
     if env is None:
         return None
-    return environment_item(env, _latest([env]).get(env.name))
+    return with_schema([env], [environment_item(env, _latest([env]).get(env.name))])[0]
+
+
+def with_schema(envs: list[Environment], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each item's `schema` from its environment's latest stored check (never checks now)."""
+    checks = drift_selectors.latest_checks(env.name for env in envs)
+    for env, item in zip(envs, items, strict=True):
+        check = checks.get(env.name)
+        # A check made while the environment belonged to another project compared another history.
+        item["schema"] = drift_selectors.schema_summary(
+            check if check is not None and check.project == env.project else None
+        )
+    return items
 
 
 def environment_item(env: Environment, snapshot: Snapshot | None) -> dict[str, Any]:
@@ -334,7 +353,9 @@ def _newest_sql(
     return sql, tuple(params)
 
 
-def _cell(env: Environment, snapshot: Snapshot | None) -> EnvironmentCell:
+def _cell(
+    env: Environment, snapshot: Snapshot | None, schema: drift_selectors.SchemaBadge | None = None
+) -> EnvironmentCell:
     if snapshot is None:
         return EnvironmentCell(
             name=env.name,
@@ -347,6 +368,7 @@ def _cell(env: Environment, snapshot: Snapshot | None) -> EnvironmentCell:
             pending_count=0,
             read_at=None,
             read_ago="",
+            schema=schema,
         )
     return EnvironmentCell(
         name=env.name,
@@ -359,6 +381,7 @@ def _cell(env: Environment, snapshot: Snapshot | None) -> EnvironmentCell:
         pending_count=len(snapshot.pending),
         read_at=snapshot.read_at,
         read_ago=ago(snapshot.read_at),
+        schema=schema,
         snapshot=snapshot,
     )
 
