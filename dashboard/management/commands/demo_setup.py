@@ -1,6 +1,7 @@
 """Create the demo: environments at different revisions (by running Alembic) and three users."""
 
 import secrets
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,13 @@ from dashboard import runner
 from dashboard.config import current_config
 from dashboard.history import Graph
 from dashboard.scripts import load_history
-from dashboard.services import users
+from dashboard.services import drift, users
 
 USERS = (("admin", "admin"), ("operator", "operator"), ("approver", "approver"))
+# The demo environment whose schema drifts out of the box, as a hand-made hotfix would leave it
+# (its description in demo/dashboard.toml says so).
+DRIFTED = "staging"
+HAND_MADE = "ALTER TABLE users ADD COLUMN nickname VARCHAR(40)"
 
 
 def first_parent_ancestor(graph: Graph, rev: str, steps: int) -> str:
@@ -45,6 +50,13 @@ def demo_targets(graph: Graph, envs: list[str]) -> dict[str, str]:
     return {env: targets.get(env, "heads") for env in envs}
 
 
+def add_by_hand(path: str) -> None:
+    """Change a demo SQLite database outside Alembic, as someone fixing prod by hand would."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(HAND_MADE)
+    conn.close()
+
+
 class Command(BaseCommand):
     help = "Set up the demo environments (SQLite files) and users; keeps what already exists."
 
@@ -69,6 +81,13 @@ class Command(BaseCommand):
                         f"{env.name}: alembic upgrade failed:\n" + "\n".join(result.output_tail)
                     )
                 self.stdout.write(f"{env.name}: created at {targets[env.name]}")
+                if env.name == DRIFTED:
+                    add_by_hand(path)
+                    self.stdout.write(f"{env.name}: added users.nickname by hand (schema drift)")
+        # Check every schema once now so the badges show at once; the worker keeps them fresh.
+        for check in drift.schemas_check():
+            count = f" ({len(check.differences)})" if check.differences else ""
+            self.stdout.write(f"{check.environment}: schema {check.get_state_display()}{count}")
         created = []
         for username, role in USERS:
             if users.user_exists(username=username):
