@@ -37,6 +37,7 @@ bench: venv
 	$(PY) bench/bench_status.py
 	$(PY) bench/bench_actions.py
 	$(PY) bench/bench_overview.py
+	$(PY) bench/bench_drift.py
 
 clean:
 	rm -rf .venv var .mypy_cache .ruff_cache
