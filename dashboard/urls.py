@@ -11,6 +11,7 @@ from django.views.generic import RedirectView
 
 from dashboard.views import actions, core, status
 from dashboard.views import audit as audit_views
+from dashboard.views import drift as drift_views
 from dashboard.views import graph as graph_views
 from dashboard.views.auth import SignInView
 
@@ -19,6 +20,7 @@ urlpatterns = [
     path("healthz", core.healthz, name="healthz"),
     path("readyz", core.readyz, name="readyz"),
     *status.urlpatterns,
+    *drift_views.urlpatterns,
     *actions.urlpatterns,
     *audit_views.urlpatterns,
     *graph_views.urlpatterns,

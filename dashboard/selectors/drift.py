@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db.models import OuterRef, Subquery
+from django.urls import reverse
 
-from dashboard.models import SchemaCheck
+from dashboard import roles
+from dashboard.config import ConfigError, Environment, current_config
+from dashboard.drift.differences import Difference, by_table, describe, from_dicts
+from dashboard.models import Action, SchemaCheck, Snapshot
+from dashboard.templatetags.dashboard_tags import ago
 
 
 def latest_checks(environments: Iterable[str]) -> dict[str, SchemaCheck]:
@@ -60,3 +67,451 @@ def schema_summary(check: SchemaCheck | None) -> dict[str, Any]:
     if check.adoption:
         summary["adoption"] = dict(check.adoption)
     return summary
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+NEVER_CHECKED = "no check yet"
+# How the live schema's items are matched to differences: the kind's object, by name.
+_OBJECT_OF_KIND = {
+    "add_table": "table",
+    "remove_table": "table",
+    "add_table_comment": "table",
+    "remove_table_comment": "table",
+    "add_column": "column",
+    "remove_column": "column",
+    "modify_type": "column",
+    "modify_nullable": "column",
+    "modify_default": "column",
+    "modify_comment": "column",
+    "add_index": "index",
+    "remove_index": "index",
+    "invalid_index": "index",
+    "add_constraint": "constraint",
+    "remove_constraint": "constraint",
+    "add_fk": "fk",
+    "remove_fk": "fk",
+}
+# Kinds naming an object the live database lacks: there is no live item to mark, so the
+# table lists it as missing.
+_MISSING_KINDS = {"add_table", "add_column", "add_index", "add_constraint", "add_fk"}
+UNNAMED = "(unnamed)"
+# The roles that may ask for a check now: operators and above (it reads, never writes).
+CHECKING_ROLES = (roles.OPERATOR, roles.APPROVER, roles.ADMIN)
+
+
+# The overview caches its HTML by value (templatetags/fragments.py): a badge holds only values.
+
+
+@dataclass(frozen=True)
+class SchemaBadge:
+    """An environment's schema state beside its revision state, and how old the check is."""
+
+    state: str  # in_sync, drift, not_checked or check_failed
+    label: str  # "in sync", "drift (2)", "not checked", "check failed"
+    why: str  # the reason for not_checked and check_failed; "" otherwise
+    count: int
+    checked_at: datetime | None
+    checked_ago: str  # "5 minutes ago"; "" when never checked
+    checking: bool = False  # a check has been asked for and not finished
+
+
+@dataclass(frozen=True)
+class DifferenceRow:
+    """One difference in plain words, with Alembic's operation name."""
+
+    kind: str
+    name: str
+    words: str
+
+
+@dataclass(frozen=True)
+class TableDifferences:
+    """The differences of one table."""
+
+    table: str
+    rows: tuple[DifferenceRow, ...]
+
+
+@dataclass(frozen=True)
+class LiveColumn:
+    """One column as read, and what drifted about it ("" when nothing did)."""
+
+    name: str
+    type: str
+    nullable: bool
+    default: str | None
+    drift: str
+
+
+@dataclass(frozen=True)
+class LiveItem:
+    """One index, unique constraint or foreign key as read, and what drifted about it."""
+
+    name: str
+    columns: str
+    extra: str  # "unique" for an index, "-> users(id)" for a foreign key
+    drift: str
+
+
+@dataclass(frozen=True)
+class LiveTable:
+    """One table of the live schema as read, its drifted items marked."""
+
+    name: str
+    columns: tuple[LiveColumn, ...]
+    primary_key: str
+    indexes: tuple[LiveItem, ...]
+    unique_constraints: tuple[LiveItem, ...]
+    foreign_keys: tuple[LiveItem, ...]
+    drift: str  # the table itself: it exists but no revision creates it
+    missing: tuple[str, ...]  # what the revisions create and the table lacks, in words
+
+    @property
+    def drifted(self) -> bool:
+        """Say whether anything of this table differs from the reference."""
+        return bool(
+            self.drift
+            or self.missing
+            or any(c.drift for c in self.columns)
+            or any(i.drift for i in (*self.indexes, *self.unique_constraints, *self.foreign_keys))
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One revision an unversioned database was compared with, and how far it is from it."""
+
+    revision: str
+    short: str
+    count: int
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What an environment without a version table matches: one revision exactly, or the closest."""
+
+    exact: str | None
+    closest: tuple[Candidate, ...]
+    compared: int
+    of: int
+    error: str
+
+
+@dataclass(frozen=True)
+class ModelsNote:
+    """What `alembic check` said of the project's models at the heads."""
+
+    environment: str
+    heads: tuple[str, ...]
+    operations: tuple[str, ...]
+    checked_at: datetime | None
+    checked_ago: str
+
+
+@dataclass(frozen=True)
+class SchemaPanel:
+    """The environment page's schema section: latest result, differences, live schema, adoption."""
+
+    environment: str
+    badge: SchemaBadge
+    check: SchemaCheck | None  # the latest finished check
+    checking: bool
+    groups: tuple[TableDifferences, ...]
+    tables: tuple[LiveTable, ...]
+    missing_tables: tuple[str, ...]
+    adoption: Adoption | None
+    models: ModelsNote | None
+    may_check: bool
+    check_url: str
+    poll_url: str
+    trigger_label: str
+    requested_by: str  # who asked for the pending check
+
+    @property
+    def poll(self) -> bool:
+        """Say whether the section asks again: while a check is pending."""
+        return self.checking
+
+
+@dataclass(frozen=True)
+class DriftWarning:
+    """Why a request or approval should look twice: the environment's schema drifted."""
+
+    environment: str
+    count: int
+    url: str
+    checked_ago: str
+
+
+def may_check_schema(user: Any) -> bool:
+    """Say whether the user may ask for a schema check now: operators and above."""
+    return roles.role_of(user) in CHECKING_ROLES
+
+
+def schema_badges(environments: Iterable[Environment]) -> dict[str, SchemaBadge]:
+    """Return every environment's badge (never checked included), by name."""
+    envs = list(environments)
+    names = [env.name for env in envs]
+    latest = _latest_of(envs)
+    checking = set(
+        SchemaCheck.objects.filter(environment__in=names, state=SchemaCheck.State.PENDING)
+        .values_list("environment", flat=True)
+        .distinct()
+    )
+    return {name: badge_for(latest.get(name), checking=name in checking) for name in names}
+
+
+def badge_for(check: SchemaCheck | None, *, checking: bool = False) -> SchemaBadge:
+    """Return the badge of a finished check (None: never checked)."""
+    if check is None:
+        return SchemaBadge(
+            state=SchemaCheck.State.NOT_CHECKED.value,
+            label=SchemaCheck.State.NOT_CHECKED.label,
+            why=NEVER_CHECKED,
+            count=0,
+            checked_at=None,
+            checked_ago="",
+            checking=checking,
+        )
+    count = len(check.differences)
+    label = check.get_state_display()
+    if check.state == SchemaCheck.State.DRIFT:
+        label = f"{label} ({count})"
+    shows_why = check.state in (SchemaCheck.State.NOT_CHECKED, SchemaCheck.State.FAILED)
+    return SchemaBadge(
+        state=check.state,
+        label=label,
+        why=check.reason if shows_why else "",
+        count=count,
+        checked_at=check.checked_at,
+        checked_ago=ago(check.checked_at),
+        checking=checking,
+    )
+
+
+def schema_panel(*, environment: str, user: Any) -> SchemaPanel | None:
+    """Return the environment page's schema section, or None when the config does not have it."""
+    env = current_config().environments.get(environment)
+    if env is None:
+        return None
+    check = _latest_of([env]).get(environment)
+    pending = pending_check(environment)
+    differences = from_dicts(check.differences) if check is not None else []
+    live = check.live_schema.get("tables", []) if check is not None else []
+    tables = tuple(_live_table(table, differences, environment) for table in live)
+    present = {table.name for table in tables}
+    return SchemaPanel(
+        environment=environment,
+        badge=badge_for(check, checking=pending is not None),
+        check=check,
+        checking=pending is not None,
+        groups=tuple(
+            TableDifferences(
+                table=table,
+                rows=tuple(DifferenceRow(d.kind, d.name, describe(d, environment)) for d in rows),
+            )
+            for table, rows in by_table(differences)
+        ),
+        tables=tables,
+        missing_tables=tuple(
+            describe(d, environment)
+            for d in differences
+            if d.kind == "add_table" and d.table not in present
+        ),
+        adoption=_adoption(check.adoption) if check is not None and check.adoption else None,
+        models=_models_note(check, _script_heads(environment, env.project)),
+        may_check=may_check_schema(user),
+        check_url=reverse("environment-schema-check", args=[environment]),
+        poll_url=reverse("environment-schema", args=[environment]),
+        trigger_label=check.get_trigger_display() if check is not None else "",
+        requested_by=pending.requested_by if pending is not None else "",
+    )
+
+
+def drift_warning(*, environment: str) -> DriftWarning | None:
+    """Return the warning for a request or approval on a drifted environment; None when not."""
+    try:
+        env = current_config().environments.get(environment)
+    except ConfigError:
+        return None
+    check = _latest_of([env]).get(environment) if env is not None else None
+    if check is None or check.state != SchemaCheck.State.DRIFT:
+        return None
+    return DriftWarning(
+        environment=environment,
+        count=len(check.differences),
+        url=reverse("environment", args=[environment]) + "#schema",
+        checked_ago=ago(check.checked_at),
+    )
+
+
+def action_drift_warning(*, action: Action) -> DriftWarning | None:
+    """Return the drift warning for an action's page; none once it finished (its plan is history)."""
+    if action.is_finished:
+        return None
+    return drift_warning(environment=action.environment)
+
+
+def project_models_note(*, project: str) -> ModelsNote | None:
+    """Return what the newest check at the project's heads said of its models, when they drift."""
+    try:
+        config = current_config()
+    except ConfigError:
+        return None
+    envs = config.environments_of(project)
+    if not envs:
+        return None
+    heads = _project_heads([env.name for env in envs])
+    with_models = [
+        check for check in _latest_of(envs).values() if check.models_state and check.checked_at
+    ]
+    at_heads = [c for c in with_models if heads is None or sorted(c.heads) == heads]
+    if not at_heads:
+        return None
+    # The newest word at the heads counts, drift or not: a later clean check answers an old one.
+    newest = max(at_heads, key=lambda c: (c.checked_at, c.pk))
+    return _models_note(newest, heads)
+
+
+def _latest_of(envs: Iterable[Environment]) -> dict[str, SchemaCheck]:
+    """Return the latest finished checks of these environments made for their current project."""
+    projects = {env.name: env.project for env in envs}
+    # A check made while the environment belonged to another project compared another history.
+    return {
+        name: check
+        for name, check in latest_checks(projects).items()
+        if check.project == projects[name]
+    }
+
+
+def _models_note(check: SchemaCheck | None, heads: list[str] | None) -> ModelsNote | None:
+    """Return the models note of a check whose models drift, at the heads as last seen."""
+    if check is None or check.models_state != SchemaCheck.State.DRIFT.value:
+        return None
+    if heads is not None and sorted(check.heads) != heads:
+        return None  # the history moved on since: what it said is about older heads
+    return ModelsNote(
+        environment=check.environment,
+        heads=tuple(check.heads),
+        operations=tuple(str(op) for op in check.models_differences),
+        checked_at=check.checked_at,
+        checked_ago=ago(check.checked_at),
+    )
+
+
+def _script_heads(environment: str, project: str) -> list[str] | None:
+    """Return the script directory's heads as the environment's latest read saw them."""
+    snapshot = (
+        Snapshot.objects.filter(environment=environment, project=project)
+        .order_by("-read_at", "-id")
+        .only("script_heads")
+        .first()
+    )
+    return sorted(snapshot.script_heads) if snapshot is not None and snapshot.script_heads else None
+
+
+def _project_heads(environments: list[str]) -> list[str] | None:
+    """Return the script directory's heads as the newest read of any of these environments saw."""
+    snapshot = (
+        Snapshot.objects.filter(environment__in=environments)
+        .exclude(script_heads=[])
+        .order_by("-read_at", "-id")
+        .only("script_heads")
+        .first()
+    )
+    return sorted(snapshot.script_heads) if snapshot is not None else None
+
+
+def _marks(differences: Iterable[Difference], environment: str) -> dict[tuple[str, str, str], str]:
+    """Return each difference's words by (table, object, name), to mark live items with."""
+    marks: dict[tuple[str, str, str], list[str]] = {}
+    for d in differences:
+        kind = _OBJECT_OF_KIND.get(d.kind, "")
+        name = d.detail if kind == "fk" and d.name == UNNAMED else d.name
+        marks.setdefault((d.table, kind, name), []).append(describe(d, environment))
+    return {key: "; ".join(words) for key, words in marks.items()}
+
+
+def _live_table(
+    table: dict[str, Any], differences: list[Difference], environment: str
+) -> LiveTable:
+    name = str(table.get("name", ""))
+    mine = [d for d in differences if d.table == name]
+    marks = _marks((d for d in mine if d.kind not in _MISSING_KINDS), environment)
+
+    def mark(kind: str, item: str) -> str:
+        return marks.get((name, kind, item), "")
+
+    def fk_mark(fk: dict[str, Any]) -> str:
+        # Unnamed foreign keys (SQLite's) are matched by what they join, as the difference says.
+        target = str(fk.get("references", "")).split("(", 1)[0]
+        joined = f" ({', '.join(fk.get('columns', []))}) -> {target}"
+        return mark("fk", str(fk.get("name") or "")) or mark("fk", joined)
+
+    return LiveTable(
+        name=name,
+        columns=tuple(
+            LiveColumn(
+                name=str(c.get("name", "")),
+                type=str(c.get("type", "")),
+                nullable=bool(c.get("nullable", True)),
+                default=c.get("default"),
+                drift=mark("column", str(c.get("name", ""))),
+            )
+            for c in table.get("columns", [])
+        ),
+        primary_key=", ".join(table.get("primary_key", [])),
+        indexes=tuple(
+            LiveItem(
+                name=str(i.get("name", "")),
+                columns=", ".join(i.get("columns", [])),
+                extra="unique" if i.get("unique") else "",
+                # A unique constraint may be read back as a unique index (MariaDB).
+                drift=mark("index", str(i.get("name", "")))
+                or mark("constraint", str(i.get("name", ""))),
+            )
+            for i in table.get("indexes", [])
+        ),
+        unique_constraints=tuple(
+            LiveItem(
+                name=str(u.get("name", "")),
+                columns=", ".join(u.get("columns", [])),
+                extra="",
+                drift=mark("constraint", str(u.get("name", ""))),
+            )
+            for u in table.get("unique_constraints", [])
+        ),
+        foreign_keys=tuple(
+            LiveItem(
+                name=str(f.get("name", "")),
+                columns=", ".join(f.get("columns", [])),
+                extra=f"-> {f.get('references', '')}",
+                drift=fk_mark(f),
+            )
+            for f in table.get("foreign_keys", [])
+        ),
+        drift=mark("table", name),
+        missing=tuple(
+            describe(d, environment) for d in mine if d.kind in _MISSING_KINDS - {"add_table"}
+        ),
+    )
+
+
+def _adoption(found: dict[str, Any]) -> Adoption:
+    return Adoption(
+        exact=found.get("exact") or None,
+        closest=tuple(
+            Candidate(
+                revision=str(c.get("revision", "")),
+                short=str(c.get("revision", ""))[:12],
+                count=int(c.get("count", 0)),
+                items=tuple(describe(d, "") for d in from_dicts(c.get("items", []))),
+            )
+            for c in found.get("closest", [])
+        ),
+        compared=int(found.get("compared", 0)),
+        of=int(found.get("of", 0)),
+        error=str(found.get("error", "")),
+    )

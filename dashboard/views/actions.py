@@ -10,6 +10,7 @@ from django.views.decorators.vary import vary_on_headers
 from dashboard.config import ConfigError
 from dashboard.forms import ActionFilterForm, ActionRequestForm, ApprovalForm, RejectionForm
 from dashboard.selectors import actions as action_selectors
+from dashboard.selectors import drift as drift_selectors
 from dashboard.selectors import targets as target_selectors
 from dashboard.services import actions as action_services
 from dashboard.views import HtmxHttpRequest
@@ -60,7 +61,11 @@ def action_request(request: HtmxHttpRequest, name: str) -> HttpResponse:
         else:
             return redirect("action-detail", pk=action.pk)
     template = "actions/request.html#request-form" if request.htmx else "actions/request.html"
-    return render(request, template, {"page": page, "form": form}, status=status)
+    # The form's htmx swaps keep the warning above them; only the whole page reads it.
+    warning = None if request.htmx else drift_selectors.drift_warning(environment=name)
+    return render(
+        request, template, {"page": page, "form": form, "drift_warning": warning}, status=status
+    )
 
 
 @vary_on_headers("HX-Request")
@@ -72,9 +77,14 @@ def action_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         raise Http404("no such action")
     # htmx polls the review region while the worker prepares the SQL.
     template = "actions/action.html#review" if request.htmx else "actions/action.html"
-    return render(
-        request, template, {"page": page, "review": page.review, "progress": page.progress}
-    )
+    warning = None if request.htmx else drift_selectors.action_drift_warning(action=page.action)
+    context = {
+        "page": page,
+        "review": page.review,
+        "progress": page.progress,
+        "drift_warning": warning,
+    }
+    return render(request, template, context)
 
 
 @require_GET

@@ -13,6 +13,7 @@ from django.views.decorators.vary import vary_on_headers
 from dashboard import api
 from dashboard.config import ConfigError
 from dashboard.scripts import ScriptLocationError
+from dashboard.selectors import drift as drift_selectors
 from dashboard.selectors import graph as graph_selectors
 from dashboard.selectors.graph import GraphNotFound
 from dashboard.views import HtmxHttpRequest
@@ -67,7 +68,9 @@ def graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
         rev=request.GET.get("rev", ""),
         query=request.GET.get("q", ""),
     )
-    return render(request, "graph.html", {"page": page, "window": page.window, "panel": page.panel})
+    models = drift_selectors.project_models_note(project=name)
+    context = {"page": page, "window": page.window, "panel": page.panel, "models": models}
+    return render(request, "graph.html", context)
 
 
 @require_GET

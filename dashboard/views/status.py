@@ -10,6 +10,7 @@ from django_htmx.http import reswap, retarget
 
 from dashboard import api
 from dashboard.config import ConfigError
+from dashboard.selectors import drift as drift_selectors
 from dashboard.selectors import status as status_selectors
 from dashboard.services import status as status_services
 from dashboard.views import HtmxHttpRequest
@@ -26,8 +27,10 @@ def environment(request: HtmxHttpRequest, name: str) -> HttpResponse:
         return render(request, "environment.html", context, status=503)
     if detail is None:
         raise Http404(f"no environment named {name!r}")
-    template = "environment.html#status" if request.htmx else "environment.html"
-    return render(request, template, {"name": name, "detail": detail})
+    if request.htmx:
+        return render(request, "environment.html#status", {"name": name, "detail": detail})
+    schema = drift_selectors.schema_panel(environment=name, user=request.user)
+    return render(request, "environment.html", {"name": name, "detail": detail, "schema": schema})
 
 
 @require_POST

@@ -1,0 +1,625 @@
+"""Where people see schema drift: the badges, the environment page's schema section, the warnings."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+from django.utils.html import escape
+from sqlalchemy.pool import NullPool
+
+from dashboard.models import Action, AuditEvent, SchemaCheck, Snapshot
+from dashboard.services import drift, status
+from tests.databases import postgres_database
+from tests.fakeserver import closed_port
+from tests.statusenv import HEAD, MID, PASSWORD, alembic, empty_sqlite, with_password, write_config
+
+pytestmark = pytest.mark.django_db
+HTMX = {"HTTP_HX_REQUEST": "true"}
+SIGN_IN = "correct-horse-9"
+ROLES = {"vera": "viewer", "olga": "operator", "abe": "approver", "root": "admin"}
+State = SchemaCheck.State
+
+
+@pytest.fixture(scope="module")
+def at_heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file the real sample project upgraded to its heads (copied by each test)."""
+    path = tmp_path_factory.mktemp("drift-pages") / "heads.db"
+    alembic(empty_sqlite(path), "upgrade", "heads")
+    return path
+
+
+@pytest.fixture
+def people() -> None:
+    """Create one account per role."""
+    for name, role in ROLES.items():
+        call_command("adduser", name, role=role, password=SIGN_IN)
+
+
+def signed_in(name: str, *, csrf: bool = False) -> Client:
+    """Return a client signed in as name."""
+    client = Client(enforce_csrf_checks=csrf)
+    assert client.login(username=name, password=SIGN_IN)
+    return client
+
+
+def use_config(settings: Any, tmp_path: Path, environments: dict[str, dict[str, Any]]) -> None:
+    """Point the dashboard at the sample project with these environments."""
+    settings.DASHBOARD_CONFIG = str(write_config(tmp_path / "dashboard.toml", environments))
+
+
+def blog(url: str, **extra: Any) -> dict[str, Any]:
+    return {"project": "blog", "url": url, **extra}
+
+
+def run_sql(url: str, *statements: str) -> None:
+    """Change a target database by hand, as someone in production would."""
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def drifted(settings: Any, tmp_path: Path, at_heads: Path, people: None) -> str:
+    """Configure prod at the heads with a hand-made column and index, read and checked for real."""
+    path = tmp_path / "prod.db"
+    shutil.copy(at_heads, path)
+    url = f"sqlite:///{path}"
+    run_sql(
+        url,
+        "ALTER TABLE users ADD COLUMN nickname VARCHAR(40)",
+        "CREATE INDEX ix_posts_title ON posts (title)",
+    )
+    use_config(settings, tmp_path, {"prod": blog(url, approvals_required=1)})
+    status.status_refresh(environments=["prod"])
+    [check] = drift.schemas_check(["prod"])
+    assert check.state == State.DRIFT, check.reason
+    return url
+
+
+def store_check(environment: str, state: str, **fields: Any) -> SchemaCheck:
+    """Store a finished check row as the service leaves one."""
+    values: dict[str, Any] = {
+        "project": "blog",
+        "trigger": SchemaCheck.Trigger.PERIODIC,
+        "heads": [HEAD],
+        "checked_at": timezone.now(),
+    }
+    values.update(fields)
+    return SchemaCheck.objects.create(environment=environment, state=state, **values)
+
+
+def difference(kind: str, table: str, name: str, detail: str = "") -> dict[str, str]:
+    return {"kind": kind, "table": table, "name": name, "detail": detail}
+
+
+def row(html: str, name: str) -> str:
+    """Return the overview's table row of one environment."""
+    found = re.search(rf'<tr id="env-{re.escape(name)}".*?</tr>', html, re.DOTALL)
+    assert found, f"no row for {name}"
+    return found.group(0)
+
+
+def schema_label(html: str) -> str:
+    """Return the text of the (first) schema badge's state link."""
+    found = re.search(r'<a class="schema schema-(\w+)"[^>]*>([^<]*)</a>', html)
+    assert found, "no schema badge"
+    return f"{found.group(1)}: {found.group(2)}"
+
+
+def section(html: str) -> str:
+    """Return the environment page's schema section."""
+    found = re.search(
+        r'<section class="card schema-section" id="schema".*?</section>', html, re.DOTALL
+    )
+    assert found, "no schema section"
+    return found.group(0)
+
+
+# --- the badge ------------------------------------------------------------------------------
+
+
+def test_overview_shows_each_schema_state_beside_the_revision_state(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    names = ["synced", "drifted", "unchecked", "broken", "never"]
+    use_config(
+        settings, tmp_path, {name: blog(f"sqlite:///{tmp_path / name}.db") for name in names}
+    )
+    five_minutes_ago = timezone.now() - timedelta(minutes=5, seconds=3)
+    store_check("synced", State.IN_SYNC, checked_at=five_minutes_ago)
+    store_check(
+        "drifted",
+        State.DRIFT,
+        differences=[
+            difference("remove_column", "users", "nickname"),
+            difference("add_index", "posts", "ix"),
+        ],
+    )
+    store_check("unchecked", State.NOT_CHECKED, reason="no scratch server: set scratch_url")
+    store_check("broken", State.FAILED, reason="cannot read the live schema: timed out")
+
+    html = signed_in("vera").get("/").content.decode()
+
+    assert schema_label(row(html, "synced")) == "in_sync: in sync"
+    assert "checked 5\xa0minutes ago" in row(html, "synced")
+    assert schema_label(row(html, "drifted")) == "drift: drift (2)"
+    assert 'href="/environments/drifted#schema"' in row(html, "drifted")
+    unchecked = row(html, "unchecked")
+    assert schema_label(unchecked) == "not_checked: not checked"
+    assert 'title="no scratch server: set scratch_url"' in unchecked
+    assert "(no scratch server: set scratch_url)" in unchecked
+    broken = row(html, "broken")
+    assert schema_label(broken) == "check_failed: check failed"
+    assert "(cannot read the live schema: timed out)" in broken
+    never = row(html, "never")
+    assert schema_label(never) == "not_checked: not checked"
+    assert "(no check yet)" in never and "checked " not in never
+    # The revision state keeps its own badge: one .state per row, as the browser tests expect.
+    for name in names:
+        assert row(html, name).count('class="state ') == 1
+
+
+def test_the_cached_overview_shows_a_new_check_and_a_pending_one_at_once(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    lead = signed_in("vera")
+    before = row(lead.get("/").content.decode(), "prod")
+    store_check("prod", State.IN_SYNC)
+    synced = row(lead.get("/").content.decode(), "prod")
+    SchemaCheck.objects.create(
+        environment="prod", project="blog", trigger=SchemaCheck.Trigger.DEMAND
+    )
+    pending = row(lead.get("/").content.decode(), "prod")
+    store_check("prod", State.DRIFT, differences=[difference("remove_table", "t", "t")])
+    drift_row = row(lead.get("/").content.decode(), "prod")
+
+    assert "(no check yet)" in before
+    assert schema_label(synced) == "in_sync: in sync" and "checking" not in synced
+    assert "checking…" in pending
+    assert schema_label(drift_row) == "drift: drift (1)"
+
+
+def test_a_check_made_for_another_project_does_not_count(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    store_check(
+        "prod", State.DRIFT, project="shop", differences=[difference("remove_table", "t", "t")]
+    )
+
+    html = signed_in("vera").get("/").content.decode()
+
+    assert "(no check yet)" in row(html, "prod")
+
+
+# --- the environment page -------------------------------------------------------------------
+
+
+def test_a_real_drift_is_listed_by_table_in_plain_words(drifted: str) -> None:
+    html = signed_in("vera").get("/environments/prod").content.decode()
+    schema = section(html)
+
+    assert schema_label(html) == "drift: drift (2)"  # the status card's badge
+    assert 'id="schema-badge"' in html
+    groups = re.findall(
+        r'<div class="drift-group">\s*<h4><code>(\w+)</code></h4>(.*?)</div>', schema, re.DOTALL
+    )
+    assert [table for table, _ in groups] == ["posts", "users"]
+    posts, users = (body for _, body in groups)
+    assert (
+        "index ix_posts_title on posts (title) exists in prod but no revision creates it" in posts
+    )
+    assert "column users.nickname exists in prod but no revision creates it" in users
+    assert ">remove_column<" in users
+    assert "nickname" not in posts
+
+
+def test_the_live_schema_is_shown_table_by_table_with_the_drifted_items_marked(
+    drifted: str,
+) -> None:
+    schema = section(signed_in("vera").get("/environments/prod").content.decode())
+    tables = dict(
+        re.findall(
+            r'<details class="live-table[^"]*"[^>]*>\s*<summary><code>(\w+)</code>(.*?)</details>',
+            schema,
+            re.DOTALL,
+        )
+    )
+
+    assert sorted(tables) == ["posts", "users", "votes"]  # not the version table
+    users = tables["users"]
+    nickname = re.search(r"<tr[^>]*><td><code>nickname</code>.*?</tr>", users, re.DOTALL)
+    assert nickname and 'class="drifted"' in nickname.group(0)
+    assert "<code>VARCHAR(40)</code>" in nickname.group(0) and "<td>NULL</td>" in nickname.group(0)
+    email = re.search(r"<tr[^>]*><td><code>email</code>.*?</tr>", users, re.DOTALL)
+    assert email and "drifted" not in email.group(0) and "NOT NULL" in email.group(0)
+    assert "<code>uq_users_email</code> (email)" in users
+    assert "<dt>Primary key</dt><dd>(id)</dd>" in users
+    assert "<code>CURRENT_TIMESTAMP</code>" in users  # created_at's default
+    assert re.search(r'<div class="drifted"><code>ix_posts_title</code> \(title\)', tables["posts"])
+    assert "<code>ix_posts_created_at</code> (created_at)</div>" in tables["posts"]
+    assert "<code>fk_votes_user_id_users</code> (user_id) -&gt; users(id)" in tables["votes"]
+    assert "(user_id, post_id)" in tables["votes"]
+    # Drifted tables open, the others stay folded.
+    assert re.search(r'<details class="live-table drifted" open>\s*<summary><code>users', schema)
+    assert re.search(r'<details class="live-table">\s*<summary><code>votes', schema)
+
+
+def test_missing_items_are_listed_under_their_table() -> None:
+    from dashboard.drift.differences import from_dicts
+    from dashboard.selectors.drift import _live_table
+
+    live = {"name": "users", "columns": [{"name": "id", "type": "INTEGER", "nullable": False}]}
+    found = from_dicts([difference("add_column", "users", "phone_number", "VARCHAR(50)")])
+
+    table = _live_table(live, found, "prod")
+
+    assert table.missing == (
+        "column users.phone_number is missing in prod (the revisions create it)",
+    )
+    assert table.drifted and not table.columns[0].drift
+
+
+def test_the_section_polls_while_a_check_is_pending_and_shows_the_result(drifted: str) -> None:
+    olga = signed_in("olga")
+    asked = olga.post("/environments/prod/schema/check", **HTMX)
+    pending = SchemaCheck.objects.get(state=State.PENDING)
+    waiting = olga.get("/environments/prod/schema", **HTMX).content.decode()
+    page = olga.get("/environments/prod").content.decode()
+    run_sql(drifted, "DROP INDEX ix_posts_title", "ALTER TABLE users DROP COLUMN nickname")
+    drift.schema_check_run(check_id=pending.pk)
+    done = olga.get("/environments/prod/schema", **HTMX).content.decode()
+
+    assert asked.status_code == 200
+    assert pending.trigger == SchemaCheck.Trigger.DEMAND and pending.requested_by == "olga"
+    for html in (asked.content.decode(), waiting, section(page)):
+        assert 'hx-get="/environments/prod/schema" hx-trigger="every 2s"' in html
+        assert "Checking (asked by olga)" in html
+    # Meanwhile the last result stays on show.
+    assert "column users.nickname exists in prod" in waiting
+    assert 'hx-trigger="every 2s"' not in done
+    assert "Checking" not in done
+    assert schema_label(done) == "in_sync: in sync"
+    assert "The live schema is what the revisions at these heads produce." in done
+    assert "nickname" not in done
+    # The answer also swaps the status card's badge, out of band.
+    oob = re.search(r'<span class="schema-badge" id="schema-badge" hx-swap-oob="true">.*', done)
+    assert oob and "schema-in_sync" in oob.group(0)
+    assert AuditEvent.objects.filter(verb="schema.drift_resolved", environment="prod").exists()
+
+
+def test_the_section_without_htmx_is_the_page(drifted: str) -> None:
+    answer = signed_in("vera").get("/environments/prod/schema")
+
+    assert answer.status_code == 302 and answer["Location"] == "/environments/prod#schema"
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed"), [("vera", False), ("olga", True), ("abe", True), ("root", True)]
+)
+def test_check_schema_is_for_operators_and_above(
+    settings: Any, tmp_path: Path, people: None, name: str, allowed: bool
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    client = signed_in(name)
+
+    page = client.get("/environments/prod").content.decode()
+    answer = client.post("/environments/prod/schema/check")
+
+    assert ("Check schema</button>" in page) is allowed
+    if allowed:
+        assert answer.status_code == 302 and answer["Location"] == "/environments/prod#schema"
+        assert SchemaCheck.objects.filter(state=State.PENDING, requested_by=name).count() == 1
+        assert AuditEvent.objects.filter(verb="schema.check_requested", actor_name=name).exists()
+    else:
+        assert answer.status_code == 403
+        assert "operators and above" in answer.content.decode()
+        assert not SchemaCheck.objects.exists()
+
+
+def test_check_schema_needs_the_csrf_token_and_a_post(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    client = signed_in("olga", csrf=True)
+    page = client.get("/environments/prod").content.decode()
+    form = re.search(
+        r'<form method="post" action="/environments/prod/schema/check".*?</form>', page, re.DOTALL
+    )
+    assert form
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.group(0))
+    assert token
+
+    forged = client.post("/environments/prod/schema/check")
+    fetched = client.get("/environments/prod/schema/check")
+    assert forged.status_code == 403 and fetched.status_code == 405
+    assert not SchemaCheck.objects.exists()
+    sent = client.post("/environments/prod/schema/check", {"csrfmiddlewaretoken": token[1]})
+    again = client.post("/environments/prod/schema/check", {"csrfmiddlewaretoken": token[1]})
+
+    assert sent.status_code == 302 and again.status_code == 302
+    assert SchemaCheck.objects.filter(state=State.PENDING).count() == 1  # one request is enough
+    assert "disabled>Check schema</button>" in client.get("/environments/prod").content.decode()
+
+
+def test_check_schema_of_an_unknown_environment_is_a_404(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+
+    assert signed_in("olga").post("/environments/nowhere/schema/check").status_code == 404
+    assert signed_in("olga").get("/environments/nowhere/schema", **HTMX).status_code == 404
+
+
+def test_a_page_never_checked_says_so(settings: Any, tmp_path: Path, people: None) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+
+    html = section(signed_in("olga").get("/environments/prod").content.decode())
+
+    assert "No schema check has run yet: press Check schema." in html
+    assert "(no check yet)" in html
+
+
+def test_a_reason_is_shown_for_a_check_that_could_not_run(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    store_check("prod", State.NOT_CHECKED, reason="no scratch server: set scratch_url")
+
+    html = section(signed_in("vera").get("/environments/prod").content.decode())
+
+    assert "Not checked: no scratch server: set scratch_url" in html
+    assert "Check schema" not in html  # a viewer
+
+
+# --- adoption -------------------------------------------------------------------------------
+
+
+def test_an_exact_match_offers_a_stamp_request(settings: Any, tmp_path: Path, people: None) -> None:
+    use_config(settings, tmp_path, {"legacy": blog(f"sqlite:///{tmp_path / 'legacy.db'}")})
+    store_check(
+        "legacy",
+        State.DRIFT,
+        heads=[],
+        differences=[difference("remove_table", "users", "users")],
+        adoption={
+            "exact": MID,
+            "closest": [{"revision": MID, "count": 0, "items": []}],
+            "compared": 6,
+            "of": 9,
+        },
+    )
+
+    operator = section(signed_in("olga").get("/environments/legacy").content.decode())
+    viewer = section(signed_in("vera").get("/environments/legacy").content.decode())
+
+    assert f'It matches <code class="rev">{MID}</code> exactly (no version table).' in operator
+    form = re.search(
+        r'<form method="post" action="/environments/legacy/request".*?</form>', operator, re.DOTALL
+    )
+    assert form
+    assert '<input type="hidden" name="direction" value="stamp">' in form.group(0)
+    assert f'<input type="hidden" name="target" value="{MID}">' in form.group(0)
+    assert 'name="csrfmiddlewaretoken"' in form.group(0)
+    assert f"Request stamp to {MID}</button>" in form.group(0)
+    assert "exactly (no version table)" in viewer and "Request stamp" not in viewer
+
+
+def test_without_an_exact_match_the_closest_revisions_are_listed(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"legacy": blog(f"sqlite:///{tmp_path / 'legacy.db'}")})
+    store_check(
+        "legacy",
+        State.DRIFT,
+        heads=[],
+        differences=[difference("remove_table", "users", "users")],
+        adoption={
+            "exact": None,
+            "closest": [
+                {
+                    "revision": HEAD,
+                    "count": 1,
+                    "items": [difference("remove_column", "users", "nickname")],
+                },
+                {"revision": MID, "count": 3, "items": []},
+            ],
+            "compared": 9,
+            "of": 9,
+        },
+    )
+
+    html = section(signed_in("olga").get("/environments/legacy").content.decode())
+
+    assert "no revision's schema matches it exactly" in html
+    assert "The closest of the 9 compared (of 9)" in html
+    assert re.search(rf'<code class="rev" title="{HEAD}">{HEAD}</code>: 1 difference\b', html)
+    assert re.search(rf'<code class="rev" title="{MID}">{MID}</code>: 3 differences', html)
+    assert "column users.nickname exists in the database but no revision creates it" in html
+    assert "Request stamp" not in html
+
+
+# --- warnings on requests and approvals -----------------------------------------------------
+
+
+def make_action(**fields: Any) -> Action:
+    """Store an action row awaiting approval on prod."""
+    values: dict[str, Any] = {
+        "environment": "prod",
+        "project": "blog",
+        "direction": "upgrade",
+        "target": "heads",
+        "from_heads": [MID],
+        "target_heads": [HEAD],
+        "fingerprint": "0" * 64,
+        "plan_hash": "a1" * 32,
+        "approvals_required": 1,
+        "requested_by_name": "olga",
+        "reason": "ship it",
+        "prepared_at": timezone.now(),
+    }
+    values.update(fields)
+    return Action.objects.create(**values)
+
+
+def warning(html: str) -> str:
+    found = re.search(r'<p class="note drift-warning".*?</p>', html, re.DOTALL)
+    return found.group(0) if found else ""
+
+
+def test_request_and_approval_pages_warn_of_drift(drifted: str) -> None:
+    action = make_action()
+    finished = make_action(status=Action.Status.SUCCEEDED)
+
+    request_page = signed_in("olga").get("/environments/prod/request?direction=downgrade")
+    approval_page = signed_in("abe").get(f"/actions/{action.pk}/")
+    history = signed_in("abe").get(f"/actions/{finished.pk}/")
+    swapped = signed_in("olga").get("/environments/prod/request?direction=upgrade", **HTMX)
+
+    for answer in (request_page, approval_page):
+        text = warning(answer.content.decode())
+        assert "the plan may fail or hide a hand-made change: 2 differences" in text
+        assert 'href="/environments/prod#schema"' in text
+    assert warning(history.content.decode()) == ""  # its plan ran before: today's drift is news
+    assert warning(swapped.content.decode()) == ""  # the partial swaps under the page's warning
+
+
+def test_no_warning_when_in_sync_or_never_checked(
+    settings: Any, tmp_path: Path, at_heads: Path, people: None
+) -> None:
+    path = tmp_path / "prod.db"
+    shutil.copy(at_heads, path)
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{path}", approvals_required=1)})
+    status.status_refresh(environments=["prod"])
+    action = make_action(from_heads=[HEAD], target="base", direction="downgrade")
+    never = signed_in("olga").get("/environments/prod/request").content.decode()
+    [check] = drift.schemas_check(["prod"])
+
+    pages = [
+        signed_in("olga").get("/environments/prod/request").content.decode(),
+        signed_in("abe").get(f"/actions/{action.pk}/").content.decode(),
+    ]
+
+    assert check.state == State.IN_SYNC
+    assert "drift-warning" not in never
+    for html in pages:
+        assert "drift-warning" not in html and "hand-made change" not in html
+
+
+# --- the models check -----------------------------------------------------------------------
+
+
+def test_models_that_need_a_revision_are_shown_on_the_environment_and_graph_pages(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    Snapshot.objects.create(
+        environment="prod",
+        project="blog",
+        heads=[HEAD],
+        script_heads=[HEAD],
+        state="current",
+        read_at=timezone.now(),
+    )
+    store_check(
+        "prod",
+        State.IN_SYNC,
+        models_state="drift",
+        models_differences=["add_column users.phone_number"],
+    )
+    lead = signed_in("vera")
+
+    pages = [
+        lead.get("/environments/prod").content.decode(),
+        lead.get("/projects/blog/graph").content.decode(),
+    ]
+
+    for html in pages:
+        assert "The models have changes no revision covers: add_column users.phone_number" in html
+
+
+def test_a_models_check_at_older_heads_is_not_shown(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    # Read after a new revision arrived: the check spoke of heads that are no longer the heads.
+    Snapshot.objects.create(
+        environment="prod",
+        project="blog",
+        heads=[MID],
+        script_heads=[HEAD],
+        state="behind",
+        read_at=timezone.now(),
+    )
+    store_check(
+        "prod",
+        State.IN_SYNC,
+        heads=[MID],
+        models_state="drift",
+        models_differences=["add_column users.phone_number"],
+    )
+    lead = signed_in("vera")
+
+    for url in ("/environments/prod", "/projects/blog/graph"):
+        assert "no revision covers" not in lead.get(url).content.decode()
+
+
+def test_a_clean_models_check_shows_nothing(settings: Any, tmp_path: Path, people: None) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    store_check("prod", State.IN_SYNC, models_state="in_sync")
+
+    assert "no revision covers" not in signed_in("vera").get("/environments/prod").content.decode()
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_no_password_reaches_a_page_from_the_urls_or_a_failing_scratch_server(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    scratch = f"postgresql://admin:{PASSWORD}@127.0.0.1:{closed_port()}/postgres"
+    with postgres_database() as url:
+        alembic(url, "upgrade", "heads")
+        path = write_config(
+            tmp_path / "dashboard.toml",
+            {"prod": blog(with_password(url), timeout=2)},
+            projects={
+                "blog": {
+                    "script_location": str(Path(__file__).parent.parent / "migrations_project"),
+                    "scratch_url": scratch,
+                }
+            },
+        )
+        settings.DASHBOARD_CONFIG = str(path)
+        status.status_refresh(environments=["prod"])
+        [check] = drift.schemas_check(["prod"])
+        olga = signed_in("olga")
+        pages = [
+            olga.get("/").content.decode(),
+            olga.get("/environments/prod").content.decode(),
+            olga.get("/environments/prod/schema", **HTMX).content.decode(),
+            olga.post("/environments/prod/schema/check", **HTMX).content.decode(),
+            olga.get("/environments/prod/request").content.decode(),
+        ]
+
+    assert check.state in (State.FAILED, State.NOT_CHECKED)
+    assert "127.0.0.1" in check.reason or "scratch" in check.reason, check.reason
+    assert escape(check.reason) in section(pages[1])
+    for html in pages:
+        assert PASSWORD not in html
+    assert PASSWORD not in check.reason
