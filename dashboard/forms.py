@@ -12,7 +12,7 @@ REASON_MAX = 2000
 
 
 class ActionRequestForm(forms.Form):
-    """An upgrade or rollback request: direction, a target from the picker, and why."""
+    """An upgrade, rollback or stamp request: direction, a target from the picker, and why."""
 
     direction = forms.ChoiceField(choices=Action.Direction.choices)
     target = forms.ChoiceField(choices=())

@@ -1,4 +1,4 @@
-"""Run Alembic in a subprocess for an action: upgrade, downgrade, offline SQL."""
+"""Run Alembic in a subprocess for an action: upgrade, downgrade, stamp, offline SQL."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -267,6 +267,20 @@ def downgrade(project: Project, url: str, target: str, **kw: Unpack[RunOptions])
     return run_alembic(project, url, ["downgrade", target], **kw)
 
 
+def stamp(
+    project: Project, url: str, revisions: Sequence[str], **kw: Unpack[RunOptions]
+) -> RunResult:
+    """Write revisions into the version table at url (creating it if missing); run no revision."""
+    if not revisions:
+        raise ValueError("a stamp needs at least one revision")
+    return run_alembic(project, url, stamp_arguments(revisions), **kw)
+
+
+def stamp_arguments(revisions: Sequence[str]) -> list[str]:
+    """Return Alembic's arguments for stamping exactly these revisions."""
+    return ["stamp", *revisions]
+
+
 def offline_sql(
     project: Project,
     url: str,
@@ -288,13 +302,61 @@ def offline_sql(
         revision_range = f"{from_rev}:{to_rev}"
     else:
         raise ValueError(f"direction must be upgrade or downgrade, not {direction!r}")
+    return _offline(
+        project,
+        url,
+        [direction, revision_range],
+        label=f"{direction} {revision_range}",
+        timeout=timeout,
+        drop_env=drop_env,
+        approved=approved,
+    )
+
+
+def offline_stamp_sql(
+    project: Project,
+    url: str,
+    revisions: Sequence[str],
+    *,
+    timeout: float = 120,
+    drop_env: Collection[str] | None = None,
+    approved: ApprovedCopy | None = None,
+) -> str:
+    """Return the SQL `alembic stamp <revisions>` writes into an empty version table, offline.
+
+    Offline, Alembic starts from no version table: the SQL begins with its CREATE TABLE.
+    """
+    if not revisions:
+        raise ValueError("a stamp needs at least one revision")
+    return _offline(
+        project,
+        url,
+        stamp_arguments(revisions),
+        label=f"stamp {' '.join(revisions)}",
+        timeout=timeout,
+        drop_env=drop_env,
+        approved=approved,
+    )
+
+
+def _offline(
+    project: Project,
+    url: str,
+    args: list[str],
+    *,
+    label: str,
+    timeout: float,
+    drop_env: Collection[str] | None,
+    approved: ApprovedCopy | None,
+) -> str:
+    """Run `alembic <args> --sql` and return the SQL it printed, or raise why there is none."""
     mask = _Masker(url)
     sql: list[str] = []
     diagnostics: deque[str] = deque(maxlen=TAIL_LINES)
     outcome = _execute(
         project,
         url,
-        [direction, revision_range, "--sql"],
+        [*args, "--sql"],
         on_stdout=lambda line: sql.append(mask(line)),
         on_stderr=lambda line: diagnostics.append(mask(line)),
         time_limit=timeout,
@@ -304,7 +366,7 @@ def offline_sql(
         approved=approved,
     )
     if outcome.stopped == "timed_out":
-        raise RunnerError(f"offline SQL for {revision_range} took longer than {timeout:g} s")
+        raise RunnerError(f"offline SQL for {label} took longer than {timeout:g} s")
     if outcome.returncode == 0:
         return "\n".join(sql) + "\n"
     # Alembic prints its own failures as "FAILED: ..." on stdout, tracebacks on stderr.
@@ -319,8 +381,7 @@ def offline_sql(
             "batch operations cannot be rendered offline"
         )
     raise RunnerError(
-        f"alembic {direction} {revision_range} --sql exited with status {outcome.returncode}:\n"
-        + "\n".join(detail)
+        f"alembic {label} --sql exited with status {outcome.returncode}:\n" + "\n".join(detail)
     )
 
 

@@ -1,9 +1,10 @@
-"""Prepare an action's offline SQL and squawk's lock-risk lint for review, in a subprocess."""
+"""Prepare an action's offline SQL (upgrade, downgrade, stamp) and squawk's lint, in a subprocess."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,65 @@ def prepare_sql(
         return PreparedSQL.failure(exc)
     lint = squawk_lint(sql) if _is_postgresql(url) else []
     return PreparedSQL(sql=sql, sql_sha256=sql_digest(sql), lint=lint)
+
+
+def prepare_stamp_sql(
+    project: Project,
+    url: str,
+    *,
+    revisions: Sequence[str],
+    table_exists: bool,
+    drop_env: Collection[str] = (),
+    approved: process.ApprovedCopy | None = None,
+) -> PreparedSQL:
+    """Render `alembic stamp <revisions>`'s SQL for a version table missing or empty; never raise.
+
+    Offline, Alembic always creates the version table first; online it does only when the
+    table is missing. With table_exists, that CREATE TABLE is left out (and the SQL says so),
+    so the SQL is what the run writes.
+    """
+    try:
+        sql = process.offline_stamp_sql(
+            project,
+            url,
+            revisions,
+            timeout=OFFLINE_SQL_TIMEOUT,
+            drop_env=drop_env,
+            approved=approved,
+        )
+    except (process.RunnerError, ValueError) as exc:
+        return PreparedSQL.failure(exc)
+    table = _qualified(project.version_table, project.version_table_schema)
+    found = _version_table_create(project.version_table).search(sql)
+    if found is None:
+        return PreparedSQL.failure(
+            f"Alembic's stamp SQL did not create the version table {table} as expected"
+        )
+    if table_exists:
+        sql = (
+            f"-- {table} exists and is empty, so Alembic does not create it:"
+            " only its rows are written\n\n" + sql[: found.start()] + sql[found.end() :]
+        )
+    lint = squawk_lint(sql) if _is_postgresql(url) else []
+    return PreparedSQL(sql=sql, sql_sha256=sql_digest(sql), lint=lint)
+
+
+def stamp_creates_version_table(sql: str, version_table: str) -> bool:
+    """Say whether a stamp's approved SQL creates the version table (it was missing then)."""
+    return _version_table_create(version_table).search(sql) is not None
+
+
+def _version_table_create(version_table: str) -> re.Pattern[str]:
+    """Match Alembic's offline CREATE TABLE of the version table, through its blank line."""
+    name = re.escape(version_table)
+    return re.compile(
+        rf'^CREATE TABLE (?:[^\s(]+\.)?(?:{name}|"{name}"|`{name}`) \(\n.*?^\);[ \t]*\n(?:[ \t]*\n)?',
+        re.MULTILINE | re.DOTALL,
+    )
+
+
+def _qualified(table: str, schema: str | None) -> str:
+    return f"{schema}.{table}" if schema else table
 
 
 def sql_digest(sql: str) -> str:

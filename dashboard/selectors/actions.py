@@ -25,7 +25,7 @@ from dashboard.services import holding
 SHORT_ID = 12
 LOG_TAIL = 30
 PER_PAGE = 50
-DIRECTION_LABELS = {"upgrade": "Upgrade", "downgrade": "Roll back"}
+DIRECTION_LABELS = {"upgrade": "Upgrade", "downgrade": "Roll back", "stamp": "Stamp"}
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,8 @@ def _may_cancel(user: Any, action: Action) -> bool:
 
 def _counts(action: Action, status: str) -> dict[str, Any]:
     """Return how many revisions finished, of how many, in words that name the one running."""
+    if action.direction == Action.Direction.STAMP:
+        return {"done": 0, "total": 0, "count_label": "writes the version table only"}
     total = action.progress_total or len(action.plan)
     # progress_done counts the steps Alembic announced; each is announced before it runs.
     announced = min(action.progress_done, total)

@@ -15,6 +15,7 @@ from dashboard.models import Action, Snapshot
 from dashboard.roles import can_request
 from dashboard.scripts import ScriptLocationError
 from dashboard.selectors.actions import DIRECTION_LABELS, project_graph, short
+from dashboard.selectors.drift import latest_checks
 from dashboard.selectors.status import last_read, latest_snapshots, unreadable_reason
 
 # Snapshot states whose heads are all revisions the script directory has.
@@ -126,6 +127,31 @@ def _downgrade_targets(graph: Graph, heads: list[str] | None) -> list[TargetChoi
     return choices
 
 
+def _stamp_targets(graph: Graph, exact: str | None) -> list[TargetChoice]:
+    """Offer every revision to stamp, the one the schema check matched exactly first."""
+    latest = ", ".join(short(h) for h in graph.heads)
+    choices = [TargetChoice("heads", f"heads: every head ({latest})")]
+    for rev in graph.topological():
+        label = _revision_label(graph, rev)
+        if rev == exact:
+            choices.insert(0, TargetChoice(rev, f"{label} — the schema matches it exactly"))
+        else:
+            choices.append(TargetChoice(rev, label))
+    return choices
+
+
+def _adoption_match(environment: str) -> str | None:
+    """Return the revision the latest schema check found this environment's tables match."""
+    check = latest_checks([environment]).get(environment)
+    exact = check.adoption.get("exact") if check is not None and check.adoption else None
+    return exact if isinstance(exact, str) else None
+
+
+def _may_stamp(heads: list[str] | None) -> bool:
+    """Say whether the stamp tab is offered: only where no version rows are known."""
+    return heads is not None and not heads
+
+
 def request_page(*, user: Any, environment: str, direction: str) -> RequestPage | None:
     """Return the request form's content, or None when the config has no such environment.
 
@@ -157,8 +183,11 @@ def request_page(*, user: Any, environment: str, direction: str) -> RequestPage 
     if ahead is not None:
         # Only a request queued behind it can be made: it plans from where that one ends.
         heads = list(ahead.ends_at)
+    stamp_note = ""
     if graph is None:
         targets: list[TargetChoice] = []
+    elif direction == Action.Direction.STAMP:
+        targets, stamp_note = _stamp_offer(env.name, graph, heads, ahead)
     elif direction == Action.Direction.UPGRADE:
         targets = _upgrade_targets(graph, heads)
     else:
@@ -178,6 +207,10 @@ def request_page(*, user: Any, environment: str, direction: str) -> RequestPage 
                 current=value == direction,
             )
             for value, label in DIRECTION_LABELS.items()
+            # A stamp adopts an environment without version rows: elsewhere it is not offered.
+            if value != Action.Direction.STAMP
+            or value == direction
+            or (ahead is None and _may_stamp(heads))
         ],
         targets=[] if blocked else targets,
         heads=list(shown.heads) if shown is not None else [],
@@ -185,12 +218,37 @@ def request_page(*, user: Any, environment: str, direction: str) -> RequestPage 
         heads_known=heads is not None,
         heads_source=("last known, read" if blocked else "as read") if shown is not None else "",
         problem=problem,
-        note=_request_note(direction, heads, targets, read=snapshot is not None),
+        note=stamp_note or _request_note(direction, heads, targets, read=snapshot is not None),
         may_request=can_request(user),
         url=url,
         blocked=f"{blocked}. Refresh it on its page once it is back" if blocked else "",
         next_steps=_next_steps(env.name, env.approvals_for(direction), DIRECTION_LABELS[direction]),
         queue_behind=ahead,
+    )
+
+
+def _stamp_offer(
+    environment: str, graph: Graph, heads: list[str] | None, ahead: QueueBehind | None
+) -> tuple[list[TargetChoice], str]:
+    """Return the stamp's targets and the note beside them, or none with the reason."""
+    if ahead is not None:
+        return [], (
+            f"A stamp is planned from the version table as it is: request it once #{ahead.id}"
+            " has finished."
+        )
+    if heads:
+        return [], (
+            f"{environment} already has version rows, so it cannot be stamped: a stamp is only"
+            " for an environment whose version table is missing or empty. Upgrade or roll back"
+            " to move it."
+        )
+    exact = _adoption_match(environment)
+    found = (
+        f" The latest schema check found its tables match {short(exact)} exactly." if exact else ""
+    )
+    return _stamp_targets(graph, exact), (
+        "A stamp writes the version table only: no revision runs and no other table changes."
+        f" Pick the revision this database's schema already is at.{found}"
     )
 
 

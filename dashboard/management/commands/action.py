@@ -75,11 +75,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-        request = commands.add_parser("request", help="plan an upgrade or downgrade and request it")
+        request = commands.add_parser(
+            "request", help="plan an upgrade, downgrade or stamp and request it"
+        )
         request.add_argument("--env", required=True, help="the environment's name")
         way = request.add_mutually_exclusive_group(required=True)
         way.add_argument("--upgrade", metavar="REV", help="id, prefix, head, heads or label@head")
         way.add_argument("--downgrade", metavar="REV", help="id, prefix, base or label@rev")
+        way.add_argument(
+            "--stamp",
+            metavar="REV",
+            help="id, prefix, head or heads: write the version table of an environment that has"
+            " none (adopting Alembic); runs no revision",
+        )
         request.add_argument("--user", required=True, help="who requests it")
         request.add_argument("--reason", default="")
         request.add_argument(
@@ -129,19 +137,21 @@ class Command(BaseCommand):
         env: str,
         upgrade: str | None,
         downgrade: str | None,
+        stamp: str | None,
         user: str,
         reason: str,
         queue_behind: int | None,
         json: bool,
         **_: Any,
     ) -> None:
-        direction = "upgrade" if upgrade is not None else "downgrade"
+        chosen = {"upgrade": upgrade, "downgrade": downgrade, "stamp": stamp}
+        direction, target = next((k, v) for k, v in chosen.items() if v is not None)
         try:
             action = actions.action_request(
                 user=self._user(user),
                 environment=env,
                 direction=direction,
-                target=upgrade if upgrade is not None else downgrade or "",
+                target=target,
                 reason=reason,
                 prepare=True,
                 queue_behind=queue_behind,
@@ -155,9 +165,16 @@ class Command(BaseCommand):
             self._print_json(action)
             return
         behind = f", queued behind #{action.queued_behind_id}" if action.queued_behind_id else ""
+        if action.direction == Action.Direction.STAMP:
+            runs = (
+                f"writes {actions.heads_text(action.target_heads)} into the version table,"
+                " runs no revision"
+            )
+        else:
+            runs = f"{len(action.plan)} revisions: {' '.join(action.plan)}"
         self.stdout.write(
             f"action #{action.pk} {action.status}{behind}: {action.direction} {action.environment}"
-            f" to {action.target}, {len(action.plan)} revisions: {' '.join(action.plan)}"
+            f" to {action.target}, {runs}"
         )
         self._describe_review(action)
 
@@ -202,7 +219,9 @@ class Command(BaseCommand):
             f"requested by:  {action.requested_by_name}"
             + (f": {action.reason}" if action.reason else ""),
             f"from heads:    {actions.heads_text(action.from_heads)}",
-            f"plan:          {' '.join(action.plan)}",
+            f"plan:          {' '.join(action.plan)}"
+            if action.direction != Action.Direction.STAMP
+            else "plan:          no revision runs: a stamp writes the version table only",
             f"target heads:  {actions.heads_text(action.target_heads)}",
             f"plan hash:     {action.plan_hash}",
         ]

@@ -55,6 +55,10 @@ class NotReachable(ActionRefused):
     """The target cannot be reached from the current heads in that direction."""
 
 
+class StampRefused(ActionRefused):
+    """A stamp was asked of an environment that already has version rows, or behind an action."""
+
+
 class AmbiguousTarget(ActionRefused):
     """Alembic would have to guess a branch; `proposals` are explicit targets to pick from."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,13 +12,16 @@ from typing import TYPE_CHECKING
 
 from dashboard import scripts
 from dashboard.config import Project
-from dashboard.history import Direction, Graph, Step
+from dashboard.history import Direction, Graph, Step, UnknownRevision
 from dashboard.runner import bundle
 from dashboard.scripts import cache
 from dashboard.scripts.scan import files_by_location
 
 if TYPE_CHECKING:
     from dashboard.models import Action
+
+# "+2", "head-1", "label@-1": a step count from where the environment is, which a stamp lacks.
+_RELATIVE_END = re.compile(r"[+-]\d+$")
 
 
 class ProjectCodeNeeded(Exception):
@@ -124,6 +128,18 @@ def make_plan(graph: Graph, from_heads: Sequence[str], target: str, direction: D
     return Plan(
         from_heads=current, steps=steps, target_heads=tuple(graph.heads_after(current, steps))
     )
+
+
+def make_stamp_plan(graph: Graph, from_heads: Sequence[str], target: str) -> Plan:
+    """Return `alembic stamp <target>`'s plan: no step runs, the version table gets the target.
+
+    Raises the history's UnknownRevision (and kin) when the target names no revision.
+    """
+    if _RELATIVE_END.search(target):
+        raise UnknownRevision(
+            f"{target!r} is relative: a stamp names the revision the schema is at"
+        )
+    return Plan(from_heads=tuple(from_heads), steps=[], target_heads=graph.resolve(target))
 
 
 def plan_hash(

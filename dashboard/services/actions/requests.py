@@ -10,7 +10,14 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from dashboard import audit, history, roles, scripts
-from dashboard.config import ConfigError, NotConfigured, current_config
+from dashboard.config import (
+    ConfigError,
+    DashboardConfig,
+    Environment,
+    NotConfigured,
+    Project,
+    current_config,
+)
 from dashboard.databases import versions
 from dashboard.models import Action
 from dashboard.runner import bundle, review
@@ -26,6 +33,7 @@ from dashboard.services.actions.errors import (
     NotAllowed,
     NothingToDo,
     NotReachable,
+    StampRefused,
     UnknownTarget,
 )
 from dashboard.services.actions.lookups import (
@@ -48,17 +56,24 @@ def action_request(
     prepare: bool = False,
     queue_behind: int | None = None,
 ) -> Action:
-    """Plan an upgrade or downgrade from a fresh read of the environment and record the request.
+    """Plan an upgrade, downgrade or stamp from a fresh read of the environment; record it.
 
     prepare=True renders the offline SQL and its lint now (the command line); otherwise a
     worker task does it, because only the worker may run a project's code. queue_behind names
     the environment's last unfinished action: the plan then starts where that one ends, and
     runs only after it succeeded; without it, a request behind an unfinished one is refused.
+    A stamp is only for an environment without version rows (see _refuse_stamp).
     """
     if not roles.can_request(user):
         raise NotAllowed("only operators and admins may request actions")
     if direction not in Action.Direction.values:
-        raise ActionRefused(f"direction must be upgrade or downgrade, not {direction!r}")
+        raise ActionRefused(f"direction must be upgrade, downgrade or stamp, not {direction!r}")
+    stamp = direction == Action.Direction.STAMP
+    if stamp and queue_behind is not None:
+        raise StampRefused(
+            "a stamp cannot be queued behind another action: it is planned from the version"
+            " table as it is; request it once that action has finished"
+        )
     target = target.strip()
     if not target:
         raise UnknownTarget(
@@ -91,6 +106,8 @@ def action_request(
     reading = versions.read_environment(env, project)
     if not reading.ok:
         raise EnvironmentUnavailable(f"cannot read {env.name} now: {reading.error}")
+    if stamp:
+        _refuse_stamp(env.name, reading.heads)
     unknown = [head for head in reading.heads if head not in loaded.graph]
     if unknown:
         raise EnvironmentUnavailable(
@@ -104,8 +121,16 @@ def action_request(
         read_at=reading.read_at,
         queue_behind=queue_behind,
     )
-    plan = _plan(loaded.graph, start.heads, target, direction, env.name)
-    if not plan.steps:
+    if stamp:
+        plan = _stamp_plan(loaded.graph, start.heads, target)
+        if not plan.target_heads:
+            raise NothingToDo(
+                f"nothing to do: {env.name} has no version rows, and stamp {target} would"
+                " write none"
+            )
+    else:
+        plan = _plan(loaded.graph, start.heads, target, direction, env.name)
+    if not plan.steps and not stamp:
         where = (
             f"will be at {heads_text(start.heads)} after #{start.ahead.pk}"
             if start.ahead
@@ -165,6 +190,8 @@ def action_request(
                 "fingerprint": fingerprint,
                 "approvals_required": action.approvals_required,
                 "reason": action.reason,
+                # Whether the stamp's SQL must create the version table, as read now.
+                **({"version_table_exists": reading.table_exists} if stamp else {}),
             },
         )
         if not prepare:
@@ -268,6 +295,36 @@ def _plan(
         ) from exc
 
 
+def _refuse_stamp(environment: str, heads: Sequence[str]) -> None:
+    """Refuse a stamp of an environment whose version table already names revisions.
+
+    Stamping adopts a database Alembic never ran on (made by create_all, or by hand). Where
+    the version table already names revisions, a stamp would only rewrite what the dashboard
+    believes without changing a table: later upgrades would skip or repeat DDL. Upgrades
+    and downgrades move such an environment, and say what they run.
+    """
+    if heads:
+        raise StampRefused(
+            f"{environment} is at {heads_text(heads)}: a stamp is only for an environment"
+            " whose version table is missing or empty (adopting Alembic); request an upgrade"
+            " or a downgrade to move it"
+        )
+
+
+def _stamp_plan(graph: history.Graph, heads: Sequence[str], target: str) -> plans.Plan:
+    try:
+        return plans.make_stamp_plan(graph, heads, target)
+    except (
+        history.UnknownRevision,
+        history.AmbiguousRevision,
+        history.NotOnBranch,
+        history.MultipleHeads,
+    ) as exc:
+        raise UnknownTarget(f"target {target!r}: {exc}") from exc
+    except (history.BrokenHistory, history.CycleDetected) as exc:
+        raise EnvironmentUnavailable(str(exc)) from exc
+
+
 def _proposals(message: str) -> list[str]:
     """Return the explicit targets the history's message offers after "one of: "."""
     _, found, choices = message.rpartition("one of: ")
@@ -298,17 +355,47 @@ def _prepare_sql(action: Action) -> review.PreparedSQL:
         url = env.database_url()
     except NotConfigured as exc:
         return review.PreparedSQL.failure(exc)
+    project = config.projects[env.project]
+    if action.direction == Action.Direction.STAMP:
+        return _prepare_stamp_sql(action, config, env, project, url)
     direction: history.Direction = "downgrade" if action.direction == "downgrade" else "upgrade"
     # Rendered from the private copy the run will use (kept for it), not the live folder.
     try:
         with bundle.approved_copy(manifest=action.bundle, digest=action.fingerprint) as copy:
             return review.prepare_sql(
-                config.projects[env.project],
+                project,
                 url,
                 direction=direction,
                 from_heads=action.from_heads,
                 target=action.target,
                 target_heads=action.target_heads,
+                drop_env=child_secrets(config, env),
+                approved=copy,
+            )
+    except bundle.BundleError as exc:
+        return review.PreparedSQL.failure(exc)
+
+
+def _prepare_stamp_sql(
+    action: Action, config: DashboardConfig, env: Environment, project: Project, url: str
+) -> review.PreparedSQL:
+    """Render a stamp's SQL for the version table as it is now: missing, or there and empty."""
+    # Offline, Alembic always creates the table first; online, only when it is missing. The
+    # SQL is rendered for what is read here, and the run checks that still holds.
+    reading = versions.read_environment(env, project)
+    if not reading.ok:
+        return review.PreparedSQL.failure(f"cannot read {env.name} now: {reading.error}")
+    if reading.heads:
+        return review.PreparedSQL.failure(
+            f"{env.name} is at {heads_text(reading.heads)} now, so the stamp no longer holds"
+        )
+    try:
+        with bundle.approved_copy(manifest=action.bundle, digest=action.fingerprint) as copy:
+            return review.prepare_stamp_sql(
+                project,
+                url,
+                revisions=action.target_heads,
+                table_exists=reading.table_exists,
                 drop_env=child_secrets(config, env),
                 approved=copy,
             )

@@ -19,11 +19,12 @@ from dashboard.config import (
     DashboardConfig,
     Environment,
     NotConfigured,
+    Project,
     current_config,
 )
 from dashboard.databases import sessions, versions
 from dashboard.models import Action, Approval
-from dashboard.runner import bundle, review
+from dashboard.runner import bundle, process, review
 from dashboard.runner.monitor import RunMonitor
 from dashboard.services import holding, queue, superseding
 from dashboard.services.actions import pinning
@@ -97,6 +98,7 @@ def action_interrupt_silent(*, limit: float) -> list[Action]:
         if current is not None:
             interrupted.append(current)
             _refresh_status(current.environment)
+            _check_schema_after(current.environment)
     return interrupted
 
 
@@ -353,6 +355,15 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
             ),
             after_heads=list(before.heads),
         )
+    if action.direction == Action.Direction.STAMP and (
+        unlike := _stamp_table_moved(action, project, before.table_exists)
+    ):
+        return _finish(
+            action,
+            Action.Status.FAILED,
+            error=f"stale plan: {env.name}'s {unlike}; nothing ran",
+            after_heads=list(before.heads),
+        )
     if not Action.objects.filter(pk=action.pk, status=Action.Status.RUNNING).exists():
         # The checks above took longer than the heartbeat limit and it was declared interrupted.
         action.refresh_from_db()
@@ -368,13 +379,10 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
     monitor = RunMonitor(action.pk, known_revisions=known)
     monitor.start()
     try:
-        # The plan's end by id, as its SQL was rendered: a symbolic target ("heads", "+2")
-        # means whatever the files say at start, the id only what was approved.
-        end = review.plan_end(target=action.target, target_heads=action.target_heads)
         result = runner.run_alembic(
             project,
             url,
-            [action.direction, end],
+            _alembic_arguments(action),
             on_line=monitor.line,
             time_limit=env.time_limit,
             should_cancel=monitor.should_cancel,
@@ -416,6 +424,37 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
             duration_s=result.duration_s,
         )
     return _finish(action, status, error=error, after_heads=after_heads, progress=monitor.steps)
+
+
+def _alembic_arguments(action: Action) -> list[str]:
+    """Return what Alembic is told to do: exactly the approved plan's end, by id."""
+    if action.direction == Action.Direction.STAMP:
+        # Every revision the stamp writes, by id, as its SQL was rendered.
+        return process.stamp_arguments(action.target_heads)
+    # The plan's end by id, as its SQL was rendered: a symbolic target ("heads", "+2")
+    # means whatever the files say at start, the id only what was approved.
+    return [
+        action.direction,
+        review.plan_end(target=action.target, target_heads=action.target_heads),
+    ]
+
+
+def _stamp_table_moved(action: Action, project: Project, table_exists: bool) -> str:
+    """Say how the version table changed since a stamp's SQL was rendered, or return ""."""
+    # The approved SQL creates the table exactly when it was missing then; online, Alembic
+    # creates it only when it is missing now: the two must agree for the SQL to be what runs.
+    created = review.stamp_creates_version_table(action.sql, project.version_table)
+    if created and table_exists:
+        return (
+            f"version table {project.version_table} was created since the stamp's SQL was"
+            " made (which creates it)"
+        )
+    if not created and not table_exists:
+        return (
+            f"version table {project.version_table} was dropped since the stamp's SQL was made"
+            " (which writes into it)"
+        )
+    return ""
 
 
 def _approval_problem(action: Action) -> str:
@@ -519,6 +558,7 @@ def _finish(
     _supersede_after(action.pk)
     _start_next(action.environment)
     _refresh_status(action.environment)
+    _check_schema_after(action.environment)
     action.refresh_from_db()
     return action
 
@@ -607,3 +647,14 @@ def _refresh_status(environment: str) -> None:
         refresh(environments=[environment])
     except Exception:  # the snapshot is a convenience; the action's own record is complete
         logger.exception("could not refresh the status of %s", environment)
+
+
+def _check_schema_after(environment: str) -> None:
+    """Queue a schema check of an environment an action just ran on (or tried to)."""
+    try:
+        # Imported here: the drift service imports this module for child_secrets.
+        from dashboard.services import drift
+
+        drift.schema_check_after_action(environment=environment)
+    except Exception:  # the check is advice; the action's own record is complete
+        logger.exception("could not queue a schema check of %s after an action", environment)
