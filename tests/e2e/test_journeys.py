@@ -10,7 +10,9 @@ import hashlib
 import re
 
 import pytest
+import sqlalchemy as sa
 from playwright.sync_api import APIResponse, Page, expect
+from sqlalchemy.pool import NullPool
 
 from tests.e2e.journey import Journey
 from tests.e2e.stack import BRANCH_POINT, HEAD, MERGE, LiveStack
@@ -331,3 +333,55 @@ def test_a_phone_reaches_every_column_of_the_overview(live: LiveStack, journey: 
         refresh_button.click()
     assert refreshed.value.ok
     journey.snapshot(page, "overview-390px")
+
+
+def change_by_hand(live: LiveStack, environment: str, statement: str) -> None:
+    """Change an environment's schema behind the dashboard's back, as a hotfix in production does."""
+    engine = sa.create_engine(live.targets[environment].url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+def check_schema(journey: Journey, page: Page, shown: str) -> None:
+    """Press Check schema, see it pending, and wait for the polls to bring the result in."""
+    section = page.locator("#schema")
+    with page.expect_response(re.compile(r"/environments/dev/schema/check$")) as asked:
+        section.get_by_role("button", name="Check schema").click()
+    assert asked.value.ok
+    assert asked.value.request.headers.get("hx-request") == "true", "not an htmx post"
+    assert 'hx-trigger="every 2s"' in asked.value.text(), "the pending section does not poll"
+    expect(section.locator(".schema")).to_have_text(shown, timeout=RUN_TIMEOUT_MS)
+    expect(section).not_to_have_attribute("hx-trigger", re.compile(".*"))
+    # The status card's badge came along out of band.
+    expect(page.locator("#schema-badge .schema")).to_have_text(shown)
+
+
+def test_operator_checks_a_drifted_schema_and_sees_the_result_come_in(
+    live: LiveStack, journey: Journey
+) -> None:
+    """A hand-made table on dev: the operator checks the schema, the page polls, drift shows."""
+    live.place(dev=HEAD)
+    change_by_hand(live, "dev", "CREATE TABLE hotfix_audit (id INTEGER PRIMARY KEY, note TEXT)")
+    try:
+        page = journey.page_for("olga")
+        page.goto("/environments/dev")
+        check_schema(journey, page, "drift (1)")
+        polls = journey.bodies("/environments/dev/schema")
+        assert len(polls) >= 2, "the result came without a poll"
+        section = page.locator("#schema")
+        expect(section.locator(".drift-group h4")).to_have_text(["hotfix_audit"])
+        expect(section.locator(".drift-group")).to_contain_text(
+            "table hotfix_audit exists in dev but no revision creates it"
+        )
+        hotfix = section.locator("details.live-table.drifted")
+        expect(hotfix.locator("summary")).to_contain_text("hotfix_audit")
+        expect(hotfix.locator("tbody tr")).to_have_count(2)
+        journey.snapshot(page, "drift")
+    finally:
+        change_by_hand(live, "dev", "DROP TABLE IF EXISTS hotfix_audit")
+    # Dropped again: the next check says so, and the differences are gone.
+    check_schema(journey, page, "in sync")
+    expect(page.locator("#schema .drift-group")).to_have_count(0)
