@@ -14,7 +14,13 @@ from alembic.runtime.migration import MigrationContext
 
 from dashboard.config import BadDatabaseURL, parse_database_url, url_secrets
 from dashboard.databases import versions
-from dashboard.drift.differences import Difference, from_alembic, invalid_index
+from dashboard.drift.differences import (
+    UNNAMED,
+    Difference,
+    from_alembic,
+    invalid_index,
+    type_text,
+)
 
 # PostgreSQL keeps an index whose CREATE INDEX CONCURRENTLY failed, unusable but maintained.
 _INVALID_INDEXES = sa.text(
@@ -122,16 +128,58 @@ def _compare(
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "include_name": include_name}
         )
-        differences = from_alembic(compare_metadata(context, reference))
+        differences = from_alembic(compare_metadata(context, reference), conn.dialect)
         if conn.dialect.name == "postgresql":
-            differences += [
-                invalid_index(row.table_name, row.index_name)
-                for row in conn.execute(_INVALID_INDEXES)
-            ]
+            differences = _with_invalid_indexes(
+                differences, reference, list(conn.execute(_INVALID_INDEXES))
+            )
         names = [n for n in inspector.get_table_names() if not skip(n, None)]
         tables = [_describe_table(inspector, name) for name in sorted(names)]
         conn.rollback()
+    differences += _unnamed_unique_extras(reference, tables)
+    differences.sort(key=lambda d: (d.table, d.kind, d.name))
     return LiveComparison(differences=differences, tables=tables, table_count=len(tables))
+
+
+def _with_invalid_indexes(
+    differences: list[Difference], reference: sa.MetaData, rows: list[Any]
+) -> list[Difference]:
+    """Add PostgreSQL's invalid indexes; one no revision creates is said once, as invalid."""
+    invalid = {(row.table_name, row.index_name) for row in rows}
+    kept = [
+        d for d in differences if not (d.kind == "remove_index" and (d.table, d.name) in invalid)
+    ]
+    for table, name in sorted(invalid):
+        known = reference.tables.get(table)
+        in_reference = known is not None and any(i.name == name for i in known.indexes)
+        kept.append(invalid_index(table, name, in_reference=in_reference))
+    return kept
+
+
+def _unnamed_unique_extras(
+    reference: sa.MetaData, tables: list[dict[str, Any]]
+) -> list[Difference]:
+    """Return unnamed unique constraints (SQLite's) the live tables have and the reference lacks.
+
+    Alembic reports only named ones as extra, since it cannot drop an unnamed one.
+    """
+    found = []
+    for table in tables:
+        known = reference.tables.get(table["name"])
+        if known is None:
+            continue  # the whole table is extra
+        covered = {
+            tuple(c.name for c in constraint.columns)
+            for constraint in known.constraints
+            if isinstance(constraint, sa.UniqueConstraint)
+        } | {tuple(c.name for c in index.columns) for index in known.indexes if index.unique}
+        for unique in table["unique_constraints"]:
+            if not unique["name"] and tuple(unique["columns"]) not in covered:
+                columns = ", ".join(unique["columns"])
+                found.append(
+                    Difference("remove_constraint", table["name"], UNNAMED, f" ({columns})")
+                )
+    return found
 
 
 def _version_table_filter(
@@ -150,7 +198,7 @@ def _describe_table(inspector: sa.Inspector, name: str) -> dict[str, Any]:
     columns = [
         {
             "name": c["name"],
-            "type": _type_text(c["type"]),
+            "type": type_text(c["type"], inspector.dialect),
             "nullable": bool(c.get("nullable", True)),
             "default": None if c.get("default") is None else str(c["default"]),
         }
@@ -196,13 +244,6 @@ def _safe(method: Any, name: str) -> list[dict[str, Any]]:
 
 def _names(values: Any) -> list[str]:
     return [str(v) for v in values or () if v is not None]
-
-
-def _type_text(value: Any) -> str:
-    try:
-        return str(value.compile())
-    except Exception:  # a dialect-only type compiles only with its dialect
-        return str(value)
 
 
 def elapsed_ms(started: float) -> float:

@@ -28,6 +28,9 @@ KINDS = (
     "remove_table_comment",
     "invalid_index",
 )
+_PART_OF_A_TABLE = ("add_index", "add_constraint", "add_fk")
+UNNAMED = "(unnamed)"  # the name said for a constraint the database keeps no name of
+UNIQUE = ", unique"  # how an index's detail says the index is unique
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,22 @@ class Difference:
         return describe(self, environment)
 
 
-def from_alembic(diffs: Iterable[Any]) -> list[Difference]:
-    """Convert compare_metadata's output (tuples, and lists of modify tuples) to differences."""
+def from_alembic(diffs: Iterable[Any], dialect: Any = None) -> list[Difference]:
+    """Convert compare_metadata's output (tuples, and lists of modify tuples) to differences.
+
+    Types are written as dialect (the live database's) spells them when given: "TIMESTAMP
+    WITHOUT TIME ZONE", not the generic "TIMESTAMP" both sides of a time zone change share.
+    """
     found: list[Difference] = []
     for diff in diffs:
         if isinstance(diff, list):
-            found.extend(_modify(item) for item in diff)
+            found.extend(_modify(item, dialect) for item in diff)
         else:
-            found.append(_simple(diff))
+            found.append(_simple(diff, dialect))
+    # Alembic adds a missing table's indexes and unique constraints one by one (on MySQL even
+    # the index it makes for each foreign key): they are part of "table T is missing".
+    missing = {d.table for d in found if d.kind == "add_table"}
+    found = [d for d in found if not (d.table in missing and d.kind in _PART_OF_A_TABLE)]
     return sorted(found, key=lambda d: (d.table, d.kind, d.name))
 
 
@@ -80,9 +91,12 @@ def by_table(differences: Sequence[Difference]) -> list[tuple[str, list[Differen
     return sorted(groups.items())
 
 
-def invalid_index(table: str, name: str) -> Difference:
+def invalid_index(table: str, name: str, *, in_reference: bool) -> Difference:
     """Return the difference for a PostgreSQL index left invalid by a failed concurrent build."""
-    return Difference("invalid_index", table, name, "")
+    return Difference("invalid_index", table, name, "" if in_reference else EXTRA_INVALID)
+
+
+EXTRA_INVALID = "no revision creates it"
 
 
 def describe(difference: Difference, environment: str) -> str:
@@ -107,70 +121,82 @@ def describe(difference: Difference, environment: str) -> str:
         case "modify_comment":
             return f"the comment of column {column} differs"
         case "add_index":
-            return f"index {d.name} on {d.table}{d.detail} is missing in {env}"
+            return f"{_index(d)} is missing in {env}"
         case "remove_index":
-            return (
-                f"index {d.name} on {d.table}{d.detail} exists in {env} but no revision creates it"
-            )
+            return f"{_index(d)} exists in {env} but no revision creates it"
         case "add_constraint":
-            return f"constraint {d.name} on {d.table}{d.detail} is missing in {env}"
+            # Alembic compares unique constraints only (not check constraints).
+            return f"{_named('unique constraint', d)} is missing in {env}"
         case "remove_constraint":
-            return (
-                f"constraint {d.name} on {d.table}{d.detail} exists in {env}"
-                " but no revision creates it"
-            )
+            return f"{_named('unique constraint', d)} exists in {env} but no revision creates it"
         case "add_fk":
-            return f"foreign key {d.name} on {d.table}{d.detail} is missing in {env}"
+            return f"{_named('foreign key', d)} is missing in {env}"
         case "remove_fk":
-            return (
-                f"foreign key {d.name} on {d.table}{d.detail} exists in {env}"
-                " but no revision creates it"
-            )
+            return f"{_named('foreign key', d)} exists in {env} but no revision creates it"
         case "add_table_comment" | "remove_table_comment":
             return f"the comment of table {d.table} differs"
         case "invalid_index":
-            return (
+            said = (
                 f"index {d.name} on {d.table} is invalid in {env}"
-                " (a failed CREATE INDEX CONCURRENTLY leaves it so): drop it and build it again"
+                " (a failed CREATE INDEX CONCURRENTLY leaves it so)"
             )
+            if d.detail == EXTRA_INVALID:
+                return f"{said} and no revision creates it: drop it"
+            return f"{said}: drop it and build it again"
     return f"{d.kind} {d.table} {d.name} {d.detail}".strip()
 
 
-def _simple(diff: tuple[Any, ...]) -> Difference:
+def _named(what: str, d: Difference) -> str:
+    if d.name == UNNAMED:  # SQLite keeps no name for a constraint made without one
+        return f"an unnamed {what} on {d.table}{d.detail}"
+    return f"{what} {d.name} on {d.table}{d.detail}"
+
+
+def _index(d: Difference) -> str:
+    columns, unique = d.detail, d.detail.endswith(UNIQUE)
+    if unique:
+        columns = columns.removesuffix(UNIQUE)
+    return f"{'unique index' if unique else 'index'} {d.name} on {d.table}{columns}"
+
+
+def _simple(diff: tuple[Any, ...], dialect: Any) -> Difference:
     kind = str(diff[0])
     if kind in ("add_table", "remove_table"):
         return Difference(kind, diff[1].name, diff[1].name, "")
     if kind in ("add_column", "remove_column"):
         column = diff[3]
-        return Difference(kind, str(diff[2]), column.name, _type_text(column.type))
+        return Difference(kind, str(diff[2]), column.name, type_text(column.type, dialect))
     if kind in ("add_index", "remove_index"):
         index = diff[1]
-        return Difference(kind, index.table.name, str(index.name), _columns_text(index))
+        detail = _columns_text(index) + (UNIQUE if index.unique else "")
+        return Difference(kind, index.table.name, str(index.name), detail)
     if kind in ("add_constraint", "remove_constraint"):
         constraint = diff[1]
         return Difference(
             kind,
             constraint.table.name,
-            str(constraint.name or "(unnamed)"),
+            str(constraint.name or UNNAMED),
             _columns_text(constraint),
         )
     if kind in ("add_fk", "remove_fk"):
         fk = diff[1]
         target = fk.elements[0].target_fullname.rsplit(".", 1)[0] if fk.elements else "?"
         detail = f" ({', '.join(fk.column_keys)}) -> {target}"
-        return Difference(kind, fk.table.name, str(fk.name or "(unnamed)"), detail)
+        return Difference(kind, fk.table.name, str(fk.name or UNNAMED), detail)
     if kind in ("add_table_comment", "remove_table_comment"):
         return Difference(kind, diff[1].name, diff[1].name, "")
     # An operation this version does not know: keep what can be said about it.
     return Difference(kind, "", "", repr(diff[1:])[:200])
 
 
-def _modify(diff: tuple[Any, ...]) -> Difference:
+def _modify(diff: tuple[Any, ...], dialect: Any) -> Difference:
     # ("modify_type", schema, table, column, existing_kw, live_value, reference_value)
     kind, table, column = str(diff[0]), str(diff[2]), str(diff[3])
     live, reference = diff[5], diff[6]
     if kind == "modify_type":
-        detail = f"is {_type_text(live)}; the revisions make it {_type_text(reference)}"
+        detail = (
+            f"is {type_text(live, dialect)}; the revisions make it {type_text(reference, dialect)}"
+        )
     elif kind == "modify_nullable":
         detail = (
             f"is {'NULL' if live else 'NOT NULL'};"
@@ -183,7 +209,13 @@ def _modify(diff: tuple[Any, ...]) -> Difference:
     return Difference(kind, table, column, detail)
 
 
-def _type_text(value: Any) -> str:
+def type_text(value: Any, dialect: Any = None) -> str:
+    """Spell a column type as dialect writes it, else generically."""
+    if dialect is not None:
+        try:
+            return str(value.compile(dialect=dialect))
+        except Exception:  # noqa: S110 - a type of another dialect: the generic spelling follows
+            pass
     try:
         return str(value.compile())
     except Exception:  # a dialect-only type compiles only with its dialect

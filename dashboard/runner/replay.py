@@ -11,15 +11,16 @@ from dashboard.runner import process
 from dashboard.runner.process import ApprovedCopy, RunnerError
 
 # `alembic check` prints "New upgrade operations detected: [('add_column', None, 'users',
-# Column('phone_number', ...)), ...]"; these pick the operation and the object it names.
-_COLUMN_OP = re.compile(
-    r"\('(?P<kind>\w+)', (?:None|'[^']*'), '(?P<table>[^']+)', '?(?:Column\(')?(?P<name>[^',)]+)"
-)
-_TABLE_OP = re.compile(r"\('(?P<kind>add_table|remove_table)', Table\('(?P<name>[^']+)'")
-_INDEX_OP = re.compile(r"\('(?P<kind>add_index|remove_index)', Index\('(?P<name>[^']+)'")
-_CONSTRAINT_OP = re.compile(
-    r"\('(?P<kind>add_constraint|remove_constraint|add_fk|remove_fk)', (?:\w+)\((?:name=)?'?(?P<name>[^',)]*)"
-)
+# Column('phone_number', String(length=50), table=<users>)), ...]": the reprs of Alembic's diff
+# tuples. Each operation starts with its quoted kind; the object it names follows in its repr.
+_OPERATION = re.compile(r"\('(?P<kind>(?:add|remove|modify)_\w+)', ")
+_COLUMN_OP = re.compile(r"\A(?:None|'[^']*'), '(?P<table>[^']+)', (?:Column\()?'(?P<name>[^']+)'")
+_TABLE = re.compile(r"\A\w*Table\('(?P<name>[^']+)'")
+_INDEX = re.compile(r"\AIndex\('(?P<name>[^']+)'")
+_NAME = re.compile(r"\bname='(?P<name>[^']+)'")
+_OWNER = re.compile(r"table=(?:<(?P<short>[^>]+)>|Table\('(?P<long>[^']+)')")
+_COLUMN = re.compile(r"\bColumn\('(?P<name>[^']+)'")
+_TARGET = re.compile(r"\bForeignKey\('(?P<target>[^']+)\.[^'.]+'\)")
 _NO_CHANGES = "No new upgrade operations detected"
 _CHANGES = "New upgrade operations detected"
 
@@ -81,18 +82,51 @@ def check_models(
 
 def operations_in(text: str) -> list[str]:
     """Return "add_column users.phone_number"-style names of the operations alembic check listed."""
-    found: list[str] = []
-    body = text.split(_CHANGES, 1)[-1]
-    for match in _TABLE_OP.finditer(body):
-        found.append(f"{match['kind']} {match['name']}")
-    for match in _INDEX_OP.finditer(body):
-        found.append(f"{match['kind']} {match['name']}")
-    for match in _COLUMN_OP.finditer(body):
-        if match["kind"] in ("add_column", "remove_column") or match["kind"].startswith("modify_"):
-            found.append(f"{match['kind']} {match['table']}.{match['name']}")
-    for match in _CONSTRAINT_OP.finditer(body):
-        found.append(f"{match['kind']} {match['name'] or '(unnamed)'}".rstrip())
-    return found or [body.strip()[:300]]
+    # Alembic logs the list (ERROR ...) and prints it (FAILED: ...): read the first, one line.
+    body = text.split(_CHANGES, 1)[-1].split("\n", 1)[0]
+    starts = list(_OPERATION.finditer(body))
+    found = []
+    for at, match in enumerate(starts):
+        end = starts[at + 1].start() if at + 1 < len(starts) else len(body)
+        found.append(_operation(match["kind"], body[match.end() : end]))
+    return list(dict.fromkeys(found)) or [body.strip()[:300]]
+
+
+def _operation(kind: str, rest: str) -> str:
+    """Name one operation from the repr of what follows its kind."""
+    if kind.endswith("_column") or kind.startswith("modify_"):
+        column = _COLUMN_OP.match(rest)
+        if column:
+            return f"{kind} {column['table']}.{column['name']}"
+    elif kind.endswith("_table") or kind.endswith("_table_comment"):
+        table = _TABLE.match(rest)
+        if table:
+            return f"{kind} {table['name']}"
+    elif kind.endswith("_index"):
+        index = _INDEX.match(rest)
+        if index:
+            return f"{kind} {index['name']} on {_owner(rest)}{_columns(rest)}"
+    elif kind.endswith("_constraint") or kind.endswith("_fk"):
+        # A UniqueConstraint's repr carries no name (even when it has one); a foreign key's does.
+        named = _NAME.search(rest)
+        what = "unique constraint" if kind.endswith("_constraint") else "foreign key"
+        said = f"{kind} {named['name']}" if named else f"{kind} {what}"
+        target = _TARGET.search(rest) if kind.endswith("_fk") else None
+        columns = _columns(rest)
+        if target:
+            columns = f"{columns} -> {target['target']}"
+        return f"{said} on {_owner(rest)}{columns}"
+    return f"{kind} {rest.strip()[:120]}"
+
+
+def _owner(rest: str) -> str:
+    owner = _OWNER.search(rest)
+    return (owner["short"] or owner["long"]) if owner else "?"
+
+
+def _columns(rest: str) -> str:
+    names = list(dict.fromkeys(m["name"] for m in _COLUMN.finditer(rest)))
+    return f" ({', '.join(names)})" if names else ""
 
 
 def _last_failure(lines: Sequence[str]) -> str:

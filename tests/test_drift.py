@@ -1,0 +1,372 @@
+"""Schema drift checks end to end: the done-when case, scratch clean-up, secrets, models, adoption."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from django.contrib.auth.models import Group
+from django.forms.models import model_to_dict
+
+from dashboard import audit
+from dashboard.databases import scratch
+from dashboard.drift import reference
+from dashboard.drift.differences import describe, from_dicts
+from dashboard.models import AuditEvent, SchemaCheck
+from dashboard.roles import ROLES
+from dashboard.services import drift
+from tests.actions_support import (
+    HEAD,
+    MERGE,
+    SAMPLE_INI,
+    make_people,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
+from tests.databases import MARIADB_ADMIN_URL
+from tests.drift_support import (
+    SCRATCH,
+    empty_database,
+    execute,
+    migrate,
+    scratch_names,
+    write_drift_config,
+)
+
+pytestmark = pytest.mark.django_db
+
+OLDER = "5b2d9e7f1c86"  # posts gained published and created_at; no foreign key, no votes yet
+WITHOUT_PHONE = "6c0a8d3f5e94_add_phone_number_to_users.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Put back the role groups the flush of the worker test removes, for the tests after it."""
+    yield
+    with django_db_blocker.unblock():
+        for role in ROLES:
+            Group.objects.get_or_create(name=role)
+
+
+@pytest.fixture
+def configure(tmp_path: Path, settings: Any) -> Callable[..., Path]:
+    """Return a function that writes a config of these environments and makes it current."""
+
+    def write(environments: dict[str, str], **project: Any) -> Path:
+        path = write_drift_config(
+            tmp_path / f"dashboard-{uuid.uuid4().hex[:6]}.toml",
+            {name: {"url": url} for name, url in environments.items()},
+            **project,
+        )
+        settings.DASHBOARD_CONFIG = str(path)
+        return path
+
+    return write
+
+
+def _check(name: str = "staging") -> SchemaCheck:
+    [check] = drift.schemas_check([name])
+    return check
+
+
+def _mine(kind: str, pid: int | None = None) -> list[str]:
+    """Return the scratch databases (or SQLite scratch folders) a process of ours left."""
+    tag = f"_{pid or os.getpid()}_"
+    if kind == "sqlite":
+        root = Path(tempfile.gettempdir())
+        prefix = f"{scratch.SQLITE_PREFIX}{pid or os.getpid()}-"
+        return sorted(p.name for p in root.glob(f"{prefix}*"))
+    return [name for name in scratch_names(kind) if tag in name]
+
+
+DONE_WHEN = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+EVERY_KIND = [
+    *DONE_WHEN,
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
+
+
+@pytest.mark.parametrize("kind", DONE_WHEN)
+def test_done_when_a_hand_made_column_is_named_then_dropped_in_sync(
+    kind: str, tmp_path: Path, configure: Callable[..., Path]
+) -> None:
+    with empty_database(kind, tmp_path) as url:
+        migrate(url, "heads")
+        configure({"staging": url}, scratch_url=SCRATCH[kind])
+        execute(url, "ALTER TABLE users ADD COLUMN nickname VARCHAR(40)")
+
+        found = _check()
+        assert (found.state, found.heads) == ("drift", [HEAD])
+        assert [(d["kind"], d["table"], d["name"]) for d in found.differences] == [
+            ("remove_column", "users", "nickname")
+        ]
+        [difference] = from_dicts(found.differences)
+        assert describe(difference, "staging") == (
+            "column users.nickname exists in staging but no revision creates it"
+        )
+        users = next(t for t in found.live_schema["tables"] if t["name"] == "users")
+        assert "nickname" in [c["name"] for c in users["columns"]]
+
+        execute(url, "ALTER TABLE users DROP COLUMN nickname")
+        clean = _check()
+    assert (clean.state, clean.differences, clean.reason) == ("in_sync", [], "")
+
+
+@pytest.mark.parametrize("kind", EVERY_KIND)
+def test_scratch_is_gone_after_a_passing_check_and_after_a_failing_replay(
+    kind: str, tmp_path: Path, configure: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference.forget()
+    with empty_database(kind, tmp_path) as url:
+        migrate(url, "heads")
+        configure({"staging": url}, scratch_url=SCRATCH[kind])
+
+        # The replay's Alembic inherits this process's environment (less the dashboard's secrets).
+        monkeypatch.setenv("MIGRATIONS_PROJECT_FAIL", "7a3c2e8b5f01")
+        failed = _check()
+        assert failed.state == "check_failed"
+        assert "the reference schema could not be built: replaying to" in failed.reason
+        assert "MIGRATIONS_PROJECT_FAIL requested" in failed.reason
+        assert failed.differences == [] and failed.replayed is False
+        assert _mine(kind) == []
+
+        monkeypatch.delenv("MIGRATIONS_PROJECT_FAIL")
+        passed = _check()  # a failed replay is not cached: this one replays again
+        assert (passed.state, passed.replayed) == ("in_sync", True)
+        assert reference.replays == 2
+        assert _mine(kind) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_scratch_left_by_a_worker_killed_mid_replay_is_swept(
+    postgres_url: str, configure: Callable[..., Path]
+) -> None:
+    migrate(postgres_url, "heads")
+    config = configure({"staging": postgres_url}, scratch_url=SCRATCH["postgres"])
+    people = make_people()
+    check = drift.schema_check_request(environment="staging", user=people["olga"])
+    worker = start_worker(config, MIGRATIONS_PROJECT_SLEEP="30")
+    try:
+        [left] = wait_for(lambda: _mine("postgres", worker.pid), within=90, every=0.1)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=15)
+    finally:
+        stop_worker(worker)
+    assert _mine("postgres", worker.pid) == [left]  # nobody dropped it: the worker died
+    check.refresh_from_db()
+    assert check.state == "pending"
+
+    # What the next worker's start-up does.
+    assert left in drift.scratch_sweep()
+    assert _mine("postgres", worker.pid) == []
+
+
+@pytest.mark.postgres
+def test_postgresql_without_a_scratch_server_is_not_checked(
+    postgres_url: str, configure: Callable[..., Path]
+) -> None:
+    migrate(postgres_url, "heads")
+    configure({"staging": postgres_url})
+    check = _check()
+    assert check.state == "not_checked"
+    assert check.reason == (
+        "no scratch server: set scratch_url or scratch_url_env in [projects.blog]"
+        " to check postgresql environments"
+    )
+    assert check.differences == [] and check.replayed is False
+
+
+@pytest.fixture
+def mariadb_user() -> Iterator[Callable[[str, str], str]]:
+    """Return a function making a MariaDB user with a password, allowed on one database."""
+    made: list[str] = []
+    admin = sa.create_engine(MARIADB_ADMIN_URL, poolclass=sa.pool.NullPool)
+
+    def make(password: str, database: str) -> str:
+        name = f"dashdrift_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE USER '{name}'@'%' IDENTIFIED BY :pw"), {"pw": password})
+            conn.execute(sa.text(f"GRANT ALL ON `{database}`.* TO '{name}'@'%'"))
+        made.append(name)
+        return name
+
+    yield make
+    with admin.connect() as conn:
+        for name in made:
+            conn.execute(sa.text(f"DROP USER IF EXISTS '{name}'@'%'"))
+    admin.dispose()
+
+
+def _stored_text() -> str:
+    """Return every schema check and audit event as text: where a password must not be."""
+    rows = [model_to_dict(c) for c in SchemaCheck.objects.all()]
+    rows += [{"verb": e.verb, "payload": e.payload} for e in AuditEvent.objects.all()]
+    return json.dumps(rows, default=str)
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("where", ["scratch", "environment"])
+def test_a_password_in_a_url_is_never_stored_nor_logged(
+    where: str,
+    mariadb_url: str,
+    mariadb_user: Callable[[str, str], str],
+    configure: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    migrate(mariadb_url, "heads")
+    secret = f"Sekr1t{uuid.uuid4().hex[:10]}"
+    target = sa.engine.make_url(mariadb_url)
+    user = mariadb_user(secret, str(target.database))
+    with_password = target.set(username=user, password=secret)
+    wrong = with_password.set(password=f"{secret}Wrong")
+    caplog.set_level(logging.DEBUG)
+    reference.forget()
+    if where == "scratch":
+        scratch_url = sa.engine.make_url(MARIADB_ADMIN_URL).set(username=user, password=secret)
+        scratch_url = scratch_url.set(password=f"{secret}Wrong")
+        configure(
+            {"staging": mariadb_url}, scratch_url=scratch_url.render_as_string(hide_password=False)
+        )
+        failed = _check()
+        assert failed.state == "check_failed"
+        assert "the reference schema could not be built: scratch server 127.0.0.1:3306" in (
+            failed.reason
+        )
+        assert "Access denied" in failed.reason
+    else:
+        envs = {
+            "staging": with_password.render_as_string(hide_password=False),
+            "broken": wrong.render_as_string(hide_password=False),
+        }
+        configure(envs, scratch_url=MARIADB_ADMIN_URL)
+        passed, failed = drift.schemas_check(["staging", "broken"])
+        assert (passed.state, passed.reason) == ("in_sync", "")
+        assert passed.live_schema["tables"]
+        assert failed.state == "check_failed"
+        assert "cannot read the version table" in failed.reason
+    stored = _stored_text()
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert secret not in stored and secret not in logged
+
+
+def _sample_without_its_last_revision(folder: Path) -> Path:
+    copy = folder / "blog"
+    shutil.copytree(SAMPLE_INI.parent, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (copy / "versions" / WITHOUT_PHONE).unlink()
+    return copy / "alembic.ini"
+
+
+def test_models_ahead_of_the_revisions_are_reported_and_in_sync_with_the_revision(
+    tmp_path: Path, configure: Callable[..., Path]
+) -> None:
+    ini = _sample_without_its_last_revision(tmp_path)
+    behind = tmp_path / "behind.db"
+    migrate(f"sqlite:///{behind}", "heads", script_location=ini.parent)
+    configure({"staging": f"sqlite:///{behind}"}, alembic_ini=ini, check_models=True)
+    ahead = _check()
+    # The database is what the copy's revisions make; the models want one column more.
+    assert (ahead.state, ahead.heads) == ("in_sync", [MERGE])
+    assert ahead.models_state == "drift", ahead.models_reason
+    assert ahead.models_differences == ["add_column users.phone_number"]
+
+    covered = tmp_path / "covered.db"
+    migrate(f"sqlite:///{covered}", "heads")
+    configure({"staging": f"sqlite:///{covered}"}, check_models=True)
+    clean = _check()
+    assert (clean.state, clean.heads) == ("in_sync", [HEAD])
+    assert (clean.models_state, clean.models_differences) == ("in_sync", [])
+
+
+def test_a_database_without_a_version_table_is_matched_to_its_revision(
+    tmp_path: Path, configure: Callable[..., Path]
+) -> None:
+    exact = f"sqlite:///{tmp_path / 'exact.db'}"
+    migrate(exact, OLDER)
+    execute(exact, "DROP TABLE alembic_version")  # what create_all from those models leaves
+    extra = f"sqlite:///{tmp_path / 'extra.db'}"
+    shutil.copyfile(tmp_path / "exact.db", tmp_path / "extra.db")
+    execute(extra, "ALTER TABLE users ADD COLUMN nickname VARCHAR(40)")
+    configure({"exact": exact, "extra": extra})
+
+    matched, closest = drift.schemas_check(["exact", "extra"])
+    assert matched.heads == [] and matched.adoption["exact"] == OLDER
+    assert matched.adoption["closest"][0] == {"revision": OLDER, "count": 0, "items": []}
+    assert closest.adoption["exact"] is None
+    best = closest.adoption["closest"][0]
+    assert (best["revision"], best["count"]) == (OLDER, 1)
+    assert [(d["kind"], d["table"], d["name"]) for d in best["items"]] == [
+        ("remove_column", "users", "nickname")
+    ]
+    assert closest.adoption["compared"] == closest.adoption["of"] == 9
+
+
+def test_one_replay_serves_every_environment_at_one_revision(
+    tmp_path: Path, configure: Callable[..., Path]
+) -> None:
+    first = tmp_path / "env0.db"
+    migrate(f"sqlite:///{first}", "heads")
+    urls = {}
+    for n in range(5):
+        path = tmp_path / f"env{n}.db"
+        if n:
+            shutil.copyfile(first, path)
+        urls[f"env{n}"] = f"sqlite:///{path}"
+    configure(urls)
+    reference.forget()
+    checks = drift.schemas_check(list(urls))
+    assert reference.replays == 1
+    assert [(c.environment, c.state, c.replayed) for c in checks] == [
+        ("env0", "in_sync", True),
+        *((f"env{n}", "in_sync", False) for n in range(1, 5)),
+    ]
+    assert len({c.fingerprint for c in checks}) == 1
+
+
+def test_drift_found_changed_and_resolved_are_audited_once_each(
+    tmp_path: Path, configure: Callable[..., Path]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    migrate(url, "heads")
+    configure({"staging": url})
+
+    def audited() -> list[tuple[str, int, list[str]]]:
+        events = AuditEvent.objects.filter(verb__startswith="schema.").order_by("id")
+        return [(e.verb, e.payload["differences"], e.payload["items"]) for e in events]
+
+    assert _check().state == "in_sync"
+    assert audited() == []
+    execute(url, "ALTER TABLE users ADD COLUMN nickname VARCHAR(40)")
+    assert _check().state == "drift"
+    assert _check().state == "drift"  # the same drift again: nothing new to say
+    found = [("schema.drift_found", 1, ["remove_column users.nickname"])]
+    assert audited() == found
+    execute(url, "CREATE INDEX ix_users_password ON users (password)")
+    assert _check().state == "drift"
+    both = ["remove_column users.nickname", "remove_index users.ix_users_password"]
+    changed = [("schema.drift_changed", 2, both)]
+    assert audited() == found + changed
+    execute(url, "DROP INDEX ix_users_password", "ALTER TABLE users DROP COLUMN nickname")
+    assert _check().state == "in_sync"
+    assert _check().state == "in_sync"
+    resolved = [("schema.drift_resolved", 0, [])]
+    assert audited() == found + changed + resolved
+    assert all(
+        e.actor_name == "worker" and e.environment == "staging"
+        for e in AuditEvent.objects.filter(verb__startswith="schema.")
+    )
+    assert audit.verify().broken_at is None
