@@ -370,3 +370,54 @@ def test_drift_found_changed_and_resolved_are_audited_once_each(
         for e in AuditEvent.objects.filter(verb__startswith="schema.")
     )
     assert audit.verify().broken_at is None
+
+
+# Models that differ from the revisions in most ways alembic check reports, one change each.
+MODEL_CHANGES = {
+    "    phone_number: Mapped[str | None] = mapped_column(sa.String(50))\n": "",
+    "    title: Mapped[str] = mapped_column(sa.String(255))": (
+        "    title: Mapped[str] = mapped_column(sa.String(300), index=True)"
+    ),
+    "    content: Mapped[str] = mapped_column(sa.Text)": (
+        "    content: Mapped[str | None] = mapped_column(sa.Text)"
+    ),
+    "    password: Mapped[str] = mapped_column(sa.String(255))": (
+        "    password: Mapped[str] = mapped_column(sa.String(255), unique=True)"
+    ),
+    '        sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True\n    )\n    post_id': (
+        "        primary_key=True\n    )\n    post_id"
+    ),
+    "target_metadata = Base.metadata": (
+        "class Tag(Base):\n"
+        '    """A label."""\n\n'
+        '    __tablename__ = "tags"\n\n'
+        "    id: Mapped[int] = mapped_column(primary_key=True)\n\n\n"
+        "target_metadata = Base.metadata"
+    ),
+}
+
+
+def test_alembic_checks_operations_are_each_named(
+    tmp_path: Path, configure: Callable[..., Path]
+) -> None:
+    copy = tmp_path / "blog"
+    shutil.copytree(SAMPLE_INI.parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    models = (copy / "models.py").read_text(encoding="utf-8")
+    for old, new in MODEL_CHANGES.items():
+        assert old in models
+        models = models.replace(old, new)
+    (copy / "models.py").write_text(models, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    migrate(url, "heads")
+    configure({"staging": url}, alembic_ini=copy / "alembic.ini", check_models=True)
+    check = _check()
+    assert check.models_state == "drift", check.models_reason
+    assert sorted(check.models_differences) == [
+        "add_constraint unique constraint on users (password)",
+        "add_index ix_posts_title on posts (title)",
+        "add_table tags",
+        "modify_nullable posts.content",
+        "modify_type posts.title",
+        "remove_column users.phone_number",
+        "remove_fk fk_votes_user_id_users on votes (user_id) -> users",
+    ]

@@ -134,7 +134,7 @@ def _compare(
                 differences, reference, list(conn.execute(_INVALID_INDEXES))
             )
         names = [n for n in inspector.get_table_names() if not skip(n, None)]
-        tables = [_describe_table(inspector, name) for name in sorted(names)]
+        tables = _describe_tables(inspector, names)
         conn.rollback()
     differences += _unnamed_unique_extras(reference, tables)
     differences.sort(key=lambda d: (d.table, d.kind, d.name))
@@ -193,53 +193,64 @@ def _version_table_filter(
     return skip
 
 
-def _describe_table(inspector: sa.Inspector, name: str) -> dict[str, Any]:
-    """Return one table as read: columns, primary key, indexes, unique constraints, foreign keys."""
-    columns = [
-        {
-            "name": c["name"],
-            "type": type_text(c["type"], inspector.dialect),
-            "nullable": bool(c.get("nullable", True)),
-            "default": None if c.get("default") is None else str(c["default"]),
-        }
-        for c in inspector.get_columns(name)
-    ]
-    pk = inspector.get_pk_constraint(name) or {}
-    indexes = [
-        {
-            "name": i.get("name") or "",
-            "columns": _names(i.get("column_names")),
-            "unique": bool(i.get("unique")),
-        }
-        for i in inspector.get_indexes(name)
-    ]
-    uniques = [
-        {"name": u.get("name") or "", "columns": _names(u.get("column_names"))}
-        for u in _safe(inspector.get_unique_constraints, name)
-    ]
-    fks = [
-        {
-            "name": f.get("name") or "",
-            "columns": _names(f.get("constrained_columns")),
-            "references": f"{f.get('referred_table')}({', '.join(_names(f.get('referred_columns')))})",
-        }
-        for f in inspector.get_foreign_keys(name)
-    ]
-    return {
-        "name": name,
-        "columns": columns,
-        "primary_key": _names(pk.get("constrained_columns")),
-        "indexes": indexes,
-        "unique_constraints": uniques,
-        "foreign_keys": fks,
-    }
+def _describe_tables(inspector: sa.Inspector, names: list[str]) -> list[dict[str, Any]]:
+    """Return the tables as read: columns, primary key, indexes, unique constraints, foreign keys.
 
-
-def _safe(method: Any, name: str) -> list[dict[str, Any]]:
-    try:
-        return list(method(name))
-    except NotImplementedError:
+    One query per kind for all tables where the dialect can (PostgreSQL), not one per table.
+    """
+    if not names:
         return []
+    columns = inspector.get_multi_columns(filter_names=names)
+    pks = inspector.get_multi_pk_constraint(filter_names=names)
+    indexes = inspector.get_multi_indexes(filter_names=names)
+    try:
+        uniques = inspector.get_multi_unique_constraints(filter_names=names)
+    except NotImplementedError:
+        uniques = {}
+    fks = inspector.get_multi_foreign_keys(filter_names=names)
+    described = []
+    for name in sorted(names):
+        key = (None, name)  # the default schema
+        pk: dict[str, Any] = dict(pks.get(key) or {})
+        described.append(
+            {
+                "name": name,
+                "columns": [
+                    {
+                        "name": c["name"],
+                        "type": type_text(c["type"], inspector.dialect),
+                        "nullable": bool(c.get("nullable", True)),
+                        "default": None if c.get("default") is None else str(c["default"]),
+                    }
+                    for c in columns.get(key, [])
+                ],
+                "primary_key": _names(pk.get("constrained_columns")),
+                "indexes": [
+                    {
+                        "name": i.get("name") or "",
+                        "columns": _names(i.get("column_names")),
+                        "unique": bool(i.get("unique")),
+                    }
+                    for i in indexes.get(key, [])
+                    if not i.get("duplicates_constraint")  # PostgreSQL's index of a constraint
+                ],
+                "unique_constraints": [
+                    {"name": u.get("name") or "", "columns": _names(u.get("column_names"))}
+                    for u in uniques.get(key, [])
+                    if not u.get("duplicates_index")  # MySQL keeps it as a unique index
+                ],
+                "foreign_keys": [
+                    {
+                        "name": f.get("name") or "",
+                        "columns": _names(f.get("constrained_columns")),
+                        "references": f"{f.get('referred_table')}"
+                        f"({', '.join(_names(f.get('referred_columns')))})",
+                    }
+                    for f in fks.get(key, [])
+                ],
+            }
+        )
+    return described
 
 
 def _names(values: Any) -> list[str]:
