@@ -1,0 +1,154 @@
+"""The live schema of a schema check, table by table, with its drifted items marked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from dashboard.drift.differences import Difference, describe
+
+# How the live schema's items are matched to differences: the kind's object, by name.
+_OBJECT_OF_KIND = {
+    "add_table": "table",
+    "remove_table": "table",
+    "add_table_comment": "table",
+    "remove_table_comment": "table",
+    "add_column": "column",
+    "remove_column": "column",
+    "modify_type": "column",
+    "modify_nullable": "column",
+    "modify_default": "column",
+    "modify_comment": "column",
+    "add_index": "index",
+    "remove_index": "index",
+    "invalid_index": "index",
+    "add_constraint": "constraint",
+    "remove_constraint": "constraint",
+    "add_fk": "fk",
+    "remove_fk": "fk",
+}
+# Kinds naming an object the live database lacks: there is no live item to mark, so the
+# table lists it as missing.
+_MISSING_KINDS = {"add_table", "add_column", "add_index", "add_constraint", "add_fk"}
+# How a difference names a constraint the database keeps no name of (SQLite's foreign keys).
+UNNAMED = "(unnamed)"
+
+
+@dataclass(frozen=True)
+class LiveColumn:
+    """One column as read, and what drifted about it ("" when nothing did)."""
+
+    name: str
+    type: str
+    nullable: bool
+    default: str | None
+    drift: str
+
+
+@dataclass(frozen=True)
+class LiveItem:
+    """One index, unique constraint or foreign key as read, and what drifted about it."""
+
+    name: str
+    columns: str
+    extra: str  # "unique" for an index, "-> users(id)" for a foreign key
+    drift: str
+
+
+@dataclass(frozen=True)
+class LiveTable:
+    """One table of the live schema as read, its drifted items marked."""
+
+    name: str
+    columns: tuple[LiveColumn, ...]
+    primary_key: str
+    indexes: tuple[LiveItem, ...]
+    unique_constraints: tuple[LiveItem, ...]
+    foreign_keys: tuple[LiveItem, ...]
+    drift: str  # the table itself: it exists but no revision creates it
+    missing: tuple[str, ...]  # what the revisions create and the table lacks, in words
+
+    @property
+    def drifted(self) -> bool:
+        """Say whether anything of this table differs from the reference."""
+        return bool(
+            self.drift
+            or self.missing
+            or any(c.drift for c in self.columns)
+            or any(i.drift for i in (*self.indexes, *self.unique_constraints, *self.foreign_keys))
+        )
+
+
+def _marks(differences: Iterable[Difference], environment: str) -> dict[tuple[str, str, str], str]:
+    """Return each difference's words by (table, object, name), to mark live items with."""
+    marks: dict[tuple[str, str, str], list[str]] = {}
+    for d in differences:
+        kind = _OBJECT_OF_KIND.get(d.kind, "")
+        name = d.detail if kind == "fk" and d.name == UNNAMED else d.name
+        marks.setdefault((d.table, kind, name), []).append(describe(d, environment))
+    return {key: "; ".join(words) for key, words in marks.items()}
+
+
+def live_table(table: dict[str, Any], differences: list[Difference], environment: str) -> LiveTable:
+    """Return one table of a check's live schema with the differences that touch it marked."""
+    name = str(table.get("name", ""))
+    mine = [d for d in differences if d.table == name]
+    marks = _marks((d for d in mine if d.kind not in _MISSING_KINDS), environment)
+
+    def mark(kind: str, item: str) -> str:
+        return marks.get((name, kind, item), "")
+
+    def fk_mark(fk: dict[str, Any]) -> str:
+        # Unnamed foreign keys (SQLite's) are matched by what they join, as the difference says.
+        target = str(fk.get("references", "")).split("(", 1)[0]
+        joined = f" ({', '.join(fk.get('columns', []))}) -> {target}"
+        return mark("fk", str(fk.get("name") or "")) or mark("fk", joined)
+
+    return LiveTable(
+        name=name,
+        columns=tuple(
+            LiveColumn(
+                name=str(c.get("name", "")),
+                type=str(c.get("type", "")),
+                nullable=bool(c.get("nullable", True)),
+                default=c.get("default"),
+                drift=mark("column", str(c.get("name", ""))),
+            )
+            for c in table.get("columns", [])
+        ),
+        primary_key=", ".join(table.get("primary_key", [])),
+        indexes=tuple(
+            LiveItem(
+                name=str(i.get("name", "")),
+                columns=", ".join(i.get("columns", [])),
+                extra="unique" if i.get("unique") else "",
+                # A unique constraint may be read back as a unique index (MariaDB).
+                drift=mark("index", str(i.get("name", "")))
+                or mark("constraint", str(i.get("name", ""))),
+            )
+            for i in table.get("indexes", [])
+        ),
+        unique_constraints=tuple(
+            LiveItem(
+                name=str(u.get("name", "")),
+                columns=", ".join(u.get("columns", [])),
+                extra="",
+                drift=mark("constraint", str(u.get("name", ""))),
+            )
+            for u in table.get("unique_constraints", [])
+        ),
+        foreign_keys=tuple(
+            LiveItem(
+                name=str(f.get("name", "")),
+                columns=", ".join(f.get("columns", [])),
+                extra=f"-> {f.get('references', '')}",
+                drift=fk_mark(f),
+            )
+            for f in table.get("foreign_keys", [])
+        ),
+        drift=mark("table", name),
+        missing=tuple(
+            describe(d, environment) for d in mine if d.kind in _MISSING_KINDS - {"add_table"}
+        ),
+    )
