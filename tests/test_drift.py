@@ -319,7 +319,7 @@ def test_a_database_without_a_version_table_is_matched_to_its_revision(
 
 
 def test_one_replay_serves_every_environment_at_one_revision(
-    tmp_path: Path, configure: Callable[..., Path]
+    tmp_path: Path, configure: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = tmp_path / "env0.db"
     migrate(f"sqlite:///{first}", "heads")
@@ -338,6 +338,14 @@ def test_one_replay_serves_every_environment_at_one_revision(
         *((f"env{n}", "in_sync", False) for n in range(1, 5)),
     ]
     assert len({c.fingerprint for c in checks}) == 1
+
+    # A replay that fails fails once for all of them, not once each.
+    reference.forget()
+    monkeypatch.setenv("MIGRATIONS_PROJECT_FAIL", "3f8c1a2b9d04")
+    failed = drift.schemas_check(list(urls))
+    assert reference.replays == 1
+    assert {c.state for c in failed} == {"check_failed"}
+    assert len({c.reason for c in failed}) == 1
 
 
 def test_drift_found_changed_and_resolved_are_audited_once_each(

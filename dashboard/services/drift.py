@@ -23,7 +23,7 @@ from dashboard.models import SchemaCheck
 from dashboard.runner import bundle
 from dashboard.services import queue
 from dashboard.services.actions.runs import child_secrets
-from dashboard.services.status import project_history
+from dashboard.services.status import ProjectHistory, project_history
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +139,10 @@ def schemas_check(
         )
         jobs.append(_Job(env=env, project=config.projects[env.project], check=check))
     _read_heads(jobs)
+    seen = _Seen()
     for job in jobs:
         if not job.state:
-            _reference(job, config)
+            _reference(job, config, seen)
     live = [job for job in jobs if not job.state]
     if live:
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(live))) as pool:
@@ -166,8 +167,35 @@ def _read_heads(jobs: Sequence[_Job]) -> None:
         job.heads, job.table_exists = reading.heads, reading.table_exists
 
 
-def _reference(job: _Job, config: DashboardConfig) -> None:
-    history = project_history(job.project)
+# A reference that failed is not retried within one call (100 environments at a revision whose
+# replay breaks cost one failed replay); the next call tries again.
+@dataclass
+class _Seen:
+    """What one call read, or failed to build, already: the same for every environment."""
+
+    histories: dict[str, ProjectHistory] = field(default_factory=dict)
+    bundles: dict[str, bundle.Bundle | bundle.BundleError] = field(default_factory=dict)
+    failures: dict[tuple[reference.Key, bool], tuple[str, str]] = field(default_factory=dict)
+
+    def history(self, project: Project) -> ProjectHistory:
+        if project.name not in self.histories:
+            self.histories[project.name] = project_history(project)
+        return self.histories[project.name]
+
+    def bundle(self, project: Project) -> bundle.Bundle:
+        if project.name not in self.bundles:
+            try:
+                self.bundles[project.name] = bundle.bundle_read(project)
+            except bundle.BundleError as exc:
+                self.bundles[project.name] = exc
+        found = self.bundles[project.name]
+        if isinstance(found, bundle.BundleError):
+            raise found
+        return found
+
+
+def _reference(job: _Job, config: DashboardConfig, seen: _Seen) -> None:
+    history = seen.history(job.project)
     if history.graph is None:
         job.stop(State.FAILED, f"the script directory cannot be read: {history.error}")
         return
@@ -179,21 +207,33 @@ def _reference(job: _Job, config: DashboardConfig) -> None:
         )
         return
     try:
-        found = bundle.bundle_read(job.project)
-        job.check.fingerprint = found.digest
-        at_heads = bool(job.heads) and set(job.heads) == set(history.graph.heads)
+        found = seen.bundle(job.project)
+    except bundle.BundleError as exc:
+        job.stop(State.FAILED, f"the reference schema could not be built: {exc}")
+        return
+    job.check.fingerprint = found.digest
+    backend = scratch.backend_of(job.url)
+    at_heads = bool(job.heads) and set(job.heads) == set(history.graph.heads)
+    with_models = job.project.check_models and at_heads
+    slot = (reference.key_for(job.project, found, job.heads, backend), with_models)
+    if slot in seen.failures:
+        job.stop(*seen.failures[slot])
+        return
+    try:
         job.ref, job.check.replayed = reference.reference_for(
             job.project,
             found,
             job.heads,
-            scratch.backend_of(job.url),
-            with_models=job.project.check_models and at_heads,
+            backend,
+            with_models=with_models,
             drop_env=child_secrets(config, job.env),
         )
     except reference.ReferenceUnavailable as exc:
         job.stop(State.NOT_CHECKED, str(exc))
     except (reference.ReferenceFailed, bundle.BundleError) as exc:
         job.stop(State.FAILED, f"the reference schema could not be built: {exc}")
+    if job.state:
+        seen.failures[slot] = (job.state, job.reason)
 
 
 def _compare(job: _Job) -> None:
