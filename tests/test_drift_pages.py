@@ -261,7 +261,7 @@ def test_the_live_schema_is_shown_table_by_table_with_the_drifted_items_marked(
     assert re.search(r'<details class="live-table">\s*<summary><code>votes', schema)
 
 
-def test_missing_items_are_listed_under_their_table_and_unnamed_keys_matched_by_what_they_join() -> (
+def test_missing_items_are_listed_under_their_table_and_unnamed_constraints_matched_by_columns() -> (
     None
 ):
     live = {
@@ -271,11 +271,13 @@ def test_missing_items_are_listed_under_their_table_and_unnamed_keys_matched_by_
             {"name": "", "columns": ["owner_id"], "references": "users(id)"},
             {"name": "fk_posts_editor", "columns": ["editor_id"], "references": "users(id)"},
         ],
+        "unique_constraints": [{"name": "", "columns": ["slug"]}, {"name": "", "columns": ["id"]}],
     }
     found = from_dicts(
         [
             difference("add_column", "posts", "title", "VARCHAR(255)"),
             difference("remove_fk", "posts", "(unnamed)", " (owner_id) -> users"),
+            difference("remove_constraint", "posts", "(unnamed)", " (slug)"),
         ]
     )
 
@@ -286,6 +288,12 @@ def test_missing_items_are_listed_under_their_table_and_unnamed_keys_matched_by_
     owner, editor = table.foreign_keys
     assert "exists in prod but no revision creates it" in owner.drift
     assert editor.drift == ""
+    slug, other = table.unique_constraints
+    assert (
+        slug.drift
+        == "an unnamed unique constraint on posts (slug) exists in prod but no revision creates it"
+    )
+    assert other.drift == ""
 
 
 def test_the_section_polls_while_a_check_is_pending_and_shows_the_result(drifted: str) -> None:

@@ -61,6 +61,12 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("environment",             "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("environment-refresh",     "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("environment-refresh",     "POST"): (SIGN_IN,       STAGING,       STAGING,       STAGING,       STAGING),
+    # The schema section is an htmx region: without htmx it sends the browser to its page.
+    ("environment-schema",      "GET"):  (SIGN_IN,       STAGING,       STAGING,       STAGING,       STAGING),
+    ("environment-schema",      "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    # Asking for a schema check now is for operators and above.
+    ("environment-schema-check", "GET"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("environment-schema-check", "POST"): (SIGN_IN,      "403",         STAGING,       STAGING,       STAGING),
     ("api-environments",        "GET"):  ("401",         "200",         "200",         "200",         "200"),
     ("api-environments",        "POST"): ALL_405,  # the API is read-only for everyone
     ("api-environment",         "GET"):  ("401",         "200",         "200",         "200",         "200"),

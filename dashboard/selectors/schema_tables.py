@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dashboard.drift.differences import Difference, describe
+from dashboard.drift.differences import UNNAMED, Difference, describe
 
 # How the live schema's items are matched to differences: the kind's object, by name.
 _OBJECT_OF_KIND = {
@@ -31,8 +31,6 @@ _OBJECT_OF_KIND = {
 # Kinds naming an object the live database lacks: there is no live item to mark, so the
 # table lists it as missing.
 _MISSING_KINDS = {"add_table", "add_column", "add_index", "add_constraint", "add_fk"}
-# How a difference names a constraint the database keeps no name of (SQLite's foreign keys).
-UNNAMED = "(unnamed)"
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,8 @@ def _marks(differences: Iterable[Difference], environment: str) -> dict[tuple[st
     marks: dict[tuple[str, str, str], list[str]] = {}
     for d in differences:
         kind = _OBJECT_OF_KIND.get(d.kind, "")
-        name = d.detail if kind == "fk" and d.name == UNNAMED else d.name
+        # A constraint without a name (SQLite's) is known by its columns, as its detail says.
+        name = d.detail if d.name == UNNAMED else d.name
         marks.setdefault((d.table, kind, name), []).append(describe(d, environment))
     return {key: "; ".join(words) for key, words in marks.items()}
 
@@ -100,10 +99,15 @@ def live_table(table: dict[str, Any], differences: list[Difference], environment
         return marks.get((name, kind, item), "")
 
     def fk_mark(fk: dict[str, Any]) -> str:
-        # Unnamed foreign keys (SQLite's) are matched by what they join, as the difference says.
+        if fk.get("name"):
+            return mark("fk", str(fk["name"]))
         target = str(fk.get("references", "")).split("(", 1)[0]
-        joined = f" ({', '.join(fk.get('columns', []))}) -> {target}"
-        return mark("fk", str(fk.get("name") or "")) or mark("fk", joined)
+        return mark("fk", f" ({', '.join(fk.get('columns', []))}) -> {target}")
+
+    def unique_mark(unique: dict[str, Any]) -> str:
+        if unique.get("name"):
+            return mark("constraint", str(unique["name"]))
+        return mark("constraint", f" ({', '.join(unique.get('columns', []))})")
 
     return LiveTable(
         name=name,
@@ -134,7 +138,7 @@ def live_table(table: dict[str, Any], differences: list[Difference], environment
                 name=str(u.get("name", "")),
                 columns=", ".join(u.get("columns", [])),
                 extra="",
-                drift=mark("constraint", str(u.get("name", ""))),
+                drift=unique_mark(u),
             )
             for u in table.get("unique_constraints", [])
         ),
