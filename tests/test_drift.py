@@ -176,19 +176,34 @@ def test_scratch_left_by_a_worker_killed_mid_replay_is_swept(
     assert _mine("postgres", worker.pid) == []
 
 
+NO_SCRATCH = (
+    "no scratch server: set scratch_url or scratch_url_env in [projects.blog]"
+    " to check postgresql environments"
+)
+
+
 @pytest.mark.postgres
 def test_postgresql_without_a_scratch_server_is_not_checked(
     postgres_url: str, configure: Callable[..., Path]
 ) -> None:
     migrate(postgres_url, "heads")
     configure({"staging": postgres_url})
+    reference.forget()  # a reference another test built would need no scratch server
     check = _check()
-    assert check.state == "not_checked"
-    assert check.reason == (
-        "no scratch server: set scratch_url or scratch_url_env in [projects.blog]"
-        " to check postgresql environments"
-    )
+    assert (check.state, check.reason) == ("not_checked", NO_SCRATCH)
     assert check.differences == [] and check.replayed is False
+
+    # Without a version table the reference is the empty base (no replay), so the tables are
+    # drift; which revision they match needs replays, and the adoption says why it has none.
+    execute(postgres_url, "DROP TABLE alembic_version")
+    unversioned = _check()
+    assert unversioned.state == "drift"
+    assert {(d["kind"], d["name"]) for d in unversioned.differences} == {
+        ("remove_table", "posts"),
+        ("remove_table", "users"),
+        ("remove_table", "votes"),
+    }
+    assert unversioned.adoption == {"error": NO_SCRATCH}
 
 
 @pytest.fixture

@@ -192,7 +192,10 @@ DRIFTS = {
     ),
     "extra_table": Drift(
         {
-            kind: _sql("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+            kind: _sql(
+                "CREATE TABLE notes (id INTEGER PRIMARY KEY, body VARCHAR(100) UNIQUE)",
+                "CREATE INDEX ix_notes_body ON notes (body)",
+            )
             for kind in ("sqlite", "postgres", "mariadb")
         },
         "remove_table",

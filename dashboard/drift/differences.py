@@ -28,7 +28,14 @@ KINDS = (
     "remove_table_comment",
     "invalid_index",
 )
-_PART_OF_A_TABLE = ("add_index", "add_constraint", "add_fk")
+_PART_OF_A_TABLE = (
+    "add_index",
+    "add_constraint",
+    "add_fk",
+    "remove_index",
+    "remove_constraint",
+    "remove_fk",
+)
 UNNAMED = "(unnamed)"  # the name said for a constraint the database keeps no name of
 UNIQUE = ", unique"  # how an index's detail says the index is unique
 
@@ -63,10 +70,14 @@ def from_alembic(diffs: Iterable[Any], dialect: Any = None) -> list[Difference]:
             found.extend(_modify(item, dialect) for item in diff)
         else:
             found.append(_simple(diff, dialect))
-    # Alembic adds a missing table's indexes and unique constraints one by one (on MySQL even
-    # the index it makes for each foreign key): they are part of "table T is missing".
-    missing = {d.table for d in found if d.kind == "add_table"}
-    found = [d for d in found if not (d.table in missing and d.kind in _PART_OF_A_TABLE)]
+    # Alembic lists a missing or extra table's indexes and unique constraints one by one (on
+    # MySQL even the index made for each foreign key): they are part of "table T is missing".
+    whole = {(d.table, d.kind.split("_", 1)[0]) for d in found if d.kind.endswith("_table")}
+    found = [
+        d
+        for d in found
+        if not (d.kind in _PART_OF_A_TABLE and (d.table, d.kind.split("_", 1)[0]) in whole)
+    ]
     return sorted(found, key=lambda d: (d.table, d.kind, d.name))
 
 

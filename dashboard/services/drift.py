@@ -266,6 +266,11 @@ def _adoption(job: _Job, config: DashboardConfig) -> dict[str, Any]:
         return adoption.match(
             job.project, job.url, job.env, history.graph, drop_env=child_secrets(config, job.env)
         )
+    except reference.ReferenceUnavailable as exc:  # e.g. no scratch server: say so
+        return {"error": versions.mask_secrets(str(exc), _secrets(job))}
+    except (reference.ReferenceFailed, schema.SchemaReadError, bundle.BundleError) as exc:
+        reason = f"the candidates' references could not be built or compared: {exc}"
+        return {"error": versions.mask_secrets(reason, _secrets(job))}
     except Exception as exc:  # adoption is advice: its failure must not fail the check
         logger.exception("adoption match of %s failed", job.env.name)
         return {"error": type(exc).__name__}
