@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from django.utils.html import escape
@@ -18,6 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from dashboard.drift.differences import from_dicts
 from dashboard.models import Action, AuditEvent, SchemaCheck, Snapshot
+from dashboard.selectors import drift as drift_selectors
 from dashboard.selectors.schema_tables import live_table
 from dashboard.services import drift, status
 from tests.databases import postgres_database
@@ -206,6 +209,51 @@ def test_a_check_made_for_another_project_does_not_count(
     html = signed_in("vera").get("/").content.decode()
 
     assert "(no check yet)" in row(html, "prod")
+
+
+def sqlite_steps(work: Callable[[], Any]) -> tuple[int, Any]:
+    """Run work; return the SQLite VM instructions (in tens) it cost the dashboard's database."""
+    connection.ensure_connection()
+    raw = connection.connection
+    ticks = [0]
+
+    def tick() -> int:
+        ticks[0] += 1
+        return 0  # go on
+
+    raw.set_progress_handler(tick, 10)
+    try:
+        result = work()
+    finally:
+        raw.set_progress_handler(None, 0)
+    return ticks[0], result
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="counts SQLite's VM steps")
+def test_finding_the_latest_checks_grows_no_faster_than_the_checks_kept() -> None:
+    names = [f"env{n}" for n in range(4)]
+    steps = []
+    for per_environment in (50, 500):
+        SchemaCheck.objects.all().delete()
+        start = timezone.now() - timedelta(days=30)
+        SchemaCheck.objects.bulk_create(
+            SchemaCheck(
+                environment=names[n % len(names)],
+                project="blog",
+                state=State.IN_SYNC,
+                trigger=SchemaCheck.Trigger.PERIODIC,
+                checked_at=start + timedelta(minutes=n),
+            )
+            for n in range(per_environment * len(names))
+        )
+        cost, latest = sqlite_steps(lambda: drift_selectors.latest_checks(names))
+        steps.append(cost)
+        newest = SchemaCheck.objects.order_by("-checked_at")[: len(names)]
+        assert {check.pk for check in latest.values()} == {check.pk for check in newest}
+
+    # Ten times the checks: about ten times the work, not a hundred (a month of hourly checks
+    # once took the overview half a minute).
+    assert steps[1] <= steps[0] * 20, steps
 
 
 # --- the environment page -------------------------------------------------------------------
