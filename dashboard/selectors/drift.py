@@ -304,25 +304,23 @@ def action_drift_warning(*, action: Action) -> DriftWarning | None:
     return drift_warning(environment=action.environment)
 
 
-def project_models_note(*, project: str) -> ModelsNote | None:
+def project_models_note(*, project: str, heads: Iterable[str]) -> ModelsNote | None:
     """Return what the newest check at the project's heads said of its models, when they drift."""
     try:
         config = current_config()
     except ConfigError:
         return None
-    envs = config.environments_of(project)
-    if not envs:
-        return None
-    heads = _project_heads([env.name for env in envs])
-    with_models = [
-        check for check in _latest_of(envs).values() if check.models_state and check.checked_at
+    wanted = sorted(heads)
+    at_heads = [
+        check
+        for check in _latest_of(config.environments_of(project)).values()
+        if check.models_state and check.checked_at and sorted(check.heads) == wanted
     ]
-    at_heads = [c for c in with_models if heads is None or sorted(c.heads) == heads]
     if not at_heads:
         return None
     # The newest word at the heads counts, drift or not: a later clean check answers an old one.
     newest = max(at_heads, key=lambda c: (c.checked_at, c.pk))
-    return _models_note(newest, heads)
+    return _models_note(newest, wanted)
 
 
 def _latest_of(envs: Iterable[Environment]) -> dict[str, SchemaCheck]:
@@ -360,18 +358,6 @@ def _script_heads(environment: str, project: str) -> list[str] | None:
         .first()
     )
     return sorted(snapshot.script_heads) if snapshot is not None and snapshot.script_heads else None
-
-
-def _project_heads(environments: list[str]) -> list[str] | None:
-    """Return the script directory's heads as the newest read of any of these environments saw."""
-    snapshot = (
-        Snapshot.objects.filter(environment__in=environments)
-        .exclude(script_heads=[])
-        .order_by("-read_at", "-id")
-        .only("script_heads")
-        .first()
-    )
-    return sorted(snapshot.script_heads) if snapshot is not None else None
 
 
 def _adoption(found: dict[str, Any]) -> Adoption:

@@ -68,7 +68,9 @@ def graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
         rev=request.GET.get("rev", ""),
         query=request.GET.get("q", ""),
     )
-    models = drift_selectors.project_models_note(project=name)
+    models = drift_selectors.project_models_note(
+        project=name, heads=[link.revision for link in page.heads]
+    )
     context = {"page": page, "window": page.window, "panel": page.panel, "models": models}
     return render(request, "graph.html", context)
 
