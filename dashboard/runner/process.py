@@ -22,6 +22,8 @@ from typing import TypedDict, Unpack
 
 from dashboard.config import (
     BadDatabaseURL,
+    DashboardConfig,
+    Environment,
     Project,
     mask_url,
     parse_database_url,
@@ -144,6 +146,21 @@ formatter = generic
 format = %(levelname)-5.5s [%(name)s] %(message)s
 datefmt = %H:%M:%S
 """
+
+
+# Never handed to Alembic's child: the dashboard's own secrets.
+DASHBOARD_SECRETS = ("SECRET_KEY", "DASHBOARD_PASSWORD")
+
+
+def child_secrets(config: DashboardConfig, env: Environment) -> set[str]:
+    """Return the variables Alembic's child must not inherit when it works on env."""
+    names = set(DASHBOARD_SECRETS)
+    for other in config.environments.values():
+        if other.url_env and other.url_env != env.url_env:
+            names.add(other.url_env)
+    # The child gets its database through DATABASE_URL, never a scratch server's password.
+    names.update(p.scratch_url_env for p in config.projects.values() if p.scratch_url_env)
+    return names
 
 
 class RunnerError(Exception):

@@ -21,8 +21,8 @@ from dashboard.drift import adoption, reference
 from dashboard.drift.differences import Difference
 from dashboard.models import SchemaCheck
 from dashboard.runner import bundle
+from dashboard.runner.process import child_secrets
 from dashboard.services import queue
-from dashboard.services.actions.runs import child_secrets
 from dashboard.services.status import ProjectHistory, project_history
 
 logger = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from dashboard.databases import sessions, versions
 from dashboard.models import Action, Approval
 from dashboard.runner import bundle, process, review
 from dashboard.runner.monitor import RunMonitor
+from dashboard.runner.process import child_secrets
 from dashboard.services import holding, queue, superseding
 from dashboard.services.actions import pinning
 from dashboard.services.actions.errors import SCRIPT_CHANGED
@@ -40,8 +41,6 @@ PREPARE_GRACE = timedelta(minutes=2)  # a request's SQL may take this long befor
 PREPARE_LIMIT = timedelta(
     seconds=review.OFFLINE_SQL_TIMEOUT + review.SQUAWK_TIMEOUT + 60
 )  # a preparation still "running" after this lost its worker
-# Never handed to Alembic's child: the dashboard's own secrets.
-DASHBOARD_SECRETS = ("SECRET_KEY", "DASHBOARD_PASSWORD")
 _ERROR_LINE = re.compile(r"^(FAILED:|[A-Za-z_][\w.]*(Error|Exception|Exit)\b)")
 
 
@@ -210,15 +209,6 @@ def retry_delay(action: Action) -> float:
     queued_at = action.queued_at or action.created_at
     waited = timezone.now() - queued_at
     return LONG_WAIT_RETRY_DELAY if waited > LONG_WAIT else RETRY_DELAY
-
-
-def child_secrets(config: DashboardConfig, env: Environment) -> set[str]:
-    """Return the variables Alembic's child must not inherit when it works on env."""
-    names = set(DASHBOARD_SECRETS)
-    for other in config.environments.values():
-        if other.url_env and other.url_env != env.url_env:
-            names.add(other.url_env)
-    return names
 
 
 def heads_text(heads: Sequence[str] | None) -> str:
@@ -652,7 +642,6 @@ def _refresh_status(environment: str) -> None:
 def _check_schema_after(environment: str) -> None:
     """Queue a schema check of an environment an action just ran on (or tried to)."""
     try:
-        # Imported here: the drift service imports this module for child_secrets.
         from dashboard.services import drift
 
         drift.schema_check_after_action(environment=environment)
