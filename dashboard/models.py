@@ -413,7 +413,8 @@ class SchemaCheck(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            models.Index(fields=["environment", "-created_at"], name="schemacheck_env_created")
+            # The latest finished check per environment, for every overview.
+            models.Index(fields=["environment", "-checked_at"], name="schemacheck_env_checked")
         ]
 
     def __str__(self) -> str:
