@@ -126,6 +126,7 @@ def test_done_when_a_hand_made_column_is_named_then_dropped_in_sync(
     assert (clean.state, clean.differences, clean.reason) == ("in_sync", [], "")
 
 
+@pytest.mark.once  # target databases only: the dashboard's own backend changes nothing here
 @pytest.mark.parametrize("kind", EVERY_KIND)
 def test_scratch_is_gone_after_a_passing_check_and_after_a_failing_replay(
     kind: str, tmp_path: Path, configure: Callable[..., Path], monkeypatch: pytest.MonkeyPatch

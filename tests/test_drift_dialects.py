@@ -79,10 +79,14 @@ class Drift:
     words: str
     # A dialect that says the same change in other words: {dialect: (kind, words)}.
     on: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # A change Alembic sees as two operations: the other's (kind, table, name, words).
+    more: tuple[tuple[str, str, str, str], ...] = ()
 
-    def expected(self, dialect: str) -> tuple[str, str]:
-        """Return the kind and words the check must use on dialect."""
-        return self.on.get(dialect, (self.kind, self.words))
+    def expected(self, dialect: str) -> list[tuple[str, str, str, str]]:
+        """Return every difference the check must find on dialect, in the check's order."""
+        kind, words = self.on.get(dialect, (self.kind, self.words))
+        said = [(kind, self.table, self.name, words), *self.more]
+        return sorted(said, key=lambda d: (d[1], d[0], d[2]))
 
 
 def _sql(*statements: str) -> Callable[[str], None]:
@@ -222,7 +226,54 @@ DRIFTS = {
         "add_fk",
         "posts",
         "fk_posts_owner_id_users",
-        "foreign key fk_posts_owner_id_users on posts (owner_id) -> users is missing in staging",
+        "foreign key fk_posts_owner_id_users on posts (owner_id) -> users ON DELETE CASCADE"
+        " is missing in staging",
+    ),
+    "changed_foreign_key_action": Drift(
+        {
+            "sqlite": _batch(
+                lambda b: (
+                    b.drop_constraint("fk_posts_owner_id_users", type_="foreignkey"),
+                    b.create_foreign_key("fk_posts_owner_id_users", "users", ["owner_id"], ["id"]),
+                ),
+                "posts",
+            ),
+            "postgres": _sql(
+                "ALTER TABLE posts DROP CONSTRAINT fk_posts_owner_id_users",
+                "ALTER TABLE posts ADD CONSTRAINT fk_posts_owner_id_users"
+                " FOREIGN KEY (owner_id) REFERENCES users (id)",
+            ),
+            "mariadb": _sql(
+                "ALTER TABLE posts DROP FOREIGN KEY fk_posts_owner_id_users",
+                "ALTER TABLE posts ADD CONSTRAINT fk_posts_owner_id_users"
+                " FOREIGN KEY (owner_id) REFERENCES users (id)",
+            ),
+        },
+        "add_fk",
+        "posts",
+        "fk_posts_owner_id_users",
+        "foreign key fk_posts_owner_id_users on posts (owner_id) -> users ON DELETE CASCADE"
+        " is missing in staging",
+        more=(
+            (
+                "remove_fk",
+                "posts",
+                "fk_posts_owner_id_users",
+                "foreign key fk_posts_owner_id_users on posts (owner_id) -> users exists in"
+                " staging but no revision creates it",
+            ),
+        ),
+    ),
+    "changed_comment": Drift(
+        # SQLite keeps no comments.
+        {
+            "postgres": _sql("COMMENT ON COLUMN users.email IS 'login'"),
+            "mariadb": _sql("ALTER TABLE users MODIFY email VARCHAR(255) NOT NULL COMMENT 'login'"),
+        },
+        "modify_comment",
+        "users",
+        "email",
+        "the comment of column users.email is 'login'; the revisions give none",
     ),
     "extra_unique_constraint": Drift(
         {
@@ -311,7 +362,6 @@ def test_hand_made_drift_is_found_and_named(
         made.change[kind](url)
         check = _check()
     found = from_dicts(check.differences)
-    kind_said, words = made.expected(kind)
     assert check.state == "drift", check.reason
-    assert [(d.kind, d.table, d.name) for d in found] == [(kind_said, made.table, made.name)]
-    assert describe(found[0], "staging") == words
+    said = [(d.kind, d.table, d.name, describe(d, "staging")) for d in found]
+    assert said == made.expected(kind)

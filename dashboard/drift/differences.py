@@ -130,7 +130,7 @@ def describe(difference: Difference, environment: str) -> str:
         case "modify_default":
             return f"column {column} {d.detail}"
         case "modify_comment":
-            return f"the comment of column {column} differs"
+            return f"the comment of column {column} {d.detail or 'differs'}"
         case "add_index":
             return f"{_index(d)} is missing in {env}"
         case "remove_index":
@@ -192,7 +192,14 @@ def _simple(diff: tuple[Any, ...], dialect: Any) -> Difference:
     if kind in ("add_fk", "remove_fk"):
         fk = diff[1]
         target = fk.elements[0].target_fullname.rsplit(".", 1)[0] if fk.elements else "?"
-        detail = f" ({', '.join(fk.column_keys)}) -> {target}"
+        # The options too: a key whose ON DELETE differs is one removed and one added, and
+        # without them the two would read alike.
+        options = "".join(
+            f" ON {event} {value.upper()}"
+            for event, value in (("DELETE", fk.ondelete), ("UPDATE", fk.onupdate))
+            if value
+        )
+        detail = f" ({', '.join(fk.column_keys)}) -> {target}{options}"
         return Difference(kind, fk.table.name, str(fk.name or UNNAMED), detail)
     if kind in ("add_table_comment", "remove_table_comment"):
         return Difference(kind, diff[1].name, diff[1].name, "")
@@ -213,6 +220,8 @@ def _modify(diff: tuple[Any, ...], dialect: Any) -> Difference:
             f"is {'NULL' if live else 'NOT NULL'};"
             f" the revisions make it {'NULL' if reference else 'NOT NULL'}"
         )
+    elif kind == "modify_comment":
+        detail = f"is {_comment_text(live)}; the revisions give {_comment_text(reference)}"
     elif kind == "modify_default":
         detail = f"has default {_default_text(live)}; the revisions give {_default_text(reference)}"
     else:
@@ -231,6 +240,10 @@ def type_text(value: Any, dialect: Any = None) -> str:
         return str(value.compile())
     except Exception:  # a dialect-only type compiles only with its dialect
         return str(value)
+
+
+def _comment_text(value: Any) -> str:
+    return "none" if value is None else repr(str(value))
 
 
 def _default_text(value: Any) -> str:
