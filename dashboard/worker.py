@@ -180,6 +180,7 @@ class HousekeepingReport:
     swept_copies: int = 0  # private copies of approved files no unfinished action needs
     swept_files: int = 0  # stored approved files past their retention
     swept_scratch: list[str] = field(default_factory=list)  # scratch databases dead workers left
+    abandoned_checks: list[int] = field(default_factory=list)  # pending checks no worker finished
     problems: list[str] = field(default_factory=list)
 
 
@@ -218,6 +219,13 @@ class Housekeeping:
         except Exception as exc:
             logger.exception("could not prune old snapshots and task results")
             report.problems.append(f"pruning: {exc}")
+        try:
+            from dashboard.services import drift
+
+            report.abandoned_checks = drift.schema_checks_abandon()
+        except Exception as exc:
+            logger.exception("could not check for abandoned schema checks")
+            report.problems.append(f"schema checks: {exc}")
         try:
             report.swept_copies, report.swept_files = self._sweep_approved()
         except Exception as exc:

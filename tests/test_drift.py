@@ -448,3 +448,38 @@ def test_alembic_checks_operations_are_each_named(
         "remove_column users.phone_number",
         "remove_fk fk_votes_user_id_users on votes (user_id) -> users",
     ]
+
+
+def test_a_cached_reference_does_not_outlive_its_scratch_server(
+    postgres_url: str, configure: Callable[..., Path]
+) -> None:
+    migrate(postgres_url, "heads")
+    configure({"staging": postgres_url}, scratch_url=SCRATCH["postgres"])
+    assert _check().state == "in_sync"  # the reference is now cached
+    configure({"staging": postgres_url})  # the scratch server is removed from the config
+    check = _check()
+    assert (check.state, check.reason) == ("not_checked", NO_SCRATCH)
+
+
+def test_a_pending_check_no_worker_finished_fails_and_a_new_request_is_made(
+    sqlite_url: str, configure: Callable[..., Path]
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from dashboard.worker import Housekeeping
+
+    migrate(sqlite_url, "heads")
+    configure({"staging": sqlite_url})
+    olga = make_people()["olga"]
+    lost = drift.schema_check_request(environment="staging", user=olga)
+    assert drift.schema_check_request(environment="staging", user=olga).pk == lost.pk
+    SchemaCheck.objects.filter(pk=lost.pk).update(
+        created_at=timezone.now() - drift.PENDING_LIMIT - timedelta(minutes=1)
+    )
+    assert Housekeeping(limit=60).run_once().abandoned_checks == [lost.pk]
+    lost.refresh_from_db()
+    assert lost.state == "check_failed"
+    assert lost.reason == "no worker finished this check within 60 min (did the worker die?)"
+    assert drift.schema_check_request(environment="staging", user=olga).pk != lost.pk

@@ -80,6 +80,9 @@ def reference_for(
     key = key_for(project, found, heads, backend)
     if not key.heads:
         return Reference(key=key, metadata=sa.MetaData(), models=None), False  # base: no tables
+    # Asked before the cache, so removing the scratch server from the config stops checks a
+    # cached reference would still serve.
+    scratch_server(project, backend)
     slot = (key, with_models)
     with _cache_lock:
         cached = _cache.get(slot)

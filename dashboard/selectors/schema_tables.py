@@ -83,8 +83,9 @@ def _marks(differences: Iterable[Difference], environment: str) -> dict[tuple[st
     marks: dict[tuple[str, str, str], list[str]] = {}
     for d in differences:
         kind = _OBJECT_OF_KIND.get(d.kind, "")
-        # A constraint without a name (SQLite's) is known by its columns, as its detail says.
-        name = d.detail if d.name == UNNAMED else d.name
+        # A constraint without a name (SQLite's) is known by its columns, as its detail says
+        # (a foreign key's detail may end with its ON DELETE/UPDATE options).
+        name = d.detail.split(" ON ", 1)[0] if d.name == UNNAMED else d.name
         marks.setdefault((d.table, kind, name), []).append(describe(d, environment))
     return {key: "; ".join(words) for key, words in marks.items()}
 

@@ -29,7 +29,12 @@ logger = logging.getLogger(__name__)
 
 SYSTEM = "worker"
 MAX_PARALLEL = 8  # live reads at once; each is bounded by its environment's schema_timeout
-PERIODIC_TICK = 60.0  # seconds between the worker's looks for environments whose check is due
+PERIODIC_TICK = 60.0
+# A pending check older than this lost its worker: a replay is capped by replay_time_limit
+# (600 s by default), and an adoption match may replay a few dozen times.
+PENDING_LIMIT = timedelta(
+    hours=1
+)  # seconds between the worker's looks for environments whose check is due
 State = SchemaCheck.State
 
 
@@ -65,6 +70,7 @@ def schema_check_request(*, environment: str, user: Any, request: Any = None) ->
     env = config.environments.get(environment)
     if env is None:
         raise UnknownEnvironment(f"unknown environment {environment!r}")
+    schema_checks_abandon()
     waiting = SchemaCheck.objects.filter(environment=environment, state=State.PENDING).first()
     if waiting is not None:
         return waiting  # one request is enough; both people see its result
@@ -383,6 +389,24 @@ def schema_checks_prune(*, older_than: timedelta) -> int:
     }
     old = SchemaCheck.objects.filter(created_at__lt=cutoff).exclude(id__in=set(latest.values()))
     return old.delete()[0]
+
+
+def schema_checks_abandon(*, limit: timedelta = PENDING_LIMIT) -> list[int]:
+    """Fail the pending checks no worker finished within limit (it died, or none runs)."""
+    cutoff = timezone.now() - limit
+    stale = list(
+        SchemaCheck.objects.filter(state=State.PENDING, created_at__lt=cutoff).values_list(
+            "pk", flat=True
+        )
+    )
+    if stale:
+        minutes = int(limit.total_seconds() // 60)
+        SchemaCheck.objects.filter(pk__in=stale, state=State.PENDING).update(
+            state=State.FAILED,
+            reason=f"no worker finished this check within {minutes} min (did the worker die?)",
+            checked_at=timezone.now(),
+        )
+    return stale
 
 
 def scratch_sweep(config: DashboardConfig | None = None) -> list[str]:
