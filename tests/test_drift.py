@@ -382,6 +382,11 @@ def test_drift_found_changed_and_resolved_are_audited_once_each(
     assert _check().state == "drift"  # the same drift again: nothing new to say
     found = [("schema.drift_found", 1, ["remove_column users.nickname"])]
     assert audited() == found
+    configure({"staging": f"sqlite:///{tmp_path / 'moved-away.db'}"})
+    assert _check().state == "check_failed"  # says nothing of the schema...
+    configure({"staging": url})
+    assert _check().state == "drift"  # ...so the same drift after it is not found again
+    assert audited() == found
     execute(url, "CREATE INDEX ix_users_password ON users (password)")
     assert _check().state == "drift"
     both = ["remove_column users.nickname", "remove_index users.ix_users_password"]
@@ -483,3 +488,25 @@ def test_a_pending_check_no_worker_finished_fails_and_a_new_request_is_made(
     assert lost.state == "check_failed"
     assert lost.reason == "no worker finished this check within 60 min (did the worker die?)"
     assert drift.schema_check_request(environment="staging", user=olga).pk != lost.pk
+
+
+def test_pruning_keeps_each_environments_newest_and_newest_conclusive_check() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    old = timezone.now() - timedelta(days=100)
+
+    def row(state: str, days_ago: int) -> int:
+        at = old - timedelta(days=days_ago)
+        check = SchemaCheck.objects.create(
+            environment="prod", project="blog", trigger="periodic", state=state, checked_at=at
+        )
+        SchemaCheck.objects.filter(pk=check.pk).update(created_at=at)
+        return check.pk
+
+    row("in_sync", 3)
+    drifted = row("drift", 2)
+    failed = row("check_failed", 1)
+    assert drift.schema_checks_prune(older_than=timedelta(days=30)) == 1
+    assert set(SchemaCheck.objects.values_list("pk", flat=True)) == {drifted, failed}

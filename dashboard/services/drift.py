@@ -36,6 +36,7 @@ PENDING_LIMIT = timedelta(
     hours=1
 )  # seconds between the worker's looks for environments whose check is due
 State = SchemaCheck.State
+CONCLUSIVE = (State.DRIFT, State.IN_SYNC)  # checks that say what the schema is
 
 
 class UnknownEnvironment(Exception):
@@ -285,9 +286,10 @@ def _adoption(job: _Job, config: DashboardConfig) -> dict[str, Any]:
 def _store(job: _Job) -> SchemaCheck:
     check = job.check
     secrets = _secrets(job)
+    # The last conclusive check: a failed or unchecked one in between says nothing new, so
+    # drift -> failed -> drift is not drift found twice.
     previous = (
-        SchemaCheck.objects.filter(environment=job.env.name)
-        .exclude(state=State.PENDING)
+        SchemaCheck.objects.filter(environment=job.env.name, state__in=CONCLUSIVE)
         .exclude(pk=check.pk)
         .order_by("-checked_at", "-id")
         .first()
@@ -379,16 +381,25 @@ def schemas_check_due() -> int:
 
 
 def schema_checks_prune(*, older_than: timedelta) -> int:
-    """Delete finished checks older than the retention, keeping each environment's latest."""
+    """Delete finished checks past the retention, keeping each environment's latest finished
+    and latest conclusive check (the pages show both)."""
     cutoff = timezone.now() - older_than
-    latest = {
-        row["environment"]: row["id"]
-        for row in SchemaCheck.objects.exclude(state=State.PENDING)
+    keep: set[int] = set()
+    seen: set[tuple[str, bool]] = set()
+    rows = (
+        SchemaCheck.objects.exclude(state=State.PENDING)
         .order_by("environment", "-checked_at", "-id")
-        .values("environment", "id")
-    }
-    old = SchemaCheck.objects.filter(created_at__lt=cutoff).exclude(id__in=set(latest.values()))
-    return old.delete()[0]
+        .values_list("environment", "id", "state")
+    )
+    for environment, pk, state in rows.iterator():
+        for slot in ((environment, False), (environment, True)):
+            conclusive_slot = slot[1]
+            if slot in seen or (conclusive_slot and state not in CONCLUSIVE):
+                continue
+            seen.add(slot)
+            keep.add(pk)
+    old = SchemaCheck.objects.filter(created_at__lt=cutoff).exclude(state=State.PENDING)
+    return old.exclude(id__in=keep).delete()[0]
 
 
 def schema_checks_abandon(*, limit: timedelta = PENDING_LIMIT) -> list[int]:
