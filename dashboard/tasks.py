@@ -54,8 +54,12 @@ def keep_house() -> dict[str, object]:
         worker.schedule_housekeeping(delay=worker.housekeeping_interval())
 
 
+# Below actions (priority 0): with a single worker, a waiting approved action goes first.
+CHECK_PRIORITY = -10
+
+
 @queue.register
-@task
+@task(priority=CHECK_PRIORITY)
 def check_schema(check_id: int) -> str:
     """Run one pending schema check (on demand or after an action); return its state."""
     from dashboard.services import drift
@@ -64,7 +68,7 @@ def check_schema(check_id: int) -> str:
 
 
 @queue.register
-@task
+@task(priority=CHECK_PRIORITY)
 def check_schemas_periodically() -> int:
     """Check the environments whose periodic schema check is due, then schedule the next look."""
     from dashboard.services import drift

@@ -275,7 +275,8 @@ class Housekeeping:
 
             # A worker killed mid-replay leaves its scratch database behind.
             report.swept_scratch = drift.scratch_sweep()
-            drift.schedule_periodic_checks()
+            # Not at once: a worker starting with approved actions waiting runs those first.
+            drift.schedule_periodic_checks(delay=drift.PERIODIC_TICK)
         except Exception as exc:
             logger.exception("could not sweep scratch databases or schedule schema checks")
             report.problems.append(f"schema checks: {exc}")
