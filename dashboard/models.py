@@ -42,6 +42,8 @@ class Snapshot(models.Model):
     read_at = models.DateTimeField()
     # The heads differ from the previous successful read's (the first successful read counts).
     changed = models.BooleanField(default=False)
+    # Who held the environment's run lock when it was read ({} when nobody did).
+    run_lock = models.JSONField(default=dict)
 
     class Meta:
         ordering = ["-read_at", "-id"]
@@ -150,6 +152,17 @@ class Action(models.Model):
     )
     # Every file the run loads, as {name: sha256 of its bytes}; fingerprint is its digest.
     bundle = models.JSONField(default=dict)
+    # What each plan revision's file says about how it runs, read statically at request time:
+    # {revision: {"non_transactional": [why, ...], "limits": {"lock_timeout": "10min", ...}}}.
+    plan_marks = models.JSONField(default=dict)
+    # The sessions in the run's way (run lock holder, lock holders, old transactions), as last
+    # seen by the worker while it waited or ran; blockers_at is when.
+    blockers = models.JSONField(default=list)
+    blockers_at = models.DateTimeField(null=True)
+    # How many times the run was retried after a lock timeout rolled it back.
+    retries = models.PositiveIntegerField(default=0)
+    # Invalid indexes (PostgreSQL) found on the environment after a failed run.
+    invalid_indexes = models.JSONField(default=list)
 
     objects = ActionQuerySet.as_manager()
 
