@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -23,6 +24,9 @@ FLUSH_INTERVAL = 0.5  # seconds between writes of new log lines and checks for a
 HEARTBEAT_INTERVAL = 2.0  # seconds between heartbeats
 MAX_LOG_CHARS = 1_000_000
 DEFAULT_HEARTBEAT_LIMIT = 60.0
+BLOCKERS_INTERVAL = 1.0  # seconds between writes of a changed blockers list
+WATCH_INTERVAL = 1.0  # seconds between looks for the sessions in the run's way
+WATCH_JOIN = 1.0  # seconds stop() waits for a look still running; its answer is dropped
 
 
 def heartbeat_limit() -> float:
@@ -45,6 +49,8 @@ class RunMonitor:
         flush_interval: float = FLUSH_INTERVAL,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         give_up_after: float | None = None,
+        watch: Callable[[], list[dict[str, Any]]] | None = None,
+        watch_interval: float = WATCH_INTERVAL,
     ) -> None:
         self.action_id = action_id
         self.known_revisions = frozenset(known_revisions)
@@ -63,8 +69,18 @@ class RunMonitor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._last_heartbeat = time.monotonic()
+        self._blockers: list[dict[str, Any]] = []
+        self._blockers_at: datetime | None = None
+        self._blockers_dirty = False
+        self._blockers_written = 0.0  # monotonic time of the last blockers write
         self._thread = threading.Thread(
             target=self._loop, name=f"action-{action_id}-monitor", daemon=True
+        )
+        self.watch = watch
+        self.watch_interval = watch_interval
+        # Its own thread: a look that hangs on a busy server must not delay the heartbeats.
+        self._watcher = threading.Thread(
+            target=self._watch_loop, name=f"action-{action_id}-blockers", daemon=True
         )
 
     def line(self, line: str) -> None:
@@ -81,6 +97,15 @@ class RunMonitor:
             self._lines.append(line)
             self._log_chars += len(line) + 1
 
+    def set_blockers(self, items: list[dict[str, Any]]) -> None:
+        """Take the sessions now in the run's way; a changed list reaches the row with a flush."""
+        with self._lock:
+            if items == self._blockers:
+                return
+            self._blockers = list(items)
+            self._blockers_at = timezone.now()
+            self._blockers_dirty = True
+
     def should_cancel(self) -> bool:
         """Say whether someone asked to cancel the action; the runner polls this."""
         return self.cancel.is_set()
@@ -88,12 +113,16 @@ class RunMonitor:
     def start(self) -> None:
         """Start heartbeating and flushing in the helper thread."""
         self._thread.start()
+        if self.watch is not None:
+            self._watcher.start()
 
     def stop(self) -> None:
-        """Stop the helper thread and write what is left."""
+        """Stop the helper threads and write what is left; the last blockers stay on the row."""
         self._stop.set()
         self._thread.join()
-        self._flush(heartbeat=True)
+        if self._watcher.is_alive():
+            self._watcher.join(WATCH_JOIN)
+        self._flush(heartbeat=True, final=True)
 
     def _loop(self) -> None:
         try:
@@ -103,6 +132,23 @@ class RunMonitor:
                 self._watch_for_cancel()
         finally:
             connection.close()  # this thread's own connection
+
+    def _watch_loop(self) -> None:
+        watch = self.watch
+        if watch is None:
+            return
+        try:
+            while not self._stop.is_set():
+                try:
+                    items = watch()
+                except Exception:  # looked for again at the next tick
+                    logger.exception("could not look at what is in action %s's way", self.action_id)
+                else:
+                    if not self._stop.is_set():  # a look that outlived the run is not news
+                        self.set_blockers(items)
+                self._stop.wait(self.watch_interval)
+        finally:
+            connection.close()  # a watch may have used this thread's own connection
 
     def _watch_for_cancel(self) -> None:
         if self.cancel.is_set():
@@ -115,13 +161,20 @@ class RunMonitor:
         if wanted:
             self.cancel.set()
 
-    def _flush(self, *, heartbeat: bool) -> None:
+    def _flush(self, *, heartbeat: bool, final: bool = False) -> None:
         with self._lock:
             lines = list(self._lines)
             steps = self.steps
-        if not lines and steps == self._written_steps and not heartbeat:
+            blockers_due = self._blockers_dirty and (
+                final or time.monotonic() - self._blockers_written >= BLOCKERS_INTERVAL
+            )
+            blockers, blockers_at = self._blockers, self._blockers_at
+        if not lines and steps == self._written_steps and not heartbeat and not blockers_due:
             return
         changes: dict[str, Any] = {"progress_done": steps}
+        if blockers_due:
+            changes["blockers"] = blockers
+            changes["blockers_at"] = blockers_at
         if lines:
             text = "".join(f"{line}\n" for line in lines)
             changes["log"] = Concat(F("log"), Value(text), output_field=TextField())
@@ -153,4 +206,8 @@ class RunMonitor:
             return
         with self._lock:
             del self._lines[: len(lines)]
+            if blockers_due:
+                self._blockers_written = time.monotonic()
+                # A newer list that came in meanwhile is written with a later flush.
+                self._blockers_dirty = self._blockers is not blockers
         self._written_steps = steps
