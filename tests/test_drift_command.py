@@ -309,3 +309,53 @@ def test_the_demo_has_one_environment_in_drift_out_of_the_box(
     columns = [row[1] for row in conn.execute("PRAGMA table_info(users)")]
     conn.close()
     assert "nickname" in columns
+
+
+def test_text_output_escapes_what_could_rewrite_the_terminal() -> None:
+    from dashboard.management.commands.drift import render_checks
+
+    trick = "a\x1b[2K\rprod in sync"
+    check = SchemaCheck(
+        environment="prod\x07",
+        project="blog",
+        state="drift",
+        heads=[HEAD],
+        differences=[{"kind": "remove_column", "table": "users", "name": trick, "detail": ""}],
+        models_state="drift",
+        models_differences=["add_column users.\x1b]0;owned\x07x"],
+    )
+    failed = SchemaCheck(
+        environment="qa", project="blog", state="check_failed", reason="timed out\r\x1b[1Aok"
+    )
+
+    printed = render_checks([check, failed])
+
+    assert not [c for c in printed if not c.isprintable() and c != "\n"], repr(printed)
+    assert "column users.a\\x1b[2K\\rprod in sync exists in prod\\x07" in printed
+    assert "add_column users.\\x1b]0;owned\\x07x" in printed
+    assert "check failed: timed out\\r\\x1b[1Aok" in printed
+    assert printed.startswith("prod\\x07  drift at")
+
+
+def test_the_api_writes_a_checks_time_as_it_writes_a_reads(
+    settings: Any, tmp_path: Path, at_heads: Path, client: Client
+) -> None:
+    from django.utils import timezone
+
+    from dashboard.models import Snapshot
+
+    use_config(settings, tmp_path, {"staging": sqlite_copy(at_heads, tmp_path, "staging")})
+    moment = timezone.now()
+    Snapshot.objects.create(
+        environment="staging", project="blog", heads=[HEAD], state="current", read_at=moment
+    )
+    SchemaCheck.objects.create(
+        environment="staging", project="blog", state="in_sync", trigger="command", checked_at=moment
+    )
+    call_command("adduser", "lead", role="viewer", password="correct-horse-9")
+    client.login(username="lead", password="correct-horse-9")
+
+    item = client.get("/api/environments/staging").json()
+
+    assert item["read_at"].endswith("Z")
+    assert item["schema"]["checked_at"] == item["read_at"]

@@ -32,6 +32,7 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 SIGN_IN = "correct-horse-9"
 ROLES = {"vera": "viewer", "olga": "operator", "abe": "approver", "root": "admin"}
 State = SchemaCheck.State
+POLLER = 'hx-get="/environments/prod/schema/progress" hx-trigger="every 2s"'
 
 
 @pytest.fixture(scope="module")
@@ -348,26 +349,35 @@ def test_the_section_polls_while_a_check_is_pending_and_shows_the_result(drifted
     olga = signed_in("olga")
     asked = olga.post("/environments/prod/schema/check", **HTMX)
     pending = SchemaCheck.objects.get(state=State.PENDING)
-    waiting = olga.get("/environments/prod/schema", **HTMX).content.decode()
+    waiting = olga.get("/environments/prod/schema/progress", **HTMX)
     page = olga.get("/environments/prod").content.decode()
     run_sql(drifted, "DROP INDEX ix_posts_title", "ALTER TABLE users DROP COLUMN nickname")
     drift.schema_check_run(check_id=pending.pk)
-    done = olga.get("/environments/prod/schema", **HTMX).content.decode()
+    done = olga.get("/environments/prod/schema/progress", **HTMX)
 
     assert asked.status_code == 200
     assert pending.trigger == SchemaCheck.Trigger.DEMAND and pending.requested_by == "olga"
-    for html in (asked.content.decode(), waiting, section(page)):
-        assert 'hx-get="/environments/prod/schema" hx-trigger="every 2s"' in html
+    for html in (asked.content.decode(), waiting.content.decode(), section(page)):
+        assert POLLER in html
         assert "Checking (asked by olga)" in html
-    # Meanwhile the last result stays on show.
-    assert "column users.nickname exists in prod" in waiting
-    assert 'hx-trigger="every 2s"' not in done
-    assert "Checking" not in done
-    assert schema_label(done) == "in_sync: in sync"
-    assert "The live schema is what the revisions at these heads produce." in done
-    assert "nickname" not in done
+    # Meanwhile the last result stays on show, and the poll resends none of it.
+    assert "column users.nickname exists in prod" in section(page)
+    assert not re.search(r'<section[^>]*id="schema"[^>]*hx-trigger', section(page))
+    assert waiting.status_code == 200 and "HX-Retarget" not in waiting
+    assert "nickname" not in waiting.content.decode()
+    assert 'id="schema"' not in waiting.content.decode()
+    assert len(waiting.content) < 1000
+    # Once finished, the poll answers with the whole section, swapped in place of the old one.
+    assert done.status_code == 200
+    assert (done["HX-Retarget"], done["HX-Reswap"]) == ("#schema", "outerHTML")
+    html = done.content.decode()
+    assert 'hx-trigger="every 2s"' not in html
+    assert "Checking" not in html
+    assert schema_label(html) == "in_sync: in sync"
+    assert "The live schema is what the revisions at these heads produce." in html
+    assert "nickname" not in html
     # The answer also swaps the status card's badge, out of band.
-    oob = re.search(r'<span class="schema-badge" id="schema-badge" hx-swap-oob="true">.*', done)
+    oob = re.search(r'<span class="schema-badge" id="schema-badge" hx-swap-oob="true">.*', html)
     assert oob and "schema-in_sync" in oob.group(0)
     assert AuditEvent.objects.filter(verb="schema.drift_resolved", environment="prod").exists()
 
@@ -432,7 +442,11 @@ def test_check_schema_of_an_unknown_environment_is_a_404(
     use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
 
     assert signed_in("olga").post("/environments/nowhere/schema/check").status_code == 404
-    assert signed_in("olga").get("/environments/nowhere/schema", **HTMX).status_code == 404
+    # A poll stops (htmx's 286) instead of asking a 404 again every 2 s.
+    for url in ("/environments/nowhere/schema", "/environments/nowhere/schema/progress"):
+        answer = signed_in("olga").get(url, **HTMX)
+        assert answer.status_code == 286
+        assert "nowhere is not in the config" in answer.content.decode()
 
 
 def test_a_page_never_checked_says_so(settings: Any, tmp_path: Path, people: None) -> None:
@@ -591,7 +605,11 @@ def test_request_and_approval_pages_warn_of_drift(drifted: str) -> None:
         assert "the plan may fail or hide a hand-made change: 2 differences" in text
         assert 'href="/environments/prod#schema"' in text
     assert warning(history.content.decode()) == ""  # its plan ran before: today's drift is news
-    assert warning(swapped.content.decode()) == ""  # the partial swaps under the page's warning
+    # A tab swapped in carries the warning out of band, over the one the page shows.
+    notes = re.search(
+        r'<div id="schema-notes" hx-swap-oob="true">.*?</div>', swapped.content.decode(), re.DOTALL
+    )
+    assert notes and "2 differences" in warning(notes.group(0))
 
 
 def test_no_warning_when_in_sync_or_never_checked(
@@ -719,3 +737,328 @@ def test_no_password_reaches_a_page_from_the_urls_or_a_failing_scratch_server(
     for html in pages:
         assert PASSWORD not in html
     assert PASSWORD not in check.reason
+
+
+# --- the last known drift behind a check that could not say -------------------------------
+
+
+def text_of(html: str) -> str:
+    """Return the page's words without tags, spaces collapsed."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html)).replace("\xa0", " ")
+
+
+TWO = [difference("remove_column", "users", "nickname"), difference("add_index", "posts", "ix")]
+
+
+def abandon(check: SchemaCheck, age: timedelta) -> None:
+    """Make a pending check look as old as age: its worker died long ago."""
+    SchemaCheck.objects.filter(pk=check.pk).update(created_at=timezone.now() - age)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "said"),
+    [
+        (State.FAILED, "cannot read the live schema: timed out", "failed"),
+        (State.NOT_CHECKED, "no scratch server: set scratch_url", "could not run"),
+    ],
+)
+def test_a_check_that_could_not_say_keeps_the_last_known_drift_in_view(
+    settings: Any, tmp_path: Path, people: None, state: str, reason: str, said: str
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    store_check(
+        "prod", State.DRIFT, differences=TWO, checked_at=timezone.now() - timedelta(hours=3)
+    )
+    store_check("prod", state, reason=reason)
+    action = make_action()
+
+    pages = [
+        signed_in("olga").get("/environments/prod/request").content.decode(),
+        signed_in("abe").get(f"/actions/{action.pk}/").content.decode(),
+    ]
+    overview = row(signed_in("vera").get("/").content.decode(), "prod")
+    environment = signed_in("vera").get("/environments/prod").content.decode()
+
+    for html in pages:
+        words = text_of(warning(html))
+        assert (
+            f"latest schema check of prod {said} ({reason}); last known: drift (2), 3 hours ago"
+            in words
+        )
+        assert "the plan may fail or hide a hand-made change: 2 differences" in words
+    assert schema_label(overview) == f"{state}: {SchemaCheck.State(state).label}"
+    assert "· last known drift (2)" in text_of(overview)
+    # The environment page shows those differences, saying where they come from.
+    schema = section(environment)
+    assert "column users.nickname exists in prod but no revision creates it" in schema
+    assert "last check that compared the schemas" in text_of(schema)
+
+
+def test_a_failure_after_an_in_sync_check_warns_of_nothing(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    store_check(
+        "prod", State.DRIFT, differences=TWO, checked_at=timezone.now() - timedelta(hours=5)
+    )
+    store_check("prod", State.IN_SYNC, checked_at=timezone.now() - timedelta(hours=3))
+    store_check("prod", State.FAILED, reason="timed out")
+
+    html = signed_in("olga").get("/environments/prod/request").content.decode()
+    overview = row(signed_in("vera").get("/").content.decode(), "prod")
+
+    assert warning(html) == ""
+    assert "last known" not in overview
+
+
+def test_a_pending_check_no_worker_finished_stops_polling_and_frees_the_button(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    store_check(
+        "prod", State.DRIFT, differences=TWO, checked_at=timezone.now() - timedelta(hours=3)
+    )
+    stale = SchemaCheck.objects.create(
+        environment="prod", project="blog", trigger=SchemaCheck.Trigger.DEMAND, requested_by="olga"
+    )
+    abandon(stale, drift.PENDING_LIMIT + timedelta(minutes=1))
+    olga = signed_in("olga")
+
+    page = olga.get("/environments/prod").content.decode()
+    poll = olga.get("/environments/prod/schema/progress", **HTMX)
+    overview = row(olga.get("/").content.decode(), "prod")
+    request_page = olga.get("/environments/prod/request").content.decode()
+
+    schema = section(page)
+    assert "hx-trigger" not in schema and "Checking" not in schema
+    assert '<button type="submit" class="secondary">Check schema</button>' in schema
+    assert "no worker finished this check" in schema
+    assert "checking…" not in page and "checking…" not in overview
+    assert "no worker finished this check" in overview and "last known drift (2)" in text_of(
+        overview
+    )
+    assert poll["HX-Retarget"] == "#schema" and "hx-trigger" not in poll.content.decode()
+    assert "no worker finished this check" in text_of(warning(request_page))
+    # A fresh request is a new check that polls again.
+    olga.post("/environments/prod/schema/check")
+    assert POLLER in olga.get("/environments/prod").content.decode()
+
+
+def test_a_poll_stops_once_the_environment_left_the_config_or_the_config_broke(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    SchemaCheck.objects.create(environment="prod", project="blog", trigger="demand")
+    olga = signed_in("olga")
+    assert POLLER in olga.get("/environments/prod").content.decode()
+
+    settings.DASHBOARD_CONFIG = str(
+        write_config(tmp_path / "other.toml", {"qa": blog(f"sqlite:///{tmp_path / 'qa.db'}")})
+    )
+    gone = olga.get("/environments/prod/schema/progress", **HTMX)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[projects.x]\n")
+    settings.DASHBOARD_CONFIG = str(broken)
+    unreadable = olga.get("/environments/prod/schema/progress", **HTMX)
+
+    assert gone.status_code == 286 and "prod is not in the config" in gone.content.decode()
+    assert unreadable.status_code == 286
+    assert "The config cannot be read" in unreadable.content.decode()
+    assert "hx-trigger" not in gone.content.decode() + unreadable.content.decode()
+
+
+# --- what a stamp records -------------------------------------------------------------------
+
+
+def stamp_notes(html: str) -> str:
+    found = re.search(r'<div id="schema-notes"[^>]*>.*?</div>', html, re.DOTALL)
+    assert found, "no schema notes"
+    return text_of(found.group(0))
+
+
+@pytest.fixture
+def adoptable(settings: Any, tmp_path: Path, people: None) -> str:
+    """Configure legacy, whose check matched its tables to MID five minutes ago."""
+    use_config(settings, tmp_path, {"legacy": blog(f"sqlite:///{tmp_path / 'legacy.db'}")})
+    store_check(
+        "legacy",
+        State.DRIFT,
+        heads=[],
+        differences=[difference("remove_table", "users", "users")] * 3,
+        adoption={"exact": MID, "closest": [], "compared": 6, "of": 9},
+        checked_at=timezone.now() - timedelta(minutes=5, seconds=3),
+    )
+    return "legacy"
+
+
+def stamp_action(target: str, **fields: Any) -> Action:
+    return make_action(
+        environment="legacy",
+        direction="stamp",
+        target=target,
+        from_heads=[],
+        target_heads=[target],
+        **fields,
+    )
+
+
+def test_a_stamp_request_says_what_the_schema_matches_instead_of_a_drift_count(
+    adoptable: str,
+) -> None:
+    olga = signed_in("olga")
+
+    page = olga.get("/environments/legacy/request?direction=stamp").content.decode()
+    wrong = olga.post(
+        "/environments/legacy/request", {"direction": "stamp", "target": HEAD, "reason": ""}
+    ).content.decode()
+    swapped = olga.get("/environments/legacy/request?direction=stamp", **HTMX).content.decode()
+    upgrade = olga.get("/environments/legacy/request?direction=upgrade").content.decode()
+
+    assert f"The schema of legacy matches {MID} exactly (checked 5 minutes ago)." in stamp_notes(
+        page
+    )
+    assert "stamp-mismatch" not in page
+    assert warning(page) == "" and warning(wrong) == ""  # differences vs base say nothing here
+    assert f"Target {HEAD} is not the revision the schema matches ({MID})" in stamp_notes(wrong)
+    assert 'role="alert"' in re.search(r'<div id="schema-notes".*?</div>', wrong, re.DOTALL)[0]
+    assert f"matches {MID} exactly" in stamp_notes(swapped) and warning(swapped) == ""
+    assert "3 differences" in warning(upgrade) and "matches" not in stamp_notes(upgrade)
+
+
+def test_a_stamp_approval_shows_whether_its_target_is_the_match(adoptable: str) -> None:
+    right = stamp_action(MID)
+    wrong = stamp_action(HEAD)
+    done = stamp_action(HEAD, status=Action.Status.SUCCEEDED)
+    abe = signed_in("abe")
+
+    right_page = abe.get(f"/actions/{right.pk}/").content.decode()
+    wrong_page = abe.get(f"/actions/{wrong.pk}/").content.decode()
+    done_page = abe.get(f"/actions/{done.pk}/").content.decode()
+
+    assert f"matches {MID} exactly (checked 5 minutes ago)" in stamp_notes(right_page)
+    assert "stamp-mismatch" not in right_page and warning(right_page) == ""
+    words = stamp_notes(wrong_page)
+    assert f"Target {HEAD} is not the revision the schema matches ({MID})" in words
+    assert warning(wrong_page) == ""
+    assert "stamp-mismatch" not in done_page  # it ran: the check after it says what is true now
+
+
+def test_a_stamp_no_check_matched_says_so(settings: Any, tmp_path: Path, people: None) -> None:
+    use_config(settings, tmp_path, {"legacy": blog(f"sqlite:///{tmp_path / 'legacy.db'}")})
+    action = stamp_action(HEAD)
+    never = signed_in("abe").get(f"/actions/{action.pk}/").content.decode()
+    store_check(
+        "legacy",
+        State.DRIFT,
+        heads=[],
+        adoption={"exact": None, "closest": [{"revision": MID, "count": 2, "items": []}]},
+    )
+
+    closest = signed_in("abe").get(f"/actions/{action.pk}/").content.decode()
+    request_page = signed_in("olga").get("/environments/legacy/request?direction=stamp")
+
+    for html in (never, closest):
+        assert f"No check matched this database to {HEAD}" in stamp_notes(html)
+    assert "No check matched this database to a revision" in stamp_notes(
+        request_page.content.decode()
+    )
+
+
+# --- cost of the overview and the API -------------------------------------------------------
+
+LIVE_SCHEMA_COLUMN = re.compile(r'[`"]live_schema[`"]')
+
+
+def big_live_schema() -> dict[str, Any]:
+    columns = [{"name": f"c{n}", "type": "INTEGER", "nullable": True} for n in range(50)]
+    return {"tables": [{"name": f"t{n}", "columns": columns} for n in range(40)]}
+
+
+def test_the_overview_and_the_api_never_read_a_live_schema(
+    settings: Any, tmp_path: Path, people: None
+) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    names = ["a", "b", "c"]
+    use_config(settings, tmp_path, {n: blog(f"sqlite:///{tmp_path / n}.db") for n in names})
+    store_check("a", State.DRIFT, differences=TWO, live_schema=big_live_schema())
+    store_check("b", State.DRIFT, differences=TWO, live_schema=big_live_schema())
+    store_check("b", State.FAILED, reason="timed out")
+    store_check("c", State.DRIFT, heads=[], live_schema=big_live_schema(), adoption={"exact": MID})
+    vera = signed_in("vera")
+
+    with CaptureQueriesContext(connection) as overview:
+        html = vera.get("/").content.decode()
+        vera.get("/", **HTMX)
+    with CaptureQueriesContext(connection) as api:
+        items = {item["environment"]: item for item in vera.get("/api/environments").json()}
+
+    assert schema_label(row(html, "a")) == "drift: drift (2)"
+    assert "last known drift (2)" in text_of(row(html, "b"))
+    read = [q["sql"] for q in overview.captured_queries if "schemacheck" in q["sql"]]
+    assert read, "the overview read no check"
+    assert not [sql for sql in read if LIVE_SCHEMA_COLUMN.search(sql)]
+    assert not [sql for sql in read if re.search(r'[`"](adoption|models_differences)[`"]', sql)]
+    assert not [q for q in api.captured_queries if LIVE_SCHEMA_COLUMN.search(q["sql"])]
+    assert items["a"]["schema"]["differences"] == TWO
+    assert items["c"]["schema"]["adoption"] == {"exact": MID}
+
+
+def test_the_environment_page_reads_its_latest_check_once(drifted: str) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    vera = signed_in("vera")
+    with CaptureQueriesContext(connection) as page:
+        html = vera.get("/environments/prod").content.decode()
+
+    assert schema_label(html) == "drift: drift (2)"
+    full = [q["sql"] for q in page.captured_queries if LIVE_SCHEMA_COLUMN.search(q["sql"])]
+    assert len(full) == 1, full
+
+
+# --- stored results of an unexpected shape --------------------------------------------------
+
+TABLE = {"name": "users", "columns": [{"name": "id", "type": "INTEGER", "nullable": False}]}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"live_schema": [TABLE]},
+        {"live_schema": {"tables": None}},
+        {"live_schema": {"tables": "users"}},
+        {"live_schema": {"tables": ["users", 3]}},
+        {"live_schema": {"tables": [{**TABLE, "columns": [None, 7]}]}},
+        {"live_schema": {"tables": [{**TABLE, "columns": None}]}},
+        {"live_schema": {"tables": [{**TABLE, "foreign_keys": [{"name": "fk", "columns": None}]}]}},
+        {"live_schema": {"tables": [{**TABLE, "indexes": [{"name": "ix", "columns": "id"}]}]}},
+        {"adoption": {"exact": None, "closest": [{"revision": MID, "count": None}]}},
+        {"adoption": {"exact": None, "closest": [{"revision": MID, "count": "two"}]}},
+        {"adoption": {"exact": None, "closest": None, "compared": "x"}},
+        {"adoption": [MID]},
+        {"differences": {"kind": "remove_column"}},
+        {"differences": ["remove_column users.nickname"]},
+        {"differences": "nickname"},
+        {"heads": HEAD, "models_state": "drift", "models_differences": {"add_column": 1}},
+    ],
+)
+def test_a_stored_result_of_an_unexpected_shape_is_said_not_understood(
+    settings: Any, tmp_path: Path, people: None, fields: dict[str, Any]
+) -> None:
+    use_config(settings, tmp_path, {"prod": blog(f"sqlite:///{tmp_path / 'prod.db'}")})
+    store_check("prod", State.DRIFT, **fields)
+    vera = signed_in("vera")
+
+    page = vera.get("/environments/prod")
+    poll = vera.get("/environments/prod/schema", **HTMX)
+    overview = vera.get("/")
+    api = vera.get("/api/environments")
+    one = vera.get("/api/environments/prod")
+
+    for answer in (page, poll, overview, api, one):
+        assert answer.status_code == 200, answer.content.decode()[-3000:]
+    assert "stored shape not understood" in section(page.content.decode())
+    # The API serves no live schema, and an adoption object as it is stored.
+    if "live_schema" not in fields and not isinstance(fields.get("adoption"), dict):
+        assert "stored shape not understood" in one.json()["schema"]["reason"]
+    assert one.json()["schema"] == api.json()[0]["schema"]

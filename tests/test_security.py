@@ -64,6 +64,9 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     # The schema section is an htmx region: without htmx it sends the browser to its page.
     ("environment-schema",      "GET"):  (SIGN_IN,       STAGING,       STAGING,       STAGING,       STAGING),
     ("environment-schema",      "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    # So is the pending check's progress line that polls.
+    ("environment-schema-progress", "GET"):  (SIGN_IN,   STAGING,       STAGING,       STAGING,       STAGING),
+    ("environment-schema-progress", "POST"): (SIGN_IN,   "405",         "405",         "405",         "405"),
     # Asking for a schema check now is for operators and above.
     ("environment-schema-check", "GET"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("environment-schema-check", "POST"): (SIGN_IN,      "403",         STAGING,       STAGING,       STAGING),

@@ -66,6 +66,7 @@ class LiveTable:
     foreign_keys: tuple[LiveItem, ...]
     drift: str  # the table itself: it exists but no revision creates it
     missing: tuple[str, ...]  # what the revisions create and the table lacks, in words
+    understood: bool = True  # False: part of what was stored is in a shape not understood
 
     @property
     def drifted(self) -> bool:
@@ -90,11 +91,40 @@ def _marks(differences: Iterable[Difference], environment: str) -> dict[tuple[st
     return {key: "; ".join(words) for key, words in marks.items()}
 
 
+def live_tables(
+    live_schema: Any, differences: list[Difference], environment: str
+) -> tuple[tuple[LiveTable, ...], bool]:
+    """Return a check's stored live schema table by table, and whether its shape was understood."""
+    if not live_schema:
+        return (), True  # a check that read no tables stores none
+    tables = live_schema.get("tables", []) if isinstance(live_schema, dict) else None
+    if not isinstance(tables, list):
+        return (), False
+    found = tuple(live_table(t, differences, environment) for t in tables if isinstance(t, dict))
+    return found, len(found) == len(tables) and all(t.understood for t in found)
+
+
 def live_table(table: dict[str, Any], differences: list[Difference], environment: str) -> LiveTable:
     """Return one table of a check's live schema with the differences that touch it marked."""
     name = str(table.get("name", ""))
     mine = [d for d in differences if d.table == name]
     marks = _marks((d for d in mine if d.kind not in _MISSING_KINDS), environment)
+    # Stored by another version of the dashboard, or by hand: what is not understood is left
+    # out and said so, never a server error.
+    odd: list[str] = []
+
+    def dicts(value: Any) -> list[dict[str, Any]]:
+        rows = value if isinstance(value, list) else []
+        found = [row for row in rows if isinstance(row, dict)]
+        if not isinstance(value, list) or len(found) != len(rows):
+            odd.append(name)
+        return found
+
+    def names(value: Any) -> str:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            odd.append(name)
+            return ", ".join(str(item) for item in value) if isinstance(value, list) else ""
+        return ", ".join(value)
 
     def mark(kind: str, item: str) -> str:
         return marks.get((name, kind, item), "")
@@ -103,57 +133,63 @@ def live_table(table: dict[str, Any], differences: list[Difference], environment
         if fk.get("name"):
             return mark("fk", str(fk["name"]))
         target = str(fk.get("references", "")).split("(", 1)[0]
-        return mark("fk", f" ({', '.join(fk.get('columns', []))}) -> {target}")
+        return mark("fk", f" ({names(fk.get('columns', []))}) -> {target}")
 
     def unique_mark(unique: dict[str, Any]) -> str:
         if unique.get("name"):
             return mark("constraint", str(unique["name"]))
-        return mark("constraint", f" ({', '.join(unique.get('columns', []))})")
+        return mark("constraint", f" ({names(unique.get('columns', []))})")
 
+    columns = tuple(
+        LiveColumn(
+            name=str(c.get("name", "")),
+            type=str(c.get("type", "")),
+            nullable=bool(c.get("nullable", True)),
+            default=None if c.get("default") is None else str(c.get("default")),
+            drift=mark("column", str(c.get("name", ""))),
+        )
+        for c in dicts(table.get("columns", []))
+    )
+    primary_key = names(table.get("primary_key", []))
+    indexes = tuple(
+        LiveItem(
+            name=str(i.get("name", "")),
+            columns=names(i.get("columns", [])),
+            extra="unique" if i.get("unique") else "",
+            # A unique constraint may be read back as a unique index (MariaDB).
+            drift=mark("index", str(i.get("name", "")))
+            or mark("constraint", str(i.get("name", ""))),
+        )
+        for i in dicts(table.get("indexes", []))
+    )
+    unique_constraints = tuple(
+        LiveItem(
+            name=str(u.get("name", "")),
+            columns=names(u.get("columns", [])),
+            extra="",
+            drift=unique_mark(u),
+        )
+        for u in dicts(table.get("unique_constraints", []))
+    )
+    foreign_keys = tuple(
+        LiveItem(
+            name=str(f.get("name", "")),
+            columns=names(f.get("columns", [])),
+            extra=f"-> {f.get('references', '')}",
+            drift=fk_mark(f),
+        )
+        for f in dicts(table.get("foreign_keys", []))
+    )
     return LiveTable(
         name=name,
-        columns=tuple(
-            LiveColumn(
-                name=str(c.get("name", "")),
-                type=str(c.get("type", "")),
-                nullable=bool(c.get("nullable", True)),
-                default=c.get("default"),
-                drift=mark("column", str(c.get("name", ""))),
-            )
-            for c in table.get("columns", [])
-        ),
-        primary_key=", ".join(table.get("primary_key", [])),
-        indexes=tuple(
-            LiveItem(
-                name=str(i.get("name", "")),
-                columns=", ".join(i.get("columns", [])),
-                extra="unique" if i.get("unique") else "",
-                # A unique constraint may be read back as a unique index (MariaDB).
-                drift=mark("index", str(i.get("name", "")))
-                or mark("constraint", str(i.get("name", ""))),
-            )
-            for i in table.get("indexes", [])
-        ),
-        unique_constraints=tuple(
-            LiveItem(
-                name=str(u.get("name", "")),
-                columns=", ".join(u.get("columns", [])),
-                extra="",
-                drift=unique_mark(u),
-            )
-            for u in table.get("unique_constraints", [])
-        ),
-        foreign_keys=tuple(
-            LiveItem(
-                name=str(f.get("name", "")),
-                columns=", ".join(f.get("columns", [])),
-                extra=f"-> {f.get('references', '')}",
-                drift=fk_mark(f),
-            )
-            for f in table.get("foreign_keys", [])
-        ),
+        columns=columns,
+        primary_key=primary_key,
+        indexes=indexes,
+        unique_constraints=unique_constraints,
+        foreign_keys=foreign_keys,
         drift=mark("table", name),
         missing=tuple(
             describe(d, environment) for d in mine if d.kind in _MISSING_KINDS - {"add_table"}
         ),
+        understood=not odd,
     )

@@ -182,8 +182,13 @@ def environment_cell(*, name: str) -> EnvironmentCell | None:
     return _cell(env, _latest([env]).get(env.name), badge)
 
 
-def environment_detail(*, name: str) -> EnvironmentDetail | None:
-    """Return the environment page's content, or None when the config does not have it."""
+def environment_detail(
+    *, name: str, schema: drift_selectors.SchemaBadge | None = None
+) -> EnvironmentDetail | None:
+    """Return the environment page's content, or None when the config does not have it.
+
+    schema: the badge the page already read with its schema section (else it is read here).
+    """
     env = current_config().environments.get(name)
     if env is None:
         return None
@@ -201,7 +206,7 @@ def environment_detail(*, name: str) -> EnvironmentDetail | None:
     last_known = last_read(name, env.project) if unreadable else None
     heads = (last_known or latest).heads if latest else []
     return EnvironmentDetail(
-        cell=_cell(env, latest, drift_selectors.schema_badges([env])[name]),
+        cell=_cell(env, latest, schema or drift_selectors.schema_badges([env])[name]),
         environment=env,
         display_url=env.display_url(),
         graph_url=graph_url(env.project, heads[0] if heads else None),
@@ -266,13 +271,9 @@ def environment_item_named(*, name: str) -> dict[str, Any] | None:
 
 def with_schema(envs: list[Environment], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add each item's `schema` from its environment's latest stored check (never checks now)."""
-    checks = drift_selectors.latest_checks(env.name for env in envs)
+    summaries = drift_selectors.schema_summaries(envs)
     for env, item in zip(envs, items, strict=True):
-        check = checks.get(env.name)
-        # A check made while the environment belonged to another project compared another history.
-        item["schema"] = drift_selectors.schema_summary(
-            check if check is not None and check.project == env.project else None
-        )
+        item["schema"] = summaries[env.name]
     return items
 
 

@@ -60,11 +60,14 @@ def action_request(request: HtmxHttpRequest, name: str) -> HttpResponse:
             status = 403 if isinstance(exc, action_services.NotAllowed) else 200
         else:
             return redirect("action-detail", pk=action.pk)
-    template = "actions/request.html#request-form" if request.htmx else "actions/request.html"
-    # The form's htmx swaps keep the warning above them; only the whole page reads it.
-    warning = None if request.htmx else drift_selectors.drift_warning(environment=name)
+    template = "actions/request.html#request-swap" if request.htmx else "actions/request.html"
+    # What the schema says of the target picked, once one was sent (a stamp's match).
+    target = (form["target"].value() or "") if form.is_bound else ""
+    notes = drift_selectors.request_notes(
+        environment=name, direction=page.direction, target=str(target)
+    )
     return render(
-        request, template, {"page": page, "form": form, "drift_warning": warning}, status=status
+        request, template, {"page": page, "form": form, "schema_notes": notes}, status=status
     )
 
 
@@ -77,12 +80,12 @@ def action_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         raise Http404("no such action")
     # htmx polls the review region while the worker prepares the SQL.
     template = "actions/action.html#review" if request.htmx else "actions/action.html"
-    warning = None if request.htmx else drift_selectors.action_drift_warning(action=page.action)
+    notes = None if request.htmx else drift_selectors.action_notes(action=page.action)
     context = {
         "page": page,
         "review": page.review,
         "progress": page.progress,
-        "drift_warning": warning,
+        "schema_notes": notes,
     }
     return render(request, template, context)
 

@@ -5,6 +5,7 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HTMX_STOP_POLLING, reswap, retarget
 
 from dashboard.config import ConfigError
 from dashboard.selectors import drift as drift_selectors
@@ -15,10 +16,28 @@ from dashboard.views import HtmxHttpRequest
 @require_GET
 @vary_on_headers("HX-Request")
 def environment_schema(request: HtmxHttpRequest, name: str) -> HttpResponse:
-    """Return the schema section (htmx polls it while a check is pending); else the page."""
+    """Return the schema section for htmx; else the page."""
     if not request.htmx:
         return redirect(reverse("environment", args=[name]) + "#schema")
     return _section(request, name)
+
+
+@require_GET
+@vary_on_headers("HX-Request")
+def environment_schema_progress(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    """Answer a pending check's poll: a few bytes while it runs, then the whole section."""
+    if not request.htmx:
+        return redirect(reverse("environment", args=[name]) + "#schema")
+    try:
+        progress = drift_selectors.schema_progress(environment=name)
+    except ConfigError as exc:
+        return _stop(request, f"The config cannot be read: {exc}")
+    if progress is None:
+        return _stop(request, f"{name} is not in the config (any more): reload the page.")
+    if progress.checking:
+        return render(request, "environment.html#schema-progress", {"progress": progress})
+    # Done: the answer replaces the section the poller sits in, not the poller alone.
+    return reswap(retarget(_section(request, name), "#schema"), "outerHTML")
 
 
 @require_POST
@@ -44,14 +63,26 @@ def _section(request: HtmxHttpRequest, name: str) -> HttpResponse:
     try:
         panel = drift_selectors.schema_panel(environment=name, user=request.user)
     except ConfigError as exc:
-        return HttpResponse(f"The config cannot be read: {exc}", status=503)
+        return _stop(request, f"The config cannot be read: {exc}")
     if panel is None:
-        raise Http404(f"no environment named {name!r}")
+        return _stop(request, f"{name} is not in the config (any more): reload the page.")
     return render(request, "environment.html#schema-poll", {"name": name, "schema": panel})
+
+
+def _stop(request: HtmxHttpRequest, message: str) -> HttpResponse:
+    """Say why there is no section to show, and stop htmx polling for it (a 404 or 503 would
+    leave the poller asking every 2 s)."""
+    context = {"message": message}
+    return render(request, "environment.html#schema-stopped", context, status=HTMX_STOP_POLLING)
 
 
 urlpatterns = [
     path("environments/<str:name>/schema", environment_schema, name="environment-schema"),
+    path(
+        "environments/<str:name>/schema/progress",
+        environment_schema_progress,
+        name="environment-schema-progress",
+    ),
     path(
         "environments/<str:name>/schema/check",
         environment_schema_check,

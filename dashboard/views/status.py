@@ -21,7 +21,14 @@ from dashboard.views import HtmxHttpRequest
 def environment(request: HtmxHttpRequest, name: str) -> HttpResponse:
     """Show one environment: heads, state, pending revisions, history and the last error."""
     try:
-        detail = status_selectors.environment_detail(name=name)
+        # htmx refreshes the status card only; the whole page reads its checks once, for both.
+        schema = (
+            None
+            if request.htmx
+            else drift_selectors.schema_panel(environment=name, user=request.user)
+        )
+        badge = schema.badge if schema is not None else None
+        detail = status_selectors.environment_detail(name=name, schema=badge)
     except ConfigError as exc:
         context = {"name": name, "config_error": str(exc)}
         return render(request, "environment.html", context, status=503)
@@ -29,7 +36,6 @@ def environment(request: HtmxHttpRequest, name: str) -> HttpResponse:
         raise Http404(f"no environment named {name!r}")
     if request.htmx:
         return render(request, "environment.html#status", {"name": name, "detail": detail})
-    schema = drift_selectors.schema_panel(environment=name, user=request.user)
     return render(request, "environment.html", {"name": name, "detail": detail, "schema": schema})
 
 

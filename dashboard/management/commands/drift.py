@@ -65,7 +65,9 @@ class Command(BaseCommand):
             self.stdout.write(render_checks(checks))
         failing = [c for c in checks if failed(c)]
         if options["fail_on_drift"] and failing:
-            names = ", ".join(f"{c.environment} ({c.get_state_display()})" for c in failing)
+            names = ", ".join(
+                f"{printable(c.environment)} ({c.get_state_display()})" for c in failing
+            )
             raise CommandError(f"schema not in sync: {names}", returncode=1)
 
 
@@ -76,15 +78,25 @@ def failed(check: SchemaCheck) -> bool:
 
 def render_checks(checks: list[SchemaCheck]) -> str:
     """Return one line per environment, then its differences in words, indented."""
-    width = max((len(c.environment) for c in checks), default=0)
+    width = max((len(printable(c.environment)) for c in checks), default=0)
     lines = []
     for check in checks:
-        lines.append(f"{check.environment.ljust(width)}  {headline(check)}")
+        lines.append(f"{printable(check.environment).ljust(width)}  {printable(headline(check))}")
         for difference in from_dicts(check.differences):
-            lines.append(f"{' ' * width}    - {describe(difference, check.environment)}")
+            words = describe(difference, check.environment)
+            lines.append(f"{' ' * width}    - {printable(words)}")
         if check.models_state:
-            lines.append(f"{' ' * width}    models: {models_line(check)}")
+            lines.append(f"{' ' * width}    models: {printable(models_line(check))}")
     return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """Escape what a terminal would act on instead of print (escape sequences, carriage
+    returns): names and reasons come from databases anyone with DDL rights shapes."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 def headline(check: SchemaCheck) -> str:
