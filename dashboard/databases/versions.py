@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 import sqlite3
 import threading
@@ -9,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +33,7 @@ from dashboard.config import (
     url_secrets,
 )
 
+logger = logging.getLogger(__name__)
 ErrorKind = Literal["not_configured", "unreachable", "timeout", "auth", "error"]
 
 # How long the caller waits past an environment's timeout before abandoning the read: the
@@ -61,6 +64,8 @@ class Reading:
     error_kind: ErrorKind | None
     latency_ms: float
     read_at: datetime
+    # Who held the run lock (pid, user, application, client, since); {} for nobody or unknown.
+    run_lock: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -83,20 +88,28 @@ class _Target:
         return f"{host}:{self.url.port}" if self.url.port else host
 
 
-def read_environment(env: Environment, project: Project) -> Reading:
-    """Read one environment's heads with its project's version table settings; never raise."""
+def read_environment(env: Environment, project: Project, *, run_lock: bool = False) -> Reading:
+    """Read one environment's heads with its project's version table settings; never raise.
+
+    run_lock also asks who holds the run lock, at the same time and within the same deadline.
+    """
     started = time.perf_counter()
     try:
         url = env.database_url()
     except NotConfigured as exc:
         return _failure(env.name, "not_configured", str(exc), started)
-    return read_url(
+    looker = _RunLockLook(url, project, env.timeout) if run_lock and _has_run_lock(url) else None
+    reading = read_url(
         url,
         version_table=project.version_table,
         version_table_schema=project.version_table_schema,
         timeout=env.timeout,
         environment=env.name,
     )
+    if looker is None or not reading.ok:
+        return reading
+    holder = looker.result(env.timeout + DEADLINE_GRACE - (time.perf_counter() - started))
+    return dataclasses.replace(reading, run_lock=holder) if holder else reading
 
 
 def read_url(
@@ -130,7 +143,7 @@ def read_url(
 
 
 def read_many(
-    pairs: Iterable[tuple[Environment, Project]], *, max_workers: int = 50
+    pairs: Iterable[tuple[Environment, Project]], *, max_workers: int = 50, run_lock: bool = False
 ) -> list[Reading]:
     """Read many environments in parallel, in input order; never raise."""
     jobs = list(pairs)
@@ -140,7 +153,67 @@ def read_many(
     # its timeout; with more environments than workers the reads run in waves.
     workers = max(1, min(max_workers, len(jobs)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="version-reads") as pool:
-        return list(pool.map(lambda job: read_environment(*job), jobs))
+        return list(pool.map(lambda job: read_environment(*job, run_lock=run_lock), jobs))
+
+
+class _RunLockLook:
+    """Ask who holds an environment's run lock in a daemon thread, beside the version read."""
+
+    def __init__(self, url: str, project: Project, timeout: float) -> None:
+        self._box: list[dict[str, Any]] = []
+        self._thread = threading.Thread(
+            target=lambda: self._box.append(_run_lock_holder(url, project, timeout)),
+            name="run-lock-read",
+            daemon=True,  # a look stuck in a driver is abandoned, as a version read is
+        )
+        self._thread.start()
+
+    def result(self, patience: float) -> dict[str, Any]:
+        """Return the holder, or {} when nobody holds it or the answer did not come in time."""
+        self._thread.join(max(0.0, patience))
+        return self._box[0] if self._box else {}
+
+
+def _has_run_lock(url: str) -> bool:
+    """Say whether the dashboard takes a run lock on this URL's database (not on SQLite)."""
+    try:
+        backend = parse_database_url(url).get_backend_name()
+    except BadDatabaseURL:
+        return False
+    return backend in ("postgresql", "mysql", "mariadb")
+
+
+def _run_lock_holder(url: str, project: Project, timeout: float) -> dict[str, Any]:
+    """Return who holds the run lock, as a snapshot stores it; {} for nobody or unknown."""
+    try:
+        # Imported here: runlock is built on this module's helpers.
+        from dashboard.databases import runlock  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # only until the run lock module exists
+        return {}
+    try:
+        found = runlock.holder(url, project, timeout=timeout)
+    except Exception as exc:  # the heads were read; the lock's holder is only unknown
+        secrets = url_secrets(parse_database_url(url))
+        reason = mask_secrets(_first_line(exc), secrets)
+        logger.warning("could not read who holds the run lock of %s: %s", project.name, reason)
+        return {}
+    return _as_holder(found) if found else {}
+
+
+def _as_holder(found: dict[str, Any]) -> dict[str, Any]:
+    """Return a holder with the keys the pages read, its moment as ISO text (JSON-ready)."""
+    since = found.get("since")
+
+    def first(*keys: str) -> str:
+        return next((str(found[key]) for key in keys if found.get(key) not in (None, "")), "")
+
+    return {
+        "pid": found.get("pid"),
+        "user": first("user", "usename"),
+        "application": first("application", "application_name"),
+        "client": first("client", "client_addr", "client_address", "host"),
+        "since": since.isoformat() if isinstance(since, datetime) else since,
+    }
 
 
 def forget_engines() -> None:

@@ -27,6 +27,8 @@ DEFAULT_HEARTBEAT_LIMIT = 60.0
 BLOCKERS_INTERVAL = 1.0  # seconds between writes of a changed blockers list
 WATCH_INTERVAL = 1.0  # seconds between looks for the sessions in the run's way
 WATCH_JOIN = 1.0  # seconds stop() waits for a look still running; its answer is dropped
+# Grows at every look; the page adds the time since blockers_at, so it is no news by itself.
+VOLATILE_BLOCKER_KEYS = frozenset({"xact_age_s"})
 
 
 def heartbeat_limit() -> float:
@@ -100,7 +102,7 @@ class RunMonitor:
     def set_blockers(self, items: list[dict[str, Any]]) -> None:
         """Take the sessions now in the run's way; a changed list reaches the row with a flush."""
         with self._lock:
-            if items == self._blockers:
+            if _steady(items) == _steady(self._blockers):
                 return
             self._blockers = list(items)
             self._blockers_at = timezone.now()
@@ -211,3 +213,8 @@ class RunMonitor:
                 # A newer list that came in meanwhile is written with a later flush.
                 self._blockers_dirty = self._blockers is not blockers
         self._written_steps = steps
+
+
+def _steady(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the blockers without what changes at every look."""
+    return [{k: v for k, v in item.items() if k not in VOLATILE_BLOCKER_KEYS} for item in items]

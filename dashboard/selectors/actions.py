@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -61,6 +61,16 @@ class ApprovalRow:
 
 
 @dataclass(frozen=True)
+class BlockerRow:
+    """One session in a run's way, in words: what it does, who it is, its query."""
+
+    kind: str
+    text: str  # "waiting: pid 4242, idle in transaction for 6 min, holds AccessShareLock on posts"
+    who: str  # "user app, application psql, from 10.0.0.7"
+    query: str
+
+
+@dataclass(frozen=True)
 class Progress:
     """The live part of the action page: status, i of n, the log's tail and the result."""
 
@@ -80,6 +90,9 @@ class Progress:
     may_cancel: bool
     poll_url: str | None
     cancel_url: str
+    # The sessions in the run's way as the worker last saw them; kept once the run ended.
+    blockers: list[BlockerRow] = field(default_factory=list)
+    blockers_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +287,104 @@ def _progress(user: Any, action: Action) -> Progress:
         # A silent run keeps polling until housekeeping records how it ended.
         poll_url=None if action.is_finished else reverse("action-progress", args=[action.pk]),
         cancel_url=reverse("action-cancel", args=[action.pk]),
+        blockers=_blocker_rows(action),
+        blockers_at=action.blockers_at,
     )
+
+
+# What each kind of session in the way does to the run, as the row's first word.
+BLOCKER_KINDS = {
+    "blocking": "waiting",
+    "lock_holder": "in the way",
+    "old_transaction": "long transaction",
+}
+
+
+def _blocker_rows(action: Action) -> list[BlockerRow]:
+    """Return the action's blockers in words, their ages brought up to now (or the run's end)."""
+    if not action.blockers:
+        return []
+    later = 0.0
+    if action.blockers_at is not None:
+        moment = action.finished_at or timezone.now()
+        later = max(0.0, (moment - action.blockers_at).total_seconds())
+    return [blocker_row(item, later=later) for item in action.blockers if isinstance(item, dict)]
+
+
+def blocker_row(item: dict[str, Any], *, later: float = 0.0) -> BlockerRow:
+    """Say one session in the way; later is how long after the look the words are read."""
+    pid = item.get("pid", "?")
+    if item.get("kind") == "run_lock":
+        text = f"waiting for the run lock held by pid {pid}"
+        if who := _who(item):
+            text += f" ({who})"
+        if since := _moment(item.get("since")):
+            text += f" since {since}"
+        return BlockerRow(kind="run_lock", text=text, who="", query=str(item.get("query") or ""))
+    kind = str(item.get("kind") or "")
+    parts = [f"{BLOCKER_KINDS.get(kind, 'in the way')}: pid {pid}"]
+    state = str(item.get("state") or "")
+    age = item.get("xact_age_s")
+    if isinstance(age, int | float):
+        parts.append(f"{state or 'in a transaction'} for {duration(age + later)}")
+    elif state:
+        parts.append(state)
+    if item.get("lock") and item.get("table"):
+        parts.append(f"holds {item['lock']} on {item['table']}")
+    return BlockerRow(
+        kind=kind, text=", ".join(parts), who=_who(item), query=str(item.get("query") or "")
+    )
+
+
+def run_lock_text(holder: dict[str, Any]) -> str:
+    """Say who holds an environment's run lock, for its page; "" when nobody does."""
+    if not holder:
+        return ""
+    details = [part for part in (_who(holder), _since(holder)) if part]
+    text = f"run lock held by pid {holder.get('pid', '?')}"
+    return f"{text} ({', '.join(details)})" if details else text
+
+
+def duration(seconds: float) -> str:
+    """Say a duration roughly: "40 s", "6 min", "2 h 5 min"."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def _who(item: dict[str, Any]) -> str:
+    """Say who a session is: "user u, application a, from h", leaving out what is unknown."""
+    parts = []
+    if user := item.get("user"):
+        parts.append(f"user {user}")
+    if application := item.get("application"):
+        parts.append(f"application {application}")
+    if client := item.get("client"):
+        parts.append(f"from {client}")
+    return ", ".join(parts)
+
+
+def _since(holder: dict[str, Any]) -> str:
+    moment = _moment(holder.get("since"))
+    return f"since {moment}" if moment else ""
+
+
+def _moment(value: object) -> str:
+    """Return an ISO moment as the pages write one ("2026-05-04 13:56:31 UTC"), or as given."""
+    if not value:
+        return ""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _lint_rows(action: Action) -> list[LintRow]:

@@ -52,7 +52,9 @@ def status_refresh(
         for name in dict.fromkeys(env.project for env in selected)
     }
     readings = versions.read_many(
-        [(env, config.projects[env.project]) for env in selected], max_workers=max_workers
+        [(env, config.projects[env.project]) for env in selected],
+        max_workers=max_workers,
+        run_lock=True,
     )
     snapshots = [
         snapshot_record(
@@ -162,6 +164,7 @@ def snapshot_record(
             latency_ms=reading.latency_ms,
             read_at=reading.read_at,
             changed=changed,
+            run_lock=reading.run_lock,
         )
 
 

@@ -1,10 +1,13 @@
 """Small presentation filters shared by the pages."""
 
 from datetime import datetime
+from typing import Any
 
 from django import template
 from django.utils import timezone
 from django.utils.timesince import timesince
+
+from dashboard.selectors import actions
 
 register = template.Library()
 
@@ -17,3 +20,9 @@ def ago(moment: datetime | None) -> str:
     if (timezone.now() - moment).total_seconds() < 60:
         return "just now"
     return f"{timesince(moment)} ago"
+
+
+@register.filter
+def run_lock_text(holder: dict[str, Any] | None) -> str:
+    """Render who holds an environment's run lock ("" when nobody does)."""
+    return actions.run_lock_text(holder or {})
