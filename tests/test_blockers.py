@@ -427,3 +427,32 @@ def test_the_environment_page_shows_a_held_run_lock(viewer: Client) -> None:
         "run lock held by pid 4242 (user deploy, application alembic, from 10.0.0.9, "
         "since 2026-05-04 13:50:00 UTC)" in html
     )
+
+
+def test_the_status_refresh_reads_who_holds_the_run_lock(
+    viewer: Client, settings: Any, tmp_path: Path, postgres_url: str
+) -> None:
+    runlock = pytest.importorskip("dashboard.databases.runlock")
+    path = write_config(tmp_path / "pg.toml", {"prod": {"project": "blog", "url": postgres_url}})
+    settings.DASHBOARD_CONFIG = str(path)
+    (free,) = status.status_refresh(environments=["prod"])
+    key = runlock.postgresql_key("public", "alembic_version")
+    with session(postgres_url, application_name="psql") as psql:
+        psql.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        pid = pid_of(psql)
+        (held,) = status.status_refresh(environments=["prod"])
+        html = viewer.get(reverse("environment", args=["prod"])).content.decode()
+
+    assert free.run_lock == {}
+    stored = Snapshot.objects.get(pk=held.pk).run_lock
+    assert stored["pid"] == pid
+    assert (stored["user"], stored["application"], stored["client"]) == (
+        "postgres",
+        "psql",
+        "127.0.0.1",
+    )
+    assert stored["since"]
+    assert (
+        f"run lock held by pid {pid} (user postgres, application psql, from 127.0.0.1, since "
+        in html
+    )

@@ -213,6 +213,7 @@ def _as_holder(found: dict[str, Any]) -> dict[str, Any]:
         "application": first("application", "application_name"),
         "client": first("client", "client_addr", "client_address", "host"),
         "since": since.isoformat() if isinstance(since, datetime) else since,
+        "noun": first("noun"),  # MariaDB's holder is a connection id, not a pid
     }
 
 

@@ -313,16 +313,16 @@ def _blocker_rows(action: Action) -> list[BlockerRow]:
 
 def blocker_row(item: dict[str, Any], *, later: float = 0.0) -> BlockerRow:
     """Say one session in the way; later is how long after the look the words are read."""
-    pid = item.get("pid", "?")
+    pid = item.get("pid")
     if item.get("kind") == "run_lock":
-        text = f"waiting for the run lock held by pid {pid}"
+        text = f"waiting for the run lock held by {_session(item)}"
         if who := _who(item):
             text += f" ({who})"
         if since := _moment(item.get("since")):
             text += f" since {since}"
         return BlockerRow(kind="run_lock", text=text, who="", query=str(item.get("query") or ""))
     kind = str(item.get("kind") or "")
-    parts = [f"{BLOCKER_KINDS.get(kind, 'in the way')}: pid {pid}"]
+    parts = [f"{BLOCKER_KINDS.get(kind, 'in the way')}: pid {'?' if pid is None else pid}"]
     state = str(item.get("state") or "")
     age = item.get("xact_age_s")
     if isinstance(age, int | float):
@@ -341,7 +341,7 @@ def run_lock_text(holder: dict[str, Any]) -> str:
     if not holder:
         return ""
     details = [part for part in (_who(holder), _since(holder)) if part]
-    text = f"run lock held by pid {holder.get('pid', '?')}"
+    text = f"run lock held by {_session(holder)}"
     return f"{text} ({', '.join(details)})" if details else text
 
 
@@ -355,6 +355,12 @@ def duration(seconds: float) -> str:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def _session(holder: dict[str, Any]) -> str:
+    """Name the session holding a lock: "pid 42" (MariaDB: "connection id 42")."""
+    pid = holder.get("pid")
+    return "another session" if pid is None else f"{holder.get('noun') or 'pid'} {pid}"
 
 
 def _who(item: dict[str, Any]) -> str:
