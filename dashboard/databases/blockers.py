@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 MAX_QUERY = 200  # characters of a blocker's query shown
 MAX_ITEMS = 20  # a busy table has many short readers; the most telling ones come first
+# The dashboard's own short, bounded sessions: version reads and run lock connections. They are
+# listed only when the run actually waits on one; another action's Alembic child is listed.
+OWN_APPLICATIONS = ("migration-dashboard", "migration-dashboard run lock")
 # The most telling kind first: a session the run waits on beats one that only holds a lock.
 KIND_ORDER = ("blocking", "lock_holder", "old_transaction")
 # Strongest first, so the lock shown is the one most likely in the way.
@@ -73,7 +76,9 @@ SELECT a.pid, a.usename, a.application_name, host(a.client_addr) AS client_addr,
        h.mode, h.relname, COALESCE(h.waited, false) AS waited
 FROM pg_stat_activity a LEFT JOIN held h ON h.pid = a.pid
 WHERE a.pid <> pg_backend_pid()
-  AND (a.pid NOT IN (SELECT pid FROM tagged) OR a.pid IN (SELECT pid FROM blockers))
+  AND (a.pid IN (SELECT pid FROM blockers)
+       OR (a.pid NOT IN (SELECT pid FROM tagged)
+           AND COALESCE(a.application_name, '') <> ALL(CAST(:own AS text[]))))
   AND (a.pid IN (SELECT pid FROM blockers)
        OR h.pid IS NOT NULL
        OR (a.datname = current_database() AND a.backend_type = 'client backend'
@@ -124,7 +129,12 @@ def in_the_way(
         with _engine(parsed, timeout).connect() as conn:
             rows = conn.execute(
                 _LOOK,
-                {"tag": tag, "tables": sorted(set(tables)), "older_than": float(older_than)},
+                {
+                    "tag": tag,
+                    "tables": sorted(set(tables)),
+                    "older_than": float(older_than),
+                    "own": list(OWN_APPLICATIONS),
+                },
             ).mappings()
             found = [dict(row) for row in rows]
             conn.rollback()
