@@ -23,6 +23,7 @@ from dashboard.config import (
     DashboardConfig,
     Environment,
     NotConfigured,
+    Project,
     current_config,
     url_identity,
 )
@@ -88,7 +89,7 @@ def config_digests(config: DashboardConfig) -> dict[str, dict[str, str]]:
     projects = {}
     for name, project in config.projects.items():
         values = asdict(project)
-        values["scratch_url"] = project.scratch_url is not None  # its password stays out
+        values["scratch_url"] = project.scratch_url is not None  # "scratch" below says where
         projects[name] = _digest(values)
     environments = {}
     for name, env in config.environments.items():
@@ -97,7 +98,14 @@ def config_digests(config: DashboardConfig) -> dict[str, dict[str, str]]:
         del values["url_error"]  # the database digest covers it
         environments[name] = _digest(values)
     databases = {name: database_digest(env) for name, env in config.environments.items()}
-    return {"projects": projects, "environments": environments, "databases": databases}
+    # Where each project's scratch server is: a moved one is a changed project.
+    scratch = {name: scratch_digest(project) for name, project in config.projects.items()}
+    return {
+        "projects": projects,
+        "environments": environments,
+        "databases": databases,
+        "scratch": scratch,
+    }
 
 
 def _digest(values: dict[str, Any]) -> str:
@@ -117,6 +125,21 @@ def database_digest(env: Environment) -> str:
         identity = str(exc)  # unset or unusable, which is a change too
     # Without the password: a rotated password is the same database, not a repoint. Keyed, so
     # the trail cannot confirm a guessed host or database name.
+    return _keyed(identity)
+
+
+def scratch_digest(project: Project) -> str:
+    """Return "key id:digest", keyed by SECRET_KEY, of the scratch server the worker would use."""
+    try:
+        # For scratch_url_env, the variable as this process sees it, like database_digest.
+        url = project.scratch_database_url()
+        identity = "none" if url is None else url_identity(url)
+    except NotConfigured as exc:
+        identity = str(exc)
+    return _keyed(identity)
+
+
+def _keyed(identity: str) -> str:
     key_id = salted_hmac(DATABASE_DIGEST_SALT, "key id", algorithm="sha256").hexdigest()[:8]
     digest = salted_hmac(DATABASE_DIGEST_SALT, identity, algorithm="sha256").hexdigest()[:16]
     return f"{key_id}:{digest}"
@@ -150,6 +173,15 @@ def config_changes_record(config: DashboardConfig | None = None) -> AuditEvent |
     changes.changed["environments"] = sorted(
         {*changes.changed["environments"], *changes.database_changed}
     )
+    before_scratch: dict[str, str] = previous.get("scratch") or {}
+    moved = []
+    for name in sorted(set(current["projects"]) & set(previous.get("projects") or {})):
+        old_key, _, old = before_scratch.get(name, "").partition(":")
+        new_key, _, new = current["scratch"][name].partition(":")
+        # Another SECRET_KEY, or a record from before scratch digests, cannot be compared.
+        if old_key == new_key and old != new:
+            moved.append(name)
+    changes.changed["projects"] = sorted({*changes.changed["projects"], *moved})
     if not changes:
         return None
     return audit.record(

@@ -54,11 +54,61 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
-def migrate(url: str, target: str, *, script_location: Path = SAMPLE_INI.parent) -> None:
+def migrate(
+    url: str,
+    target: str,
+    *,
+    script_location: Path = SAMPLE_INI.parent,
+    version_table_schema: str | None = None,
+) -> None:
     """Upgrade the database at url to target with Alembic in this process (fast, no ini logging)."""
-    config = Config(cmd_opts=argparse.Namespace(x=[f"url={url}"]))
+    x = [f"url={url}"]
+    if version_table_schema is not None:
+        x.append(f"version_table_schema={version_table_schema}")
+    config = Config(cmd_opts=argparse.Namespace(x=x))
     config.set_main_option("script_location", str(script_location))
     command.upgrade(config, target)
+
+
+def sample_copy(
+    folder: Path,
+    *,
+    url_from: str | None = None,
+    models: Path | None = None,
+    revision_sql: tuple[str, str] | None = None,
+) -> Path:
+    """Copy the sample project into folder, changed as asked; return its alembic.ini.
+
+    url_from: env.py reads that variable before DATABASE_URL. models: env.py loads the models
+    from that file (outside the migration files, as installed code is) and the copy has none.
+    revision_sql: (revision, SQL) the revision's upgrade runs after its own DDL.
+    """
+    shutil.copytree(SAMPLE_INI.parent, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    env_py = folder / "env.py"
+    text = env_py.read_text(encoding="utf-8")
+    if url_from is not None:
+        reading = 'x_args.get("url")\n        or os.environ.get("DATABASE_URL")'
+        assert reading in text
+        text = text.replace(
+            reading,
+            f'x_args.get("url")\n        or os.environ.get("{url_from}")'
+            '\n        or os.environ.get("DATABASE_URL")',
+        )
+    if models is not None:
+        beside = 'Path(__file__).resolve().with_name("models.py")'
+        assert beside in text
+        text = text.replace(beside, f"Path({str(models)!r})")
+        shutil.copyfile(folder / "models.py", models)
+        (folder / "models.py").unlink()
+    env_py.write_text(text, encoding="utf-8")
+    if revision_sql is not None:
+        revision, sql = revision_sql
+        [path] = (folder / "versions").glob(f"{revision}_*.py")
+        code = path.read_text(encoding="utf-8")
+        marker = '    if os.environ.get("MIGRATIONS_PROJECT_FAIL") == revision:'
+        assert marker in code
+        path.write_text(code.replace(marker, f"    op.execute({sql!r})\n{marker}", 1))
+    return folder / "alembic.ini"
 
 
 def execute(url: str, *statements: str) -> None:

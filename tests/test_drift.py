@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from django.forms.models import model_to_dict
 
 from dashboard import audit
 from dashboard.databases import scratch
-from dashboard.drift import reference
+from dashboard.drift import adoption, reference
 from dashboard.drift.differences import describe, from_dicts
 from dashboard.models import AuditEvent, SchemaCheck
 from dashboard.roles import ROLES
@@ -40,6 +41,7 @@ from tests.drift_support import (
     empty_database,
     execute,
     migrate,
+    sample_copy,
     scratch_names,
     write_drift_config,
 )
@@ -362,6 +364,7 @@ def test_one_replay_serves_every_environment_at_one_revision(
     assert reference.replays == 1
     assert {c.state for c in failed} == {"check_failed"}
     assert len({c.reason for c in failed}) == 1
+    assert reference._key_locks == {}  # a failed build leaves no lock behind either
 
 
 def test_drift_found_changed_and_resolved_are_audited_once_each(
@@ -510,3 +513,201 @@ def test_pruning_keeps_each_environments_newest_and_newest_conclusive_check() ->
     failed = row("check_failed", 1)
     assert drift.schema_checks_prune(older_than=timedelta(days=30)) == 1
     assert set(SchemaCheck.objects.values_list("pk", flat=True)) == {drifted, failed}
+
+
+def test_a_replay_never_reaches_the_live_database_through_its_url_variable(
+    tmp_path: Path, configure: Callable[..., Path], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # env.py reads the environment's own URL variable before DATABASE_URL.
+    ini = sample_copy(tmp_path / "own", url_from="BLOG_URL")
+    live = f"sqlite:///{tmp_path / 'live.db'}"
+    migrate(live, "heads")
+    monkeypatch.setenv("BLOG_URL", live)
+    config = write_drift_config(
+        tmp_path / "url-env.toml",
+        {"staging": {"url_env": "BLOG_URL"}},
+        alembic_ini=ini,
+        check_models=True,
+    )
+    settings.DASHBOARD_CONFIG = str(config)
+    reference.forget()
+    check = _check()
+    # Replayed into the live database, the reference would have been empty: all drift.
+    assert (check.state, check.differences, check.replayed) == ("in_sync", [], True)
+    assert check.models_state == "in_sync", check.models_reason
+
+    # An env.py taking its URL from anywhere else replays elsewhere: said, never compared.
+    elsewhere = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("BLOG_ELSEWHERE", f"sqlite:///{elsewhere}")
+    configure(
+        {"staging": live}, alembic_ini=sample_copy(tmp_path / "other", url_from="BLOG_ELSEWHERE")
+    )
+    failed = _check()
+    assert (failed.state, failed.differences) == ("check_failed", [])
+    assert failed.reason == (
+        "the reference schema could not be built: the replay did not write to the scratch"
+        " database (env.py must take its URL from DATABASE_URL or sqlalchemy.url)"
+    )
+    assert elsewhere.is_file()  # where it went
+
+
+def test_the_models_are_checked_anew_by_every_check(
+    tmp_path: Path, configure: Callable[..., Path]
+) -> None:
+    # Models outside the migration files (installed code, say): no digest of the files covers them.
+    models = tmp_path / "installed_models.py"
+    ini = sample_copy(tmp_path / "blog", models=models)
+    urls = {}
+    for name in ("first", "second"):
+        urls[name] = f"sqlite:///{tmp_path / f'{name}.db'}"
+        migrate(urls[name], "heads")
+    configure(urls, alembic_ini=ini, check_models=True)
+    reference.forget()
+    before = drift.schemas_check(list(urls))
+    assert [(c.models_state, c.replayed) for c in before] == [("in_sync", True), ("in_sync", False)]
+    assert reference.replays == 1  # once per check of all environments, not per environment
+
+    phone = "    phone_number: Mapped[str | None] = mapped_column(sa.String(50))\n"
+    text = models.read_text(encoding="utf-8")
+    assert phone in text
+    nickname = "    nickname: Mapped[str | None] = mapped_column(sa.String(40))\n"
+    models.write_text(text.replace(phone, phone + nickname), encoding="utf-8")
+    after = drift.schemas_check(list(urls))
+    assert [c.models_differences for c in after] == [["add_column users.nickname"]] * 2
+    assert [c.state for c in after] == ["in_sync", "in_sync"]
+    assert reference.replays == 2
+
+
+DEAD_PID = 4_999_999  # above Linux's largest pid_max: no process here has it
+
+
+@pytest.mark.parametrize("kind", EVERY_KIND)
+def test_the_sweep_drops_only_the_scratch_nobody_holds(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = SCRATCH[kind]
+    # In use, though its name says a process gone long ago made it: a worker in a container
+    # sharing this hostname (another PID namespace), or a replay running for days.
+    held_name = f"{scratch.PREFIX}1000000000_{scratch.host_tag()}_{DEAD_PID}_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(scratch, "new_name", lambda: held_name)
+    if kind == "sqlite":
+        monkeypatch.setattr(scratch, "folder_prefix", lambda: f"{scratch.SQLITE_PREFIX}{DEAD_PID}-")
+    backend = {"sqlite": "sqlite", "postgres": "postgresql", "mariadb": "mysql"}[kind]
+    with scratch.scratch_database(backend, server) as url:
+        # Left by a process that lives (this one) but holds nothing: a name is only a hint.
+        if kind == "sqlite":
+            held = Path(str(sa.engine.make_url(url).database)).parent.name
+            folder = Path(tempfile.mkdtemp(prefix=f"{scratch.SQLITE_PREFIX}{os.getpid()}-"))
+            (folder / "in-use.lock").touch()
+            leftover = folder.name
+        else:
+            held = held_name
+            leftover = f"{scratch.PREFIX}{int(time.time())}_{scratch.host_tag()}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+            quoted = f'"{leftover}"' if kind == "postgres" else f"`{leftover}`"
+            execute(server or "", f"CREATE DATABASE {quoted}")
+        swept = scratch.sweep(server)
+        assert leftover in swept
+        assert held not in swept
+        assert held in _present(kind) and leftover not in _present(kind)
+    assert held not in _present(kind)
+
+
+def _present(kind: str) -> list[str]:
+    if kind == "sqlite":
+        return sorted(p.name for p in Path(tempfile.gettempdir()).glob(f"{scratch.SQLITE_PREFIX}*"))
+    return scratch_names(kind)
+
+
+@pytest.mark.parametrize("version_table", ["missing", "empty"])
+def test_adoption_tries_the_newest_revisions_first_with_no_version_rows(
+    version_table: str,
+    tmp_path: Path,
+    configure: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(adoption, "MAX_CANDIDATES", 3)  # stands for a long history
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    migrate(url, "heads")
+    # A stamp may fill an empty version table as well as create a missing one.
+    if version_table == "missing":
+        execute(url, "DROP TABLE alembic_version")
+    else:
+        execute(url, "DELETE FROM alembic_version")
+    configure({"staging": url})
+    check = _check()
+    assert (check.heads, check.state) == ([], "drift")
+    assert (check.adoption["exact"], check.adoption["compared"]) == (HEAD, 1)
+    assert check.adoption["closest"][0] == {"revision": HEAD, "count": 0, "items": []}
+
+
+def test_a_pending_check_whose_task_is_gone_fails_and_so_does_one_that_raised(
+    sqlite_url: str, configure: Callable[..., Path]
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    migrate(sqlite_url, "heads")
+    configure({"staging": sqlite_url})
+    olga = make_people()["olga"]
+    # The request's task is queued after its transaction commits, which this test never does:
+    # like a task that died with its worker, there is none.
+    lost = drift.schema_check_request(environment="staging", user=olga)
+    queued = SchemaCheck.objects.create(environment="staging", project="blog", trigger="demand")
+    drift.enqueue_check(queued.pk)
+    assert drift.schema_checks_abandon() == []  # young: its task may be on its way
+    SchemaCheck.objects.update(created_at=timezone.now() - timedelta(minutes=2))
+    assert drift.schema_checks_abandon() == [lost.pk]
+    lost.refresh_from_db()
+    assert (lost.state, lost.reason) == (
+        "check_failed",
+        "this check's task is no longer queued nor running (did the worker stop?)",
+    )
+    assert drift.schema_check_request(environment="staging", user=olga).pk != lost.pk
+
+    # The environment left the config before the worker ran the queued check.
+    configure({"production": sqlite_url})
+    with pytest.raises(drift.UnknownEnvironment):
+        drift.schema_check_run(check_id=queued.pk)
+    queued.refresh_from_db()
+    assert (queued.state, queued.reason) == (
+        "check_failed",
+        "environment staging is no longer configured",
+    )
+
+
+def test_a_failed_replay_says_what_the_database_said(
+    tmp_path: Path, configure: Callable[..., Path]
+) -> None:
+    first = "3f8c1a2b9d04"
+    ini = sample_copy(tmp_path / "blog", revision_sql=(first, "UPDATE no_such_table SET x = 1"))
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    migrate(url, first)
+    configure({"staging": url}, alembic_ini=ini)
+    check = _check()
+    assert check.state == "check_failed"
+    assert check.reason.startswith(
+        f"the reference schema could not be built: replaying to {first} failed:"
+    )
+    assert "no such table: no_such_table" in check.reason
+    assert "Background on this error" not in check.reason
+
+
+def test_moving_the_scratch_server_is_an_audited_config_change(
+    sqlite_url: str, configure: Callable[..., Path]
+) -> None:
+    from dashboard import worker
+
+    def server(host: str, password: str) -> str:
+        return f"postgresql://dash:{password}@{host}:5432/postgres"
+
+    configure({"staging": sqlite_url}, scratch_url=server("scratch-one", "first-Sekr1t"))
+    assert worker.config_changes_record() is not None  # the first record
+    configure({"staging": sqlite_url}, scratch_url=server("scratch-one", "second-Sekr1t"))
+    assert worker.config_changes_record() is None  # a rotated password moves nothing
+    configure({"staging": sqlite_url}, scratch_url=server("scratch-two", "second-Sekr1t"))
+    moved = worker.config_changes_record()
+    assert moved is not None
+    assert moved.payload["changed"] == {"projects": ["blog"], "environments": []}
+    text = json.dumps(moved.payload)
+    assert "Sekr1t" not in text and "scratch-two" not in text

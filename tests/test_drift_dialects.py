@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -12,11 +13,12 @@ import pytest
 import sqlalchemy as sa
 from alembic.operations import Operations
 
+from dashboard.databases import versions
 from dashboard.drift import reference
 from dashboard.drift.differences import describe, from_dicts
 from dashboard.models import SchemaCheck
 from dashboard.services import drift
-from tests.actions_support import ALL_REVISIONS, heads_of
+from tests.actions_support import ALL_REVISIONS, HEAD, heads_of
 from tests.drift_support import (
     SCRATCH,
     alter,
@@ -365,3 +367,40 @@ def test_hand_made_drift_is_found_and_named(
     assert check.state == "drift", check.reason
     said = [(d.kind, d.table, d.name, describe(d, "staging")) for d in found]
     assert said == made.expected(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+def test_a_version_table_in_another_schema_is_replayed_into_the_scratch_database(
+    kind: str, tmp_path: Path, settings: Any
+) -> None:
+    reference.forget()
+    with ExitStack() as stack:
+        url = stack.enter_context(empty_database(kind, tmp_path))
+        if kind == "postgres":
+            meta = "meta"
+            execute(url, "CREATE SCHEMA meta")  # a scratch database has none: made there
+        else:
+            # A MySQL schema is a database beside the live one, on the same server as the
+            # scratch databases: the replay must keep its version table out of it.
+            meta = f"dash_test_meta_{uuid.uuid4().hex[:8]}"
+            execute(url, f"CREATE DATABASE `{meta}`")
+            stack.callback(execute, url, f"DROP DATABASE IF EXISTS `{meta}`")
+        migrate(url, "heads", version_table_schema=meta)
+        path = write_drift_config(
+            tmp_path / "dashboard.toml",
+            {"staging": {"url": url}},
+            scratch_url=SCRATCH[kind],
+            version_table_schema=meta,
+        )
+        settings.DASHBOARD_CONFIG = str(path)
+        check = _check()
+        assert (check.state, check.differences, check.reason) == ("in_sync", [], "")
+        assert (check.heads, check.replayed) == ([HEAD], True)
+        live = versions.read_url(url, version_table_schema=meta, timeout=10)
+        assert live.heads == (HEAD,)  # the replay never wrote to the live version table

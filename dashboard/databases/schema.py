@@ -63,6 +63,20 @@ def reflect(url: str, *, version_table: str, version_table_schema: str | None) -
         engine.dispose()
 
 
+def version_heads(url: str, *, version_table: str, version_table_schema: str | None) -> set[str]:
+    """Return the heads a (scratch) database's version table holds; none when it is missing."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn,
+                opts={"version_table": version_table, "version_table_schema": version_table_schema},
+            )
+            return {str(head) for head in context.get_current_heads()}
+    finally:
+        engine.dispose()
+
+
 def compare_live(
     url: str,
     reference: sa.MetaData,

@@ -26,7 +26,8 @@ def match(
     drop_env: Collection[str] = (),
 ) -> dict[str, Any]:
     """Return {"exact": rev or None, "closest": [{revision, count, items}], "compared": n}."""
-    candidates = list(reversed(graph.topological()))[:MAX_CANDIDATES]
+    # topological() runs from the heads to the bases: the newest revisions come first.
+    candidates = graph.topological()[:MAX_CANDIDATES]
     found = bundle.bundle_read(project)
     backend = scratch.backend_of(url)
     scored: list[dict[str, Any]] = []

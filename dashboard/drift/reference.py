@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from django.db import transaction
 
-from dashboard.config import NotConfigured, Project
+from dashboard.config import NotConfigured, Project, parse_database_url
 from dashboard.databases import schema, scratch
 from dashboard.runner import bundle, replay
 from dashboard.runner.process import RunnerError
@@ -46,9 +46,11 @@ class Reference:
     models: replay.ModelsCheck | None
 
 
-_cache: OrderedDict[tuple[Key, bool], Reference] = OrderedDict()
+# The reflected references, by key. What `alembic check` says is never cached: the models may
+# come from code installed in the project's interpreter, which no digest of the files covers.
+_cache: OrderedDict[Key, Reference] = OrderedDict()
 _cache_lock = threading.Lock()
-_key_locks: dict[tuple[Key, bool], threading.Lock] = {}
+_key_locks: dict[Key, threading.Lock] = {}
 replays = 0  # how many replays this process ran: the benchmark's "100 environments, 1 replay"
 
 
@@ -74,6 +76,8 @@ def reference_for(
 ) -> tuple[Reference, bool]:
     """Return the reference for heads on backend and whether this call replayed to build it.
 
+    with_models replays anew (refreshing the cached reference) to run `alembic check` on the
+    replayed database: callers ask it once per check of all environments, not per environment.
     Raises ReferenceUnavailable when no scratch server is configured for backend, and
     ReferenceFailed when the replay or the reflection failed.
     """
@@ -83,26 +87,32 @@ def reference_for(
     # Asked before the cache, so removing the scratch server from the config stops checks a
     # cached reference would still serve.
     scratch_server(project, backend)
-    slot = (key, with_models)
     with _cache_lock:
-        cached = _cache.get(slot)
+        cached = None if with_models else _cache.get(key)
         if cached is not None:
-            _cache.move_to_end(slot)
+            _cache.move_to_end(key)
             return cached, False
-        lock = _key_locks.setdefault(slot, threading.Lock())
+        lock = _key_locks.setdefault(key, threading.Lock())
     # One replay per key even when many environments at one revision are checked at once.
-    with lock:
+    try:
+        with lock:
+            if not with_models:
+                with _cache_lock:
+                    cached = _cache.get(key)
+                if cached is not None:
+                    return cached, False
+            built = _build(project, found, key, with_models=with_models, drop_env=drop_env)
+            with _cache_lock:
+                _cache[key] = Reference(key=key, metadata=built.metadata, models=None)
+                _cache.move_to_end(key)
+                while len(_cache) > CACHE_SIZE:
+                    _cache.popitem(last=False)
+            return built, True
+    finally:
         with _cache_lock:
-            cached = _cache.get(slot)
-            if cached is not None:
-                return cached, False
-        built = _build(project, found, key, with_models=with_models, drop_env=drop_env)
-        with _cache_lock:
-            _cache[slot] = built
-            while len(_cache) > CACHE_SIZE:
-                _cache.popitem(last=False)
-            _key_locks.pop(slot, None)
-        return built, True
+            # A waiter still holding this lock object is fine: it finds the cache filled.
+            if _key_locks.get(key) is lock and not lock.locked():
+                del _key_locks[key]
 
 
 def forget() -> None:
@@ -133,6 +143,15 @@ def scratch_server(project: Project, backend: str) -> str | None:
     return url
 
 
+def replay_version_schema(key: Key, url: str) -> str | None:
+    """Return where a replay into the scratch database at url keeps its version table."""
+    if key.backend == "mysql":
+        # A MySQL schema is a database: the project's would be a database beside the scratch
+        # one on the same server, perhaps the live environment's own version table.
+        return parse_database_url(url).database
+    return key.version_table_schema
+
+
 def _build(
     project: Project,
     found: bundle.Bundle,
@@ -150,6 +169,9 @@ def _build(
             bundle.approved_copy(manifest=found.manifest, digest=found.digest) as copy,
             scratch.scratch_database(key.backend, server) as url,
         ):
+            version_schema = replay_version_schema(key, url)
+            if key.backend == "postgresql" and version_schema is not None:
+                scratch.create_schema(url, version_schema)  # the scratch database has none
             with _cache_lock:
                 replays += 1
             replay.replay(
@@ -159,9 +181,10 @@ def _build(
                 approved=copy,
                 time_limit=project.replay_time_limit,
                 drop_env=drop_env,
+                version_table_schema=version_schema,
             )
             metadata = schema.reflect(
-                url, version_table=key.version_table, version_table_schema=key.version_table_schema
+                url, version_table=key.version_table, version_table_schema=version_schema
             )
             models = None
             if with_models:
@@ -171,6 +194,7 @@ def _build(
                     approved=copy,
                     time_limit=project.replay_time_limit,
                     drop_env=drop_env,
+                    version_table_schema=version_schema,
                 )
     except (RunnerError, scratch.ScratchError, bundle.BundleError) as exc:
         raise ReferenceFailed(str(exc)) from None

@@ -163,6 +163,18 @@ def child_secrets(config: DashboardConfig, env: Environment) -> set[str]:
     return names
 
 
+def replay_secrets(config: DashboardConfig) -> set[str]:
+    """Return the variables a replay's or `alembic check`'s child must not inherit.
+
+    Every environment's url_env too, its own among them: an env.py that reads that variable
+    before DATABASE_URL would replay into the live database.
+    """
+    names = set(DASHBOARD_SECRETS)
+    names.update(env.url_env for env in config.environments.values() if env.url_env)
+    names.update(p.scratch_url_env for p in config.projects.values() if p.scratch_url_env)
+    return names
+
+
 class RunnerError(Exception):
     """Alembic could not be run or did not produce what was asked."""
 
@@ -217,6 +229,7 @@ class RunOptions(TypedDict, total=False):
     drop_env: Collection[str] | None
     session_tag: str | None
     approved: ApprovedCopy | None
+    ini_options: dict[str, str] | None
 
 
 def run_alembic(
@@ -231,6 +244,7 @@ def run_alembic(
     drop_env: Collection[str] | None = None,
     session_tag: str | None = None,
     approved: ApprovedCopy | None = None,
+    ini_options: dict[str, str] | None = None,
 ) -> RunResult:
     """Run `alembic <args>` against url, streaming masked output lines to on_line.
 
@@ -238,6 +252,8 @@ def run_alembic(
     own secrets, other environments' URLs). session_tag names every database session the
     child opens (see databases.sessions), so they can be found and stopped from outside.
     With approved, Alembic loads env.py, the revisions and the ini from that copy only.
+    ini_options are set in the generated ini's [alembic] section over the project's own (a
+    replay's version_table_schema).
     """
     mask = _Masker(url)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -260,6 +276,7 @@ def run_alembic(
         drop_env=drop_env,
         session_tag=session_tag,
         approved=approved,
+        ini_options=ini_options,
     )
     if approved is not None and outcome.stopped is None and outcome.returncode != 0:
         hint = _missing_module_hint(tail, approved)
@@ -456,6 +473,7 @@ def _execute(
     drop_env: Collection[str] | None = None,
     session_tag: str | None = None,
     approved: ApprovedCopy | None = None,
+    ini_options: dict[str, str] | None = None,
 ) -> _Outcome:
     python = project.python or sys.executable
     if approved is not None:
@@ -485,7 +503,7 @@ def _execute(
         cwd = project.script_location.parent
     _sweep_config_folders()
     with tempfile.TemporaryDirectory(prefix=f"{CONFIG_PREFIX}{os.getpid()}-") as folder:
-        ini = _write_config(project, url, Path(folder), approved=approved)
+        ini = _write_config(project, url, Path(folder), approved=approved, ini_options=ini_options)
         cache = Path(folder) / "pycache"  # fresh, empty, 0700, removed with the run
         os.mkdir(cache, 0o700)
         command = [*(["-P"] if approved is not None else []), "-c", _ALEMBIC, str(cache)]
@@ -503,7 +521,12 @@ def _execute(
 
 
 def _write_config(
-    project: Project, url: str, folder: Path, *, approved: ApprovedCopy | None = None
+    project: Project,
+    url: str,
+    folder: Path,
+    *,
+    approved: ApprovedCopy | None = None,
+    ini_options: dict[str, str] | None = None,
 ) -> Path:
     """Write the ini Alembic will read, with the URL, readable by this user only."""
     parser = configparser.RawConfigParser()
@@ -545,6 +568,8 @@ def _write_config(
     main.setdefault("version_table", _ini_escape(project.version_table))
     if project.version_table_schema is not None:
         main.setdefault("version_table_schema", _ini_escape(project.version_table_schema))
+    for key, value in (ini_options or {}).items():
+        main[key] = _ini_escape(value)
     if not parser.has_section("loggers"):
         parser.read_string(LOGGING_SECTIONS)
     path = folder / "alembic.ini"

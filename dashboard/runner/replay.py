@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from dashboard.config import Project
+from dashboard.databases import schema
 from dashboard.runner import process
 from dashboard.runner.process import ApprovedCopy, RunnerError
 
@@ -23,6 +24,13 @@ _COLUMN = re.compile(r"\bColumn\('(?P<name>[^']+)'")
 _TARGET = re.compile(r"\bForeignKey\('(?P<target>[^']+)\.[^'.]+'\)")
 _NO_CHANGES = "No new upgrade operations detected"
 _CHANGES = "New upgrade operations detected"
+# SQLAlchemy's error trailer says nothing of the failure: the exception's own line does.
+_NOISE = ("INFO", "(Background on this error at:", "[SQL:", "[parameters:")
+_EXCEPTION_LINE = re.compile(r"\A[\w.]*(?:Error|Exception|Exit): ")
+NOT_WRITTEN = (
+    "the replay did not write to the scratch database (env.py must take its URL from"
+    " DATABASE_URL or sqlalchemy.url)"
+)
 
 
 @dataclass(frozen=True)
@@ -42,16 +50,34 @@ def replay(
     approved: ApprovedCopy,
     time_limit: float,
     drop_env: Collection[str],
+    version_table_schema: str | None = None,
 ) -> None:
-    """Upgrade the empty database at url to every head in turn; raise RunnerError on failure."""
+    """Upgrade the empty database at url to every head in turn; raise RunnerError on failure.
+
+    version_table_schema, when given, is where the replay's version table goes (written into
+    the generated ini over the project's). The replay must leave exactly heads in the scratch
+    database's own version table: else env.py connected somewhere else.
+    """
+    options = _ini_options(version_table_schema)
     for head in heads:
         result = process.upgrade(
-            project, url, head, time_limit=time_limit, drop_env=drop_env, approved=approved
+            project,
+            url,
+            head,
+            time_limit=time_limit,
+            drop_env=drop_env,
+            approved=approved,
+            ini_options=options,
         )
         if result.timed_out:
             raise RunnerError(f"replaying to {head} took longer than {time_limit:g} s")
         if not result.succeeded:
             raise RunnerError(f"replaying to {head} failed: {_last_failure(result.output_tail)}")
+    written = schema.version_heads(
+        url, version_table=project.version_table, version_table_schema=version_table_schema
+    )
+    if written != set(heads):
+        raise RunnerError(NOT_WRITTEN)
 
 
 def check_models(
@@ -61,10 +87,17 @@ def check_models(
     approved: ApprovedCopy,
     time_limit: float,
     drop_env: Collection[str],
+    version_table_schema: str | None = None,
 ) -> ModelsCheck:
     """Run `alembic check` against the database at url (replayed to the heads)."""
     result = process.run_alembic(
-        project, url, ["check"], time_limit=time_limit, drop_env=drop_env, approved=approved
+        project,
+        url,
+        ["check"],
+        time_limit=time_limit,
+        drop_env=drop_env,
+        approved=approved,
+        ini_options=_ini_options(version_table_schema),
     )
     text = "\n".join(result.output_tail)
     if result.timed_out:
@@ -129,9 +162,18 @@ def _columns(rest: str) -> str:
     return f" ({', '.join(names)})" if names else ""
 
 
+def _ini_options(version_table_schema: str | None) -> dict[str, str] | None:
+    if version_table_schema is None:
+        return None
+    return {"version_table_schema": version_table_schema}
+
+
 def _last_failure(lines: Sequence[str]) -> str:
+    """Return what a failed run's output says went wrong, in one line."""
     failures = [line for line in lines if line.startswith("FAILED:")]
     if failures:
         return failures[-1].removeprefix("FAILED:").strip()[:300]
-    meaningful = [line for line in lines if line.strip() and not line.startswith("INFO")]
-    return (meaningful[-1] if meaningful else "no output").strip()[:300]
+    meaningful = [line for line in lines if line.strip() and not line.startswith(_NOISE)]
+    exceptions = [line for line in meaningful if _EXCEPTION_LINE.match(line)]
+    chosen = exceptions or meaningful
+    return (chosen[-1] if chosen else "no output").strip()[:300]

@@ -15,13 +15,20 @@ from django.db import transaction
 from django.utils import timezone
 
 from dashboard import audit
-from dashboard.config import DashboardConfig, Environment, NotConfigured, Project, current_config
+from dashboard.config import (
+    ConfigError,
+    DashboardConfig,
+    Environment,
+    NotConfigured,
+    Project,
+    current_config,
+)
 from dashboard.databases import schema, scratch, versions
 from dashboard.drift import adoption, reference
 from dashboard.drift.differences import Difference
 from dashboard.models import SchemaCheck
 from dashboard.runner import bundle
-from dashboard.runner.process import child_secrets
+from dashboard.runner.process import replay_secrets
 from dashboard.services import queue
 from dashboard.services.status import ProjectHistory, project_history
 
@@ -29,12 +36,13 @@ logger = logging.getLogger(__name__)
 
 SYSTEM = "worker"
 MAX_PARALLEL = 8  # live reads at once; each is bounded by its environment's schema_timeout
-PERIODIC_TICK = 60.0
+PERIODIC_TICK = 60.0  # seconds between the worker's looks for environments whose check is due
 # A pending check older than this lost its worker: a replay is capped by replay_time_limit
 # (600 s by default), and an adoption match may replay a few dozen times.
-PENDING_LIMIT = timedelta(
-    hours=1
-)  # seconds between the worker's looks for environments whose check is due
+PENDING_LIMIT = timedelta(hours=1)
+# A pending check this old whose task is neither queued nor running will never finish: its
+# task died (the worker was stopped mid-run) or never was (enqueued after commit, at once).
+ORPHAN_GRACE = timedelta(minutes=1)
 State = SchemaCheck.State
 CONCLUSIVE = (State.DRIFT, State.IN_SYNC)  # checks that say what the schema is
 
@@ -52,7 +60,6 @@ class _Job:
     check: SchemaCheck
     url: str = ""
     heads: tuple[str, ...] = ()
-    table_exists: bool = True
     ref: reference.Reference | None = None
     state: str = ""
     reason: str = ""
@@ -111,11 +118,39 @@ def schema_check_after_action(*, environment: str) -> None:
 
 
 def schema_check_run(*, check_id: int) -> SchemaCheck:
-    """Run a pending check (from the queue); a finished one is returned as it is."""
+    """Run a pending check (from the queue); a finished one is returned as it is.
+
+    A run that raises (the environment left the config, the config broke, the worker was
+    stopped) fails the row with why, so it does not block new requests.
+    """
     check = SchemaCheck.objects.get(pk=check_id)
     if check.is_finished:
         return check
-    return schemas_check([check.environment], trigger=check.trigger, pending=[check])[0]
+    try:
+        return schemas_check([check.environment], trigger=check.trigger, pending=[check])[0]
+    except UnknownEnvironment:
+        schema_check_fail(check_id, f"environment {check.environment} is no longer configured")
+        raise
+    except ConfigError as exc:
+        schema_check_fail(check_id, f"the config cannot be read: {exc}")
+        raise
+    except (SystemExit, KeyboardInterrupt):
+        schema_check_fail(check_id, "the worker was stopped during this check")
+        raise
+    except BaseException as exc:
+        schema_check_fail(
+            check_id, f"the check failed unexpectedly ({type(exc).__name__}); see the worker's log"
+        )
+        raise
+
+
+def schema_check_fail(check_id: int, reason: str) -> bool:
+    """Fail a check that is still pending, with reason; say whether it was pending."""
+    return bool(
+        SchemaCheck.objects.filter(pk=check_id, state=State.PENDING).update(
+            state=State.FAILED, reason=reason, checked_at=timezone.now()
+        )
+    )
 
 
 def schemas_check(
@@ -155,7 +190,8 @@ def schemas_check(
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(live))) as pool:
             list(pool.map(_compare, live))
     for job in jobs:
-        if job.state in (State.DRIFT, State.IN_SYNC) and not job.table_exists and job.tables:
+        # No heads but tables (a missing or an empty version table, which a stamp may fill).
+        if job.state in (State.DRIFT, State.IN_SYNC) and not job.heads and job.tables:
             job.adoption = _adoption(job, config)
     return [_store(job) for job in jobs]
 
@@ -171,7 +207,7 @@ def _read_heads(jobs: Sequence[_Job]) -> None:
         if not reading.ok:
             job.stop(State.FAILED, f"cannot read the version table: {reading.error}")
             continue
-        job.heads, job.table_exists = reading.heads, reading.table_exists
+        job.heads = reading.heads
 
 
 # A reference that failed is not retried within one call (100 environments at a revision whose
@@ -183,6 +219,8 @@ class _Seen:
     histories: dict[str, ProjectHistory] = field(default_factory=dict)
     bundles: dict[str, bundle.Bundle | bundle.BundleError] = field(default_factory=dict)
     failures: dict[tuple[reference.Key, bool], tuple[str, str]] = field(default_factory=dict)
+    # References built with `alembic check` in this call: it runs once per key and call.
+    modelled: dict[reference.Key, reference.Reference] = field(default_factory=dict)
 
     def history(self, project: Project) -> ProjectHistory:
         if project.name not in self.histories:
@@ -222,9 +260,13 @@ def _reference(job: _Job, config: DashboardConfig, seen: _Seen) -> None:
     backend = scratch.backend_of(job.url)
     at_heads = bool(job.heads) and set(job.heads) == set(history.graph.heads)
     with_models = job.project.check_models and at_heads
-    slot = (reference.key_for(job.project, found, job.heads, backend), with_models)
+    key = reference.key_for(job.project, found, job.heads, backend)
+    slot = (key, with_models)
     if slot in seen.failures:
         job.stop(*seen.failures[slot])
+        return
+    if with_models and key in seen.modelled:
+        job.ref, job.check.replayed = seen.modelled[key], False
         return
     try:
         job.ref, job.check.replayed = reference.reference_for(
@@ -233,7 +275,7 @@ def _reference(job: _Job, config: DashboardConfig, seen: _Seen) -> None:
             job.heads,
             backend,
             with_models=with_models,
-            drop_env=child_secrets(config, job.env),
+            drop_env=replay_secrets(config),
         )
     except reference.ReferenceUnavailable as exc:
         job.stop(State.NOT_CHECKED, str(exc))
@@ -241,6 +283,8 @@ def _reference(job: _Job, config: DashboardConfig, seen: _Seen) -> None:
         job.stop(State.FAILED, f"the reference schema could not be built: {exc}")
     if job.state:
         seen.failures[slot] = (job.state, job.reason)
+    elif with_models and job.ref is not None:
+        seen.modelled[key] = job.ref
 
 
 def _compare(job: _Job) -> None:
@@ -271,7 +315,7 @@ def _adoption(job: _Job, config: DashboardConfig) -> dict[str, Any]:
         return {"error": f"the script directory cannot be read: {history.error}"}
     try:
         return adoption.match(
-            job.project, job.url, job.env, history.graph, drop_env=child_secrets(config, job.env)
+            job.project, job.url, job.env, history.graph, drop_env=replay_secrets(config)
         )
     except reference.ReferenceUnavailable as exc:  # e.g. no scratch server: say so
         return {"error": versions.mask_secrets(str(exc), _secrets(job))}
@@ -402,22 +446,54 @@ def schema_checks_prune(*, older_than: timedelta) -> int:
     return old.exclude(id__in=keep).delete()[0]
 
 
-def schema_checks_abandon(*, limit: timedelta = PENDING_LIMIT) -> list[int]:
-    """Fail the pending checks no worker finished within limit (it died, or none runs)."""
-    cutoff = timezone.now() - limit
-    stale = list(
-        SchemaCheck.objects.filter(state=State.PENDING, created_at__lt=cutoff).values_list(
-            "pk", flat=True
-        )
-    )
+def schema_checks_abandon(
+    *, limit: timedelta = PENDING_LIMIT, grace: timedelta = ORPHAN_GRACE
+) -> list[int]:
+    """Fail the pending checks no worker will finish: older than limit (it died, or none
+    runs), or older than grace with no queued or running task (the task died, or failed)."""
+    now = timezone.now()
+    pending = SchemaCheck.objects.filter(state=State.PENDING)
+    stale = list(pending.filter(created_at__lt=now - limit).values_list("pk", flat=True))
     if stale:
         minutes = int(limit.total_seconds() // 60)
         SchemaCheck.objects.filter(pk__in=stale, state=State.PENDING).update(
             state=State.FAILED,
             reason=f"no worker finished this check within {minutes} min (did the worker die?)",
-            checked_at=timezone.now(),
+            checked_at=now,
         )
-    return stale
+    # Young ones may still be in their requester's transaction, their task not yet queued.
+    settled = pending.filter(created_at__lt=now - grace).exclude(pk__in=stale)
+    candidates = list(settled.values_list("pk", flat=True))
+    queued = _queued_checks() if candidates else set()
+    orphans = [pk for pk in candidates if queued is not None and pk not in queued]
+    if orphans:
+        SchemaCheck.objects.filter(pk__in=orphans, state=State.PENDING).update(
+            state=State.FAILED,
+            reason="this check's task is no longer queued nor running (did the worker stop?)",
+            checked_at=now,
+        )
+    return stale + orphans
+
+
+def _queued_checks() -> set[int] | None:
+    """Return the checks a queued or running check_schema task will run (None: cannot tell)."""
+    from django.tasks import TaskResultStatus
+    from django_tasks_db.backend import DatabaseBackend
+    from django_tasks_db.models import DBTaskResult
+
+    task = queue.task_named("check_schema")
+    if not isinstance(task.get_backend(), DatabaseBackend):
+        return None
+    alive = DBTaskResult.objects.filter(
+        task_path=task.module_path,
+        status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING],
+    )
+    found: set[int] = set()
+    for args_kwargs in alive.values_list("args_kwargs", flat=True):
+        args = args_kwargs.get("args") or []
+        if args and isinstance(args[0], int):
+            found.add(args[0])
+    return found
 
 
 def scratch_sweep(config: DashboardConfig | None = None) -> list[str]:
