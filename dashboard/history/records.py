@@ -21,6 +21,18 @@ class Revision:
     create_date: str | None = None
     path: str = ""
     problems: tuple[str, ...] = ()
+    # What upgrade() and downgrade() run outside Alembic's transaction, read statically, as
+    # "autocommit_block at line 31" or "CREATE INDEX CONCURRENTLY (...) at line 40".
+    upgrade_outside_transaction: tuple[str, ...] = ()
+    downgrade_outside_transaction: tuple[str, ...] = ()
+    # The run limits the file sets for itself (its dashboard_limits), as sorted (name, duration).
+    limits: tuple[tuple[str, str], ...] = ()
+
+    def outside_transaction(self, direction: Direction) -> tuple[str, ...]:
+        """Return what this revision runs outside a transaction in that direction."""
+        if direction == "downgrade":
+            return self.downgrade_outside_transaction
+        return self.upgrade_outside_transaction
 
 
 @dataclass(frozen=True)

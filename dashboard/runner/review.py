@@ -179,11 +179,25 @@ def squawk_lint(sql: str, *, executable: str | None = None) -> list[dict[str, An
     squawk = executable or squawk_path()
     if squawk is None:
         return [_note("squawk is not installed, so the SQL was not checked for lock risks")]
-    # An empty folder as cwd, so a stray .squawk.toml cannot change the rules.
+    # squawk looks for .squawk.toml from its cwd up: an empty one in an empty folder keeps a
+    # stray one (in /tmp, say) from changing the rules.
     with tempfile.TemporaryDirectory(prefix="dashboard-squawk-") as folder:
+        (Path(folder) / ".squawk.toml").touch()
         try:
             done = subprocess.run(
-                [squawk, "--reporter", "json", "--stdin-filepath", "plan.sql"],
+                # Alembic's offline SQL spells its transactions out: BEGIN; ... COMMIT;, and
+                # around an autocommit_block COMMIT; before it and BEGIN; after. So squawk must
+                # not assume a wrapper of its own: then it sees which statements run outside
+                # one (CREATE INDEX CONCURRENTLY in an autocommit_block is fine, one inside
+                # the transaction is flagged) instead of calling every BEGIN nested.
+                [
+                    squawk,
+                    "--no-assume-in-transaction",
+                    "--reporter",
+                    "json",
+                    "--stdin-filepath",
+                    "plan.sql",
+                ],
                 input=sql,
                 capture_output=True,
                 text=True,

@@ -16,14 +16,37 @@ if TYPE_CHECKING:
 
 _LEGACY_ID = re.compile(r"([a-f0-9]+)\.py$")
 
-_NAMES = ("revision", "down_revision", "branch_labels", "depends_on")
+# The module-level literal by which a revision sets its own run's limits, e.g.
+# dashboard_limits = {"lock_timeout": "10min", "statement_timeout": "2h"}; read like the
+# identifiers, never by running the file.
+LIMITS_NAME = "dashboard_limits"
+LIMIT_KEYS = ("lock_timeout", "statement_timeout")
+MAX_LIMIT = 7 * 24 * 3600.0  # a week, as the config's longest limit
+# A duration as PostgreSQL and the dashboard's config write one: "500ms", "5s", "10min", "2h".
+_DURATION = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|min|h)\s*\Z")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}
+
+_NAMES = ("revision", "down_revision", "branch_labels", "depends_on", LIMITS_NAME)
 _SKIPPED = (ast.Expr, ast.Pass)
 # Parsing a whole revision file costs as much as Alembic's own load when upgrade() is long
 # (the parser, not Python objects, is the cost), while everything Alembic reads sits before
-# the first top-level function. So the header is parsed, unless the rest names one of
-# Alembic's variables again or the header does not parse on its own.
+# the first top-level function. So the header is parsed, unless the rest names one of the
+# variables read here again, may run outside a transaction (autocommit_block, CONCURRENTLY),
+# or the header does not parse on its own.
 _HEADER_END = re.compile(rb"^(?:def |async def |class |@)", re.MULTILINE)
-_NAMES_AGAIN = re.compile(rb"\b(?:revision|down_revision|branch_labels|depends_on)\b")
+_NAMES_AGAIN = re.compile(
+    rb"\b(?:revision|down_revision|branch_labels|depends_on|dashboard_limits)\b"
+)
+# Looked for with bytes.find: a regex alternation over a long upgrade() costs several times more.
+_OUTSIDE_HINTS = (b"autocommit_block", b"oncurrently", b"ONCURRENTLY")
+# SQL that PostgreSQL refuses inside a transaction block, as written in op.execute("...").
+_CONCURRENT_SQL = re.compile(
+    r"\b(?P<what>CREATE\s+(?:UNIQUE\s+)?INDEX|DROP\s+INDEX"
+    r"|REINDEX\s+(?:\([^)]*\)\s*)?(?:INDEX|TABLE|SCHEMA|DATABASE|SYSTEM)"
+    r"|(?P<detach>DETACH\s+PARTITION)\s+\S+)\s+CONCURRENTLY\b",
+    re.IGNORECASE,
+)
+_INDEX_CALLS = {"create_index": "CREATE INDEX", "Index": "CREATE INDEX", "drop_index": "DROP INDEX"}
 _CREATE_DATE = re.compile(r"^Create Date:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 # The full compile of each file by (size, mtime_ns) it had: a page after one edit compiles one.
 _compiled: dict[str, tuple[tuple[int, int], str | None]] = {}
@@ -31,9 +54,10 @@ _compiled: dict[str, tuple[tuple[int, int], str | None]] = {}
 
 def parse_revision_file(path: str, data: bytes) -> Revision | str:
     """Read one revision file's identifiers statically; return a Revision or a problem."""
-    tree = _parse(path, data)
-    if isinstance(tree, str):
-        return tree
+    parsed = _parse(path, data)
+    if isinstance(parsed, str):
+        return parsed
+    tree, walk = parsed
     values: dict[str, ast.expr] = {}
     problems: list[str] = []
     for node in tree.body:
@@ -83,6 +107,11 @@ def parse_revision_file(path: str, data: bytes) -> Revision | str:
         problems.append("down_revision is not set")
         down_revisions = ()
     created = _CREATE_DATE.search(docstring)
+    limits = _limits(values[LIMITS_NAME], problems) if LIMITS_NAME in values else ()
+    upgrade: tuple[str, ...] = ()
+    downgrade: tuple[str, ...] = ()
+    if walk:
+        upgrade, downgrade = _outside_transaction(tree)
     return Revision(
         revision=revision,
         down_revisions=down_revisions,
@@ -93,18 +122,24 @@ def parse_revision_file(path: str, data: bytes) -> Revision | str:
         create_date=created.group(1) if created else None,
         path=path,
         problems=tuple(problems),
+        upgrade_outside_transaction=upgrade,
+        downgrade_outside_transaction=downgrade,
+        limits=limits,
     )
 
 
-def _parse(path: str, data: bytes) -> ast.Module | str:
+def _parse(path: str, data: bytes) -> tuple[ast.Module, bool] | str:
+    """Return the file's tree and whether its functions may run outside a transaction."""
     cut = _HEADER_END.search(data)
-    if cut is not None and not _NAMES_AGAIN.search(data, cut.start()):
+    # Functions only follow the cut: without one, no function can run anything.
+    outside = cut is not None and any(data.find(hint, cut.start()) >= 0 for hint in _OUTSIDE_HINTS)
+    if cut is not None and not outside and not _NAMES_AGAIN.search(data, cut.start()):
         try:
-            return ast.parse(data[: cut.start()], filename=path)
+            return ast.parse(data[: cut.start()], filename=path), False
         except (SyntaxError, ValueError):
             pass  # e.g. the cut fell inside a string; the whole file decides
     try:
-        return ast.parse(data, filename=path)
+        return ast.parse(data, filename=path), outside
     except SyntaxError as exc:
         return f"{path}:{exc.lineno}: syntax error: {exc.msg}"
     except ValueError as exc:
@@ -232,3 +267,135 @@ def _ids(node: ast.expr | None, name: str, problems: list[str]) -> tuple[str, ..
         return tuple(value)
     problems.append(f"{name} must be None, a string or a sequence of strings: {ast.unparse(node)}")
     return ()
+
+
+def limit_seconds(duration: str) -> float:
+    """Return a limit's duration ("500ms", "5s", "10min", "2h") in seconds; ValueError if none."""
+    match = _DURATION.match(duration)
+    if match is None:
+        raise ValueError(f"not a duration: {duration!r}")
+    return float(match["number"]) * _DURATION_UNITS[match["unit"]]
+
+
+def _limits(node: ast.expr, problems: list[str]) -> tuple[tuple[str, str], ...]:
+    """Return dashboard_limits as sorted (name, duration) pairs, flagging what is not one."""
+    value = _literal(node)
+    if value is _NOT_LITERAL:
+        problems.append(f"{LIMITS_NAME} is not a literal: {ast.unparse(node)}")
+        return ()
+    if not isinstance(value, dict):
+        problems.append(
+            f'{LIMITS_NAME} must be a dict such as {{"lock_timeout": "10min"}}: {ast.unparse(node)}'
+        )
+        return ()
+    limits: dict[str, str] = {}
+    for key, duration in value.items():
+        if key not in LIMIT_KEYS:
+            problems.append(
+                f"{LIMITS_NAME} has an unknown key {key!r}: it takes {' and '.join(LIMIT_KEYS)}"
+            )
+            continue
+        try:
+            seconds = limit_seconds(duration) if isinstance(duration, str) else None
+        except ValueError:
+            seconds = None
+        if seconds is None:
+            problems.append(
+                f'{LIMITS_NAME}["{key}"] must be a duration such as "10min" or "2h"'
+                f" (ms, s, min or h), not {duration!r}"
+            )
+        elif not 0.001 <= seconds <= MAX_LIMIT:
+            problems.append(f'{LIMITS_NAME}["{key}"] must be at least 1ms and at most 168h')
+        else:
+            limits[key] = duration.strip()
+    return tuple(sorted(limits.items()))
+
+
+_Functions = dict[str, ast.FunctionDef | ast.AsyncFunctionDef]
+
+
+def _outside_transaction(tree: ast.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return what upgrade() and downgrade() run outside a transaction, through what they call."""
+    functions: _Functions = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    scanned: dict[str, tuple[list[tuple[int, str]], set[str]]] = {}
+
+    def reached(name: str) -> tuple[str, ...]:
+        found: set[tuple[int, str]] = set()
+        todo, seen = [name], set()
+        while todo:
+            current = todo.pop()
+            if current in seen or current not in functions:
+                continue
+            seen.add(current)
+            if current not in scanned:
+                scanned[current] = _scan_function(functions[current])
+            items, calls = scanned[current]
+            found.update(items)
+            todo.extend(calls)
+        return tuple(dict.fromkeys(text for _, text in sorted(found)))
+
+    return reached("upgrade"), reached("downgrade")
+
+
+def _scan_function(
+    function: ast.FunctionDef | ast.AsyncFunctionDef,
+) -> tuple[list[tuple[int, str]], set[str]]:
+    """Return one function's steps outside a transaction (line, why) and the names it calls."""
+    items: list[tuple[int, str]] = []
+    calls: set[str] = set()
+    docstrings: set[int] = set()
+    for node in ast.walk(function):  # breadth first: a function comes before its docstring
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            for item in node.items:
+                block = item.context_expr
+                if (
+                    isinstance(block, ast.Call)
+                    and isinstance(block.func, ast.Attribute)
+                    and block.func.attr == "autocommit_block"
+                ):
+                    items.append((block.lineno, f"autocommit_block at line {block.lineno}"))
+        elif isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                calls.add(node.func.id)
+            why = _concurrently(node)
+            if why:
+                items.append((node.lineno, why))
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and (match := _CONCURRENT_SQL.search(node.value))
+        ):
+            what = "DETACH PARTITION" if match["detach"] else " ".join(match["what"].split())
+            items.append((node.lineno, f"{what.upper()} CONCURRENTLY in SQL at line {node.lineno}"))
+    return items, calls
+
+
+def _concurrently(call: ast.Call) -> str:
+    """Say how a call passing postgresql_concurrently runs CONCURRENTLY, or return ""."""
+    flag = next((k.value for k in call.keywords if k.arg == "postgresql_concurrently"), None)
+    if flag is None:
+        return ""
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    what = _INDEX_CALLS.get(name, "")
+    unique = next((k.value for k in call.keywords if k.arg == "unique"), None)
+    if what == "CREATE INDEX" and isinstance(unique, ast.Constant) and unique.value is True:
+        what = "CREATE UNIQUE INDEX"
+    line = call.lineno
+    if isinstance(flag, ast.Constant):
+        if flag.value is not True:
+            return ""
+        if what:
+            return f"{what} CONCURRENTLY (postgresql_concurrently=True) at line {line}"
+        return f"postgresql_concurrently=True in {name or 'a call'}() at line {line}"
+    shown = ast.unparse(flag)
+    return f"{what or name or 'a call'} CONCURRENTLY if {shown} (postgresql_concurrently={shown}) at line {line}"

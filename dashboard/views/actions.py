@@ -11,6 +11,7 @@ from dashboard.config import ConfigError
 from dashboard.forms import ActionFilterForm, ActionRequestForm, ApprovalForm, RejectionForm
 from dashboard.selectors import actions as action_selectors
 from dashboard.selectors import drift as drift_selectors
+from dashboard.selectors import plan_marks as plan_marks_selectors
 from dashboard.selectors import targets as target_selectors
 from dashboard.services import actions as action_services
 from dashboard.views import HtmxHttpRequest
@@ -66,9 +67,13 @@ def action_request(request: HtmxHttpRequest, name: str) -> HttpResponse:
     notes = drift_selectors.request_notes(
         environment=name, direction=page.direction, target=str(target)
     )
-    return render(
-        request, template, {"page": page, "form": form, "schema_notes": notes}, status=status
-    )
+    shown = {
+        "page": page,
+        "form": form,
+        "schema_notes": notes,
+        "plan_marks": plan_marks_selectors.request_marks(page),
+    }
+    return render(request, template, shown, status=status)
 
 
 @vary_on_headers("HX-Request")
@@ -86,6 +91,7 @@ def action_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "review": page.review,
         "progress": page.progress,
         "schema_notes": notes,
+        "plan_marks": None if request.htmx else plan_marks_selectors.action_marks(page.action),
     }
     return render(request, template, context)
 

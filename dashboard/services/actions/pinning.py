@@ -8,13 +8,14 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dashboard import scripts
 from dashboard.config import Project
-from dashboard.history import Direction, Graph, Step, UnknownRevision
+from dashboard.history import Direction, Graph, Revision, Step, UnknownRevision
 from dashboard.runner import bundle
 from dashboard.scripts import cache
+from dashboard.scripts.parse import parse_revision_file
 from dashboard.scripts.scan import files_by_location
 
 if TYPE_CHECKING:
@@ -152,9 +153,10 @@ def plan_hash(
     sql_sha256: str,
     fingerprint: str,
     target_heads: Sequence[str] = (),
+    plan_marks: dict[str, Any] | None = None,
 ) -> str:
     """Return sha256 over the canonical JSON of everything an approval vouches for."""
-    document = {
+    document: dict[str, Any] = {
         "environment": environment,
         "direction": direction,
         "target": target,
@@ -165,6 +167,10 @@ def plan_hash(
         # The run tells Alembic the plan's end (see review.plan_end), so that end is vouched for.
         "target_heads": sorted(target_heads),
     }
+    if plan_marks:
+        # The run takes its limits from the stored marks, which the approvers saw on the plan.
+        # Left out when empty, so every hash made before marks existed still holds.
+        document["plan_marks"] = plan_marks
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -180,4 +186,38 @@ def action_plan_hash(action: Action) -> str:
         sql_sha256=action.sql_sha256,
         fingerprint=action.fingerprint,
         target_heads=action.target_heads,
+        plan_marks=action.plan_marks,
     )
+
+
+def plan_marks(
+    loaded: scripts.LoadedHistory,
+    found: bundle.Bundle,
+    revisions: Sequence[str],
+    direction: str,
+    *,
+    parsed_here: bool,
+) -> dict[str, dict[str, Any]]:
+    """Return what each plan revision's approved bytes say about how it runs, for those that say.
+
+    {revision: {"non_transactional": [why, ...], "limits": {"lock_timeout": "10min"}}}, with
+    non_transactional of the plan's direction. parsed_here says the graph is the static
+    parser's, already of these bytes; Alembic's loader reads no marks, so they are parsed here.
+    """
+    way: Direction = "downgrade" if direction == "downgrade" else "upgrade"
+    marks: dict[str, dict[str, Any]] = {}
+    for rev in revisions:
+        revision = loaded.graph.revisions.get(rev)
+        if revision is None:
+            continue
+        if not parsed_here:
+            sha = loaded.file_hashes.get(revision.path)
+            data = found.contents.get(sha) if sha else None
+            reread = parse_revision_file(revision.path, data) if data is not None else None
+            if not isinstance(reread, Revision):
+                continue  # current_bundle already refused a plan on bytes it did not parse
+            revision = reread
+        outside = revision.outside_transaction(way)
+        if outside or revision.limits:
+            marks[rev] = {"non_transactional": list(outside), "limits": dict(revision.limits)}
+    return marks

@@ -142,6 +142,11 @@ def action_request(
     start.refuse_if_conflicting()
     revisions = plan.revisions
     fingerprint = approved.digest
+    # Read statically from the approved bytes: how each revision runs (outside a transaction,
+    # with its own limits), for the plan's pages and the run.
+    marks = plans.plan_marks(
+        loaded, approved, revisions, direction, parsed_here=project.loader != "alembic"
+    )
     with transaction.atomic():
         # Checked again in turn: another request may have been recorded since the check above.
         queueing.request_hold(environment=env.name, heads=reading.heads, queue_behind=queue_behind)
@@ -155,6 +160,7 @@ def action_request(
             from_heads=list(start.heads),
             queued_behind=start.ahead,
             plan=revisions,
+            plan_marks=marks,
             fingerprint=fingerprint,
             bundle=approved.manifest,
             plan_hash=plans.plan_hash(
@@ -166,6 +172,7 @@ def action_request(
                 sql_sha256="",
                 fingerprint=fingerprint,
                 target_heads=plan.target_heads,
+                plan_marks=marks,
             ),
             approvals_required=env.approvals_for(direction),
             requested_by=user if getattr(user, "pk", None) else None,
@@ -185,6 +192,7 @@ def action_request(
                 "from_heads": list(start.heads),
                 "queued_behind": start.ahead.pk if start.ahead else None,
                 "plan": revisions,
+                **({"plan_marks": marks} if marks else {}),
                 "target_heads": list(plan.target_heads),
                 # The digest of every approved file's sha256 (the action's bundle).
                 "fingerprint": fingerprint,
