@@ -41,6 +41,10 @@ ENVIRONMENT_KEYS = {
     "schema_check_interval",
     "schema_timeout",
     "stamp_approvals_required",
+    "lock_timeout",
+    "statement_timeout",
+    "lock_retries",
+    "run_lock_wait",
 }
 LOADERS = ("static", "alembic")
 # Names appear in URLs, element ids and file names: keep them to one plain word.
@@ -51,6 +55,10 @@ MAX_TIME_LIMIT = 7 * 24 * 3600.0
 # Query parameters that drivers take as a password.
 SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword")
 MAX_PORT = 65535
+MAX_LOCK_RETRIES = 10
+# A duration as PostgreSQL writes one ("5s", "500ms", "10min", "1h"); a bare TOML number is seconds.
+DURATION = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|min|h)\s*\Z")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 class ConfigError(Exception):
@@ -119,6 +127,14 @@ class Environment:
     schema_timeout: float = 60.0
     # A stamp rewrites what the dashboard believes, so by default it needs a downgrade's approvals.
     stamp_approvals_required: int = 0
+    # Seconds any statement of the Alembic child waits for a lock before it gives up.
+    lock_timeout: float = 5.0
+    # Seconds any statement of the Alembic child may run; None leaves the server's setting.
+    statement_timeout: float | None = None
+    # How often a run rolled back by a lock timeout is tried again (PostgreSQL only).
+    lock_retries: int = 3
+    # Seconds an action waits for another run to release the environment's run lock.
+    run_lock_wait: float = 60.0
     # Why the inline url cannot be used, naming file, table and key; the rest still works.
     url_error: str | None = None
 
@@ -181,6 +197,39 @@ _DEFAULT_DRIVERS = {
     "mysql": ("MySQLdb", "mysql+pymysql"),
     "mariadb": ("MySQLdb", "mariadb+pymysql"),
 }
+
+
+def parse_duration(value: object) -> float:
+    """Return a duration in seconds from a number of seconds or text like "5s" or "10min".
+
+    Raises ValueError naming the forms it takes.
+    """
+    if isinstance(value, bool):
+        raise ValueError('a duration is a number of seconds or text like "5s", not true/false')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := DURATION.match(value)):
+        seconds = float(match["number"]) * _DURATION_UNITS[match["unit"]]
+    else:
+        raise ValueError(
+            f'a duration is a number of seconds or text like "500ms", "5s", "10min"'
+            f' or "1h", not {value!r}'
+        )
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be finite, not {value!r}")
+    return seconds
+
+
+def render_duration(seconds: float) -> str:
+    """Return seconds the way PostgreSQL and the config write them: "5s", "1500ms", "10min"."""
+    millis = max(1, round(seconds * 1000))
+    if millis % 3_600_000 == 0:
+        return f"{millis // 3_600_000}h"
+    if millis % 60_000 == 0:
+        return f"{millis // 60_000}min"
+    if millis % 1000 == 0:
+        return f"{millis // 1000}s"
+    return f"{millis}ms"
 
 
 def parse_database_url(url: str) -> URL:
@@ -441,6 +490,19 @@ def _environment(
     time_limit = _get(path, where, table, "time_limit", float, 1800.0)
     schema_timeout = _get(path, where, table, "schema_timeout", float, 60.0)
     interval = _get(path, where, table, "schema_check_interval", float, 3600.0)
+    lock_timeout = _duration(path, where, table, "lock_timeout", 5.0, MAX_TIMEOUT)
+    statement_timeout = _duration(path, where, table, "statement_timeout", None, MAX_TIME_LIMIT)
+    lock_retries = _get(path, where, table, "lock_retries", int, 3)
+    if not 0 <= lock_retries <= MAX_LOCK_RETRIES:
+        raise ConfigError(
+            f"{path}: [{where}] lock_retries must be from 0 (never retry) to {MAX_LOCK_RETRIES}"
+        )
+    run_lock_wait = _get(path, where, table, "run_lock_wait", float, 60.0)
+    if not (math.isfinite(run_lock_wait) and 0 <= run_lock_wait <= MAX_TIMEOUT):
+        raise ConfigError(
+            f"{path}: [{where}] run_lock_wait must be a number of seconds from 0 (do not wait)"
+            f" to {MAX_TIMEOUT:g}"
+        )
     if not (math.isfinite(interval) and 0 <= interval <= MAX_TIME_LIMIT):
         raise ConfigError(
             f"{path}: [{where}] schema_check_interval must be a number of seconds from 0 (off)"
@@ -474,10 +536,32 @@ def _environment(
         stamp_approvals_required=stamp,
         schema_check_interval=interval,
         schema_timeout=schema_timeout,
+        lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        lock_retries=lock_retries,
+        run_lock_wait=run_lock_wait,
         order=_get(path, where, table, "order", int, 0),
         description=_get(path, where, table, "description", str, ""),
         url_error=url_error,
     )
+
+
+def _duration(
+    path: Path, where: str, table: dict[str, Any], key: str, default: Any, most: float
+) -> Any:
+    """Return a duration key in seconds (default when absent), above 0 and at most most."""
+    if key not in table:
+        return default
+    try:
+        seconds = parse_duration(table[key])
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [{where}] {key}: {exc}") from None
+    # A millisecond is the finest either server takes; 0 would mean "wait forever" to both.
+    if not 0.001 <= seconds <= most:
+        raise ConfigError(
+            f"{path}: [{where}] {key} must be at least 1ms and at most {render_duration(most)}"
+        )
+    return seconds
 
 
 def _local_url(path: Path, url: str) -> str:

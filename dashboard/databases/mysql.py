@@ -8,23 +8,47 @@ returns the id of the connection holding it.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+if TYPE_CHECKING:
+    from dashboard.databases.sessions import Limits
+
 SESSION_NOUN = "connection id"
+# ER_LOCK_WAIT_TIMEOUT (1205): a metadata lock past lock_wait_timeout, a row lock past
+# innodb_lock_wait_timeout.
+LOCK_TIMEOUT_MARKERS: tuple[str, ...] = ("Lock wait timeout exceeded",)
 # Drivers whose connect() takes init_command, which SQLAlchemy passes on from the URL query.
 _INIT_COMMAND_DRIVERS = ("pymysql", "mysqldb")
 _UNKNOWN_THREAD = 1094  # ER_NO_SUCH_THREAD: gone already
 
 
-def child_url(url: URL, tag: str) -> URL | None:
-    """Return url with an init_command marking each session with tag, or None if it cannot."""
+def child_url(url: URL, tag: str, limits: Limits | None = None) -> URL | None:
+    """Return url with an init_command marking (and bounding) each session, or None if it cannot."""
     if url.get_driver_name() not in _INIT_COMMAND_DRIVERS or "init_command" in url.query:
         return None  # a project's own init_command is kept: these sessions go untagged
     # One lock per connection (its id in the name): a second connection of the child must
     # not wait for the first one's lock, and each holder is found by its own id.
-    command = f"DO GET_LOCK(CONCAT({_literal(lock_prefix(tag))}, CONNECTION_ID()), 0)"
+    lock = f"GET_LOCK(CONCAT({_literal(lock_prefix(tag))}, CONNECTION_ID()), 0)"
+    if limits is None:
+        return url.update_query_dict({"init_command": f"DO {lock}"})
+    # One statement (a driver runs init_command as one): both waits in whole seconds, at least 1.
+    seconds = max(1, math.ceil(limits.lock_timeout))
+    statement = ""
+    if limits.statement_timeout_ms is not None:
+        # MariaDB alone runs what /*M! ... */ holds; MySQL's max_execution_time bounds only SELECT.
+        statement = (
+            f" /*M!, SESSION max_statement_time = {limits.statement_timeout_ms / 1000:.3f} */"
+        )
+    command = (
+        f"SET SESSION lock_wait_timeout = {seconds},"
+        f" SESSION innodb_lock_wait_timeout = {seconds}{statement},"
+        f" @migration_dashboard_tag = {lock}"
+    )
     return url.update_query_dict({"init_command": command})
 
 

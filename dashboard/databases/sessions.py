@@ -1,4 +1,4 @@
-"""Tag the sessions an action's Alembic child opens, and stop the ones it leaves behind.
+"""Tag and bound the sessions an action's Alembic child opens, and stop the ones it leaves behind.
 
 A statement keeps running in the server after its client died (PostgreSQL notices only when
 it next talks to the client), so a cancelled or orphaned run must be stopped server-side.
@@ -6,8 +6,9 @@ it next talks to the client), so a cancelled or orphaned run must be stopped ser
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,12 +25,53 @@ CANCEL_GRACE = 1.0  # seconds a cancelled statement gets to end before its sessi
 TERMINATE_WAIT = 5.0  # seconds a terminated session gets to go away before we say it did not
 POLL_INTERVAL = 0.05
 MAX_REASON = 300
+# The child's limits travel in its environment (its env.py may read them too, for a driver
+# libpq's variables do not reach), in whole milliseconds.
+LOCK_TIMEOUT_VARIABLE = "MIGRATION_DASHBOARD_LOCK_TIMEOUT_MS"
+STATEMENT_TIMEOUT_VARIABLE = "MIGRATION_DASHBOARD_STATEMENT_TIMEOUT_MS"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long each statement of a child may wait for a lock, and run (None: no limit)."""
+
+    lock_timeout: float
+    statement_timeout: float | None = None
+
+    @property
+    def lock_timeout_ms(self) -> int:
+        """Return the lock timeout in whole milliseconds, at least 1."""
+        return max(1, math.ceil(self.lock_timeout * 1000))
+
+    @property
+    def statement_timeout_ms(self) -> int | None:
+        """Return the statement timeout in whole milliseconds, or None."""
+        if self.statement_timeout is None:
+            return None
+        return max(1, math.ceil(self.statement_timeout * 1000))
+
+    def environ(self) -> dict[str, str]:
+        """Return the variables that hand these limits to tag_child and the child."""
+        env = {LOCK_TIMEOUT_VARIABLE: str(self.lock_timeout_ms)}
+        if self.statement_timeout_ms is not None:
+            env[STATEMENT_TIMEOUT_VARIABLE] = str(self.statement_timeout_ms)
+        return env
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Limits | None:
+        """Return the limits environ carries, or None when it names no lock timeout."""
+        lock = _millis(environ.get(LOCK_TIMEOUT_VARIABLE))
+        if lock is None:
+            return None
+        statement = _millis(environ.get(STATEMENT_TIMEOUT_VARIABLE))
+        return cls(lock / 1000, None if statement is None else statement / 1000)
 
 
 class _Dialect(Protocol):
     """What one dialect module offers: find, cancel and terminate tagged sessions."""
 
     SESSION_NOUN: str
+    LOCK_TIMEOUT_MARKERS: tuple[str, ...]
 
     def tagged_sessions(self, conn: sa.Connection, tag: str) -> list[int]: ...
 
@@ -56,23 +98,42 @@ def action_tag(action_id: int) -> str:
     return f"{TAG_PREFIX} {action_id}"
 
 
-def tag_child(url: str, tag: str, environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+def tag_child(
+    url: str, tag: str, environ: Mapping[str, str], *, limits: Limits | None = None
+) -> tuple[str, dict[str, str]]:
     """Return the URL and the variables that make every session the child opens carry tag.
 
     PostgreSQL: libpq's PGOPTIONS and PGAPPNAME, so env.py and the URL stay as approved.
     MySQL/MariaDB: no driver reads the environment, so the child's URL gets an init_command.
+    The sessions also get limits (by default those environ carries, see Limits.environ):
+    lock_timeout and statement_timeout on PostgreSQL (also in a URL's own `options`, which
+    replace PGOPTIONS); lock_wait_timeout and innodb_lock_wait_timeout on MySQL/MariaDB.
     """
     try:
         parsed = parse_database_url(url)
     except BadDatabaseURL:
         return url, {}
+    limits = limits if limits is not None else Limits.from_environ(environ)
     backend = parsed.get_backend_name()
     if backend == "postgresql":
-        return url, postgresql.child_env(tag, environ)
+        env = postgresql.child_env(tag, environ, limits)
+        bounded = postgresql.child_url(parsed, limits)
+        return (url if bounded is None else bounded.render_as_string(hide_password=False)), env
     if backend in ("mysql", "mariadb"):
-        tagged = mysql.child_url(parsed, tag)
+        tagged = mysql.child_url(parsed, tag, limits)
         return (url if tagged is None else tagged.render_as_string(hide_password=False)), {}
     return url, {}
+
+
+def lock_timed_out(url: str, lines: Iterable[str]) -> bool:
+    """Say whether a child's output says a statement gave up waiting for a lock."""
+    try:
+        dialect = _dialect(parse_database_url(url).get_backend_name())
+    except BadDatabaseURL:
+        return False
+    if dialect is None:
+        return False
+    return any(marker in line for line in lines for marker in dialect.LOCK_TIMEOUT_MARKERS)
 
 
 def stop_sessions(
@@ -150,6 +211,12 @@ def _wait_gone(conn: sa.Connection, dialect: _Dialect, tag: str, patience: float
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(POLL_INTERVAL)
+
+
+def _millis(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value) or None
 
 
 def _reason(exc: BaseException, secrets: list[str]) -> str:
