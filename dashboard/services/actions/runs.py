@@ -3,32 +3,39 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from dashboard import audit, runner, scripts
 from dashboard.config import (
+    BadDatabaseURL,
     ConfigError,
     DashboardConfig,
     Environment,
     NotConfigured,
     Project,
     current_config,
+    parse_database_url,
+    render_duration,
 )
-from dashboard.databases import sessions, versions
+from dashboard.databases import blockers, runlock, sessions, versions
 from dashboard.models import Action, Approval
 from dashboard.runner import bundle, process, review
 from dashboard.runner.monitor import RunMonitor
 from dashboard.runner.process import child_secrets
 from dashboard.services import holding, queue, superseding
-from dashboard.services.actions import pinning
+from dashboard.services.actions import attempts, pinning
 from dashboard.services.actions.errors import SCRIPT_CHANGED
 from dashboard.services.actions.lookups import locked_action_or_refuse
 
@@ -328,36 +335,6 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
             Action.Status.FAILED,
             error=f"{SCRIPT_CHANGED} ({_changed_text(action.bundle, live.manifest)}); nothing ran",
         )
-    before = versions.read_environment(env, project)
-    if not before.ok:
-        return _finish(
-            action,
-            Action.Status.FAILED,
-            error=f"cannot read {env.name} before the run: {before.error}; nothing ran",
-        )
-    if set(before.heads) != set(action.from_heads):
-        return _finish(
-            action,
-            Action.Status.FAILED,
-            error=(
-                f"stale plan: {env.name} moved from {heads_text(action.from_heads)}"
-                f" to {heads_text(before.heads)}; nothing ran"
-            ),
-            after_heads=list(before.heads),
-        )
-    if action.direction == Action.Direction.STAMP and (
-        unlike := _stamp_table_moved(action, project, before.table_exists)
-    ):
-        return _finish(
-            action,
-            Action.Status.FAILED,
-            error=f"stale plan: {env.name}'s {unlike}; nothing ran",
-            after_heads=list(before.heads),
-        )
-    if not Action.objects.filter(pk=action.pk, status=Action.Status.RUNNING).exists():
-        # The checks above took longer than the heartbeat limit and it was declared interrupted.
-        action.refresh_from_db()
-        return action
     try:
         # Verified here, just before the start; Alembic reads nothing of the live folder's.
         copy = held.enter_context(
@@ -366,54 +343,303 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
     except bundle.BundleError as exc:
         return _finish(action, Action.Status.FAILED, error=f"{exc}; nothing ran")
     known = set(action.plan) | set(action.from_heads) | set(action.target_heads)
-    monitor = RunMonitor(action.pk, known_revisions=known)
+    waiting = attempts.LockWait(env.name)
+    # Started before the run lock is waited for: it heartbeats the wait, sees a cancel and
+    # shows what stands in the way from the first moment.
+    monitor = RunMonitor(action.pk, known_revisions=known, watch=_watch(action, env, url, waiting))
     monitor.start()
     try:
-        result = runner.run_alembic(
-            project,
-            url,
-            _alembic_arguments(action),
-            on_line=monitor.line,
-            time_limit=env.time_limit,
-            should_cancel=monitor.should_cancel,
-            drop_env=child_secrets(config, env),
-            session_tag=sessions.action_tag(action.pk),
-            approved=copy,
-        )
-    except runner.RunnerError as exc:
-        monitor.stop()
-        return _finish(
-            action,
-            Action.Status.FAILED,
-            error=f"Alembic could not be run: {exc}",
-            after_heads=_heads_now(action, config),
-        )
+        ending = _run_locked(_Run(action, config, env, project, url, copy, monitor), waiting)
     except BaseException:
         monitor.stop()
         raise
     monitor.stop()
-    leftover = ""
-    if not result.succeeded:
-        # Alembic was stopped, or died on its own (the OOM killer, a crash), not the statement
-        # it had sent: the server runs it on, locks held, unless it is stopped before the end.
-        leftover = _stop_leftover_sessions(action, url, env.timeout)
-    after = versions.read_environment(env, project)
-    after_heads = list(after.heads) if after.ok else None
-    place = where(env.name, action.from_heads, after_heads, action.target_heads)
-    if not after.ok:
-        place = f"{place} ({after.error})"
-    action.refresh_from_db(fields=["cancel_requested_by"])
+    if ending is None:
+        # The checks took longer than the heartbeat limit and it was declared interrupted.
+        action.refresh_from_db()
+        return action
+    return _finish(
+        action,
+        ending.status,
+        error=ending.error,
+        after_heads=ending.after_heads,
+        progress=ending.progress,
+        duration_s=ending.duration_s,
+    )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one claimed action's run works with."""
+
+    action: Action
+    config: DashboardConfig
+    env: Environment
+    project: Project
+    url: str
+    copy: process.ApprovedCopy
+    monitor: RunMonitor
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a run ended, for _finish."""
+
+    status: str
+    error: str = ""
+    after_heads: list[str] | None = None
+    progress: int | None = None
+    duration_s: float | None = None
+
+
+def _watch(
+    action: Action, env: Environment, url: str, waiting: attempts.LockWait
+) -> Callable[[], list[dict[str, Any]]] | None:
+    """Return the look at what stands in the run's way the monitor takes every second."""
+    backend = _backend(url)
+    if backend not in ("postgresql", "mysql", "mariadb"):
+        return None  # SQLite: one writer at a time, nobody to name
+    tag = sessions.action_tag(action.pk)
+    tables = blockers.tables_in_sql(action.sql or "") if backend == "postgresql" else []
+
+    def look() -> list[dict[str, Any]]:
+        found = []
+        if backend == "postgresql":
+            found = blockers.in_the_way(url, tag=tag, tables=tables, timeout=env.timeout)
+        return waiting.shown(found)
+
+    return look
+
+
+def _run_locked(run: _Run, waiting: attempts.LockWait) -> _Ending | None:
+    """Hold the environment's run lock (waiting for it if need be) and run the plan under it."""
+    env = run.env
+    try:
+        with runlock.hold(
+            run.url,
+            run.project,
+            wait=env.run_lock_wait,
+            timeout=env.timeout,
+            on_wait=functools.partial(waiting.seen, run.monitor),
+        ) as lock:
+            waiting.taken(run.monitor)
+            return _run_held(run, waited=waiting.waited, locked=lock is not None)
+    except runlock.RunLockBusy as exc:
+        return _Ending(
+            Action.Status.FAILED,
+            f"another run holds the run lock of {env.name} ({runlock.describe(exc.holder)});"
+            f" waited {env.run_lock_wait:g} s; nothing ran",
+        )
+    except runlock.RunLockError as exc:
+        return _Ending(
+            Action.Status.FAILED, f"cannot take the run lock of {env.name}: {exc}; nothing ran"
+        )
+    except attempts.StopWaiting:
+        return _stopped(run, "while waiting for the run lock; nothing ran")
+
+
+def _run_held(run: _Run, *, waited: bool, locked: bool) -> _Ending | None:
+    """Check the plan still holds now that nobody else may run, then run it, retrying if need be."""
+    action, env, project, monitor = run.action, run.env, run.project, run.monitor
+    before = versions.read_environment(env, project)
+    if not before.ok:
+        return _Ending(
+            Action.Status.FAILED,
+            f"cannot read {env.name} before the run: {before.error}; nothing ran",
+        )
+    if set(before.heads) != set(action.from_heads):
+        during = " while this run waited for the run lock" if waited else ""
+        return _Ending(
+            Action.Status.FAILED,
+            f"stale plan: {env.name} moved from {heads_text(action.from_heads)}"
+            f" to {heads_text(before.heads)}{during}; nothing ran",
+            after_heads=list(before.heads),
+        )
+    if action.direction == Action.Direction.STAMP and (
+        unlike := _stamp_table_moved(action, project, before.table_exists)
+    ):
+        return _Ending(
+            Action.Status.FAILED,
+            f"stale plan: {env.name}'s {unlike}; nothing ran",
+            after_heads=list(before.heads),
+        )
+    if not Action.objects.filter(pk=action.pk, status=Action.Status.RUNNING).exists():
+        return None
+    backend = _backend(run.url)
+    limits, notes = attempts.run_limits(env, action)
+    tries = 1 + (env.lock_retries if backend == "postgresql" else 0)
+    if backend in ("postgresql", "mysql", "mariadb"):
+        retried = f", up to {tries - 1} retries after a lock timeout" if tries > 1 else ""
+        monitor.line(f"dashboard: {attempts.limits_text(limits)}{retried}")
+    for note in notes:
+        monitor.line(f"dashboard: {note}")
+    child_env = limits.environ()
+    if locked:
+        child_env[runlock.HELD_VARIABLE] = runlock.HELD_VALUE
+    started = time.monotonic()
+    deadline = started + env.time_limit
+    attempt = 1
+    while True:
+        try:
+            result = runner.run_alembic(
+                project,
+                run.url,
+                _alembic_arguments(action),
+                on_line=monitor.line,
+                time_limit=max(0.1, deadline - time.monotonic()),
+                should_cancel=monitor.should_cancel,
+                extra_env=child_env,
+                drop_env=child_secrets(run.config, env),
+                session_tag=sessions.action_tag(action.pk),
+                approved=run.copy,
+            )
+        except runner.RunnerError as exc:
+            return _Ending(
+                Action.Status.FAILED,
+                f"Alembic could not be run: {exc}",
+                after_heads=_heads_now(action, run.config),
+            )
+        leftover = ""
+        if not result.succeeded:
+            # Alembic was stopped, or died on its own (the OOM killer, a crash), not the
+            # statement it had sent: the server runs it on, locks held, unless it is stopped.
+            leftover = _stop_leftover_sessions(action, run.url, env.timeout)
+        after = versions.read_environment(env, project)
+        after_heads = list(after.heads) if after.ok else None
+        place = where(env.name, action.from_heads, after_heads, action.target_heads)
+        if not after.ok:
+            place = f"{place} ({after.error})"
+        action.refresh_from_db(fields=["cancel_requested_by"])
+        if result.succeeded or result.cancelled or result.timed_out:
+            break
+        if not sessions.lock_timed_out(run.url, result.output_tail):
+            break
+        in_the_way = _in_the_way(run)
+        monitor.set_blockers(in_the_way)
+        refusal = attempts.no_retry_reason(
+            backend=backend, action=action, after_heads=after_heads, leftover=leftover
+        )
+        delay = attempts.backoff(attempt)
+        if not refusal and attempt < tries and deadline - time.monotonic() <= delay:
+            refusal = f"not retried: the time limit of {env.time_limit:g} s leaves no time"
+        if refusal or attempt >= tries:
+            return _lock_timeout_ending(
+                run, result, f"{attempt} of {tries}", limits, in_the_way, refusal, after_heads
+            )
+        monitor.line(
+            f"lock timeout on attempt {attempt} of {tries}; retrying in {delay:.1f} s"
+            + (f" (in the way: {attempts.describe_in_the_way(in_the_way)})" if in_the_way else "")
+        )
+        _record_retry(action, attempt, tries, delay, limits, in_the_way)
+        if attempts.sleep_unless(delay, monitor.should_cancel):
+            return _stopped(run, f"while waiting to retry; {place}", after_heads=after_heads)
+        again = versions.read_environment(env, project)
+        if not again.ok or set(again.heads) != set(action.from_heads):
+            moved = f"moved to {heads_text(again.heads)}" if again.ok else again.error
+            return _Ending(
+                Action.Status.FAILED,
+                f"stale plan: before attempt {attempt + 1}, {env.name} {moved};"
+                f" not retried; {place}",
+                after_heads=list(again.heads) if again.ok else after_heads,
+                progress=0,
+            )
+        attempt += 1
+        monitor.steps = 0  # the next attempt announces its steps afresh
     status, error = _outcome(action, env, result, monitor, after_heads, place)
-    error += leftover
     if status == Action.Status.SUCCEEDED:
-        return _finish(
-            action,
+        return _Ending(
             status,
             after_heads=after_heads,
             progress=len(action.plan),
-            duration_s=result.duration_s,
+            duration_s=time.monotonic() - started,
         )
-    return _finish(action, status, error=error, after_heads=after_heads, progress=monitor.steps)
+    return _Ending(status, error + leftover, after_heads=after_heads, progress=monitor.steps)
+
+
+def _lock_timeout_ending(
+    run: _Run,
+    result: runner.RunResult,
+    attempt: str,
+    limits: sessions.Limits,
+    in_the_way: list[dict[str, Any]],
+    refusal: str,
+    after_heads: list[str] | None,
+) -> _Ending:
+    """Fail a run a lock timeout ended that is not tried again, saying what was in the way."""
+    action, env = run.action, run.env
+    cause = _error_line(result.output_tail)
+    parts = [f"alembic exited with status {result.returncode}" + (f" ({cause})" if cause else "")]
+    parts.append(
+        f"a statement waited longer than lock_timeout {render_duration(limits.lock_timeout)}"
+        f" on attempt {attempt}"
+    )
+    if in_the_way:
+        parts.append(f"in the way: {attempts.describe_in_the_way(in_the_way)}")
+    if refusal:
+        parts.append(refusal)
+    parts.append(where(env.name, action.from_heads, after_heads, action.target_heads))
+    return _Ending(
+        Action.Status.FAILED,
+        "; ".join(parts),
+        after_heads=after_heads,
+        progress=run.monitor.steps,
+    )
+
+
+def _stopped(run: _Run, when: str, *, after_heads: list[str] | None = None) -> _Ending:
+    """End a run that was cancelled, or lost its heartbeat, between attempts."""
+    run.action.refresh_from_db(fields=["cancel_requested_by"])
+    if run.monitor.lost.is_set():
+        return _Ending(
+            Action.Status.INTERRUPTED,
+            f"stopped: its heartbeats did not reach the dashboard's database in time {when}",
+            after_heads=after_heads,
+        )
+    who = run.action.cancel_requested_by or "someone"
+    return _Ending(Action.Status.CANCELLED, f"cancelled by {who} {when}", after_heads=after_heads)
+
+
+def _record_retry(
+    action: Action,
+    attempt: int,
+    tries: int,
+    delay: float,
+    limits: sessions.Limits,
+    in_the_way: list[dict[str, Any]],
+) -> None:
+    """Count and audit one retry of the run after a lock timeout rolled it back."""
+    Action.objects.filter(pk=action.pk).update(retries=F("retries") + 1)
+    audit.record(
+        "action.retried",
+        actor_name=audit.SYSTEM,
+        environment=action.environment,
+        action_id=action.pk,
+        payload={
+            "attempt": attempt,
+            "of": tries,
+            "delay_s": round(delay, 1),
+            "reason": "lock timeout",
+            "lock_timeout_ms": limits.lock_timeout_ms,
+            "in_the_way": [item.get("pid") for item in in_the_way],
+        },
+    )
+
+
+def _in_the_way(run: _Run) -> list[dict[str, Any]]:
+    """List the sessions in the way of the plan's tables now (PostgreSQL; [] elsewhere)."""
+    return blockers.in_the_way(
+        run.url,
+        tag=sessions.action_tag(run.action.pk),
+        tables=blockers.tables_in_sql(run.action.sql or ""),
+        timeout=run.env.timeout,
+    )
+
+
+def _backend(url: str) -> str:
+    try:
+        return parse_database_url(url).get_backend_name()
+    except BadDatabaseURL:
+        return ""
 
 
 def _alembic_arguments(action: Action) -> list[str]:
