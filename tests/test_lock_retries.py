@@ -4,6 +4,7 @@ of the table in the way never waits much longer than lock_timeout."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from django.contrib.auth.models import Group
 
 from dashboard.config import ConfigError, Environment, load_config
@@ -21,15 +23,17 @@ from dashboard.services import actions
 from dashboard.services.actions import attempts
 from tests.actions_support import (
     HEAD,
+    SAMPLE_INI,
     heads_of,
     make_people,
     run_worker,
     start_worker,
     stop_worker,
+    touch_sqlite,
     wait_for,
     write_config,
 )
-from tests.lock_support import Reader, alembic_env, run_cli, table_blocked
+from tests.lock_support import Reader, alembic_env, connect, run_cli, table_blocked
 
 pytestmark = pytest.mark.django_db(transaction=True)
 POSTS = "a71e5c0d2f39"  # creates posts; the next revision alters it
@@ -279,3 +283,59 @@ def test_mariadb_does_not_retry_and_says_why_and_where_it_left_the_database(
     assert "not retried: MariaDB/MySQL commits each DDL statement as it runs" in action.error
     assert action.error.endswith(f"staging is still at {POSTS}: nothing stayed applied")
     assert not AuditEvent.objects.filter(action_id=action.pk, verb="action.retried").exists()
+
+
+@pytest.mark.postgres
+def test_a_failed_run_lists_the_invalid_indexes_on_the_action(
+    people: dict[str, Any], settings: Any, tmp_path: Path, postgres_url: str
+) -> None:
+    _at_posts(postgres_url)
+    conn = connect(postgres_url)
+    try:
+        # What a failed CREATE UNIQUE INDEX CONCURRENTLY leaves: an invalid index.
+        conn.exec_driver_sql("CREATE TABLE dupes (n integer)")
+        conn.exec_driver_sql("INSERT INTO dupes VALUES (1), (1)")
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.exec_driver_sql("CREATE UNIQUE INDEX CONCURRENTLY ix_dupes ON dupes (n)")
+    finally:
+        conn.close()
+        conn.engine.dispose()
+    config = _configure(settings, tmp_path, postgres_url)
+    action = _upgrade(people)
+    run_worker(config, MIGRATIONS_PROJECT_FAIL=HEAD)
+    action.refresh_from_db()
+    assert action.status == Action.Status.FAILED
+    assert action.retries == 0  # not a lock timeout
+    assert [(i["table"], i["index"]) for i in action.invalid_indexes] == [("dupes", "ix_dupes")]
+    assert action.error.endswith("; invalid indexes left behind: ix_dupes on dupes")
+
+
+def test_a_revisions_own_limits_raise_the_whole_runs_and_the_log_says_so(
+    people: dict[str, Any], settings: Any, tmp_path: Path, sqlite_url: str
+) -> None:
+    project = tmp_path / "blog"
+    shutil.copytree(SAMPLE_INI.parent, project, ignore=shutil.ignore_patterns("__pycache__"))
+    (revision,) = (project / "versions").glob("5b2d9e7f1c86_*.py")
+    text = revision.read_text()
+    marker = "depends_on: str | Sequence[str] | None = None\n"
+    revision.write_text(
+        text.replace(marker, marker + 'dashboard_limits = {"lock_timeout": "10min"}\n')
+    )
+    path = write_config(
+        tmp_path / "dashboard.toml",
+        {"staging": {"url": touch_sqlite(sqlite_url)}},
+        alembic_ini=project / "alembic.ini",
+    )
+    settings.DASHBOARD_CONFIG = str(path)
+    action = actions.action_request(
+        user=people["olga"], environment="staging", direction="upgrade", target="heads",
+        prepare=True,
+    )  # fmt: skip
+    assert action.plan_marks["5b2d9e7f1c86"]["limits"] == {"lock_timeout": "10min"}
+    run_worker(path)
+    action.refresh_from_db()
+    assert action.status == Action.Status.SUCCEEDED, action.error
+    assert (
+        "dashboard: revision 5b2d9e7f1c86 raises lock_timeout to 10min for the whole run"
+        " (staging's is 5s)" in action.log
+    )

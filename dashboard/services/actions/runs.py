@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -29,7 +30,7 @@ from dashboard.config import (
     parse_database_url,
     render_duration,
 )
-from dashboard.databases import blockers, runlock, sessions, versions
+from dashboard.databases import blockers, indexes, runlock, sessions, versions
 from dashboard.models import Action, Approval
 from dashboard.runner import bundle, process, review
 from dashboard.runner.monitor import RunMonitor
@@ -365,6 +366,7 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
         after_heads=ending.after_heads,
         progress=ending.progress,
         duration_s=ending.duration_s,
+        invalid_indexes=ending.invalid_indexes,
     )
 
 
@@ -390,6 +392,7 @@ class _Ending:
     after_heads: list[str] | None = None
     progress: int | None = None
     duration_s: float | None = None
+    invalid_indexes: list[dict[str, Any]] | None = None
 
 
 def _watch(
@@ -476,6 +479,27 @@ def _run_held(run: _Run, *, waited: bool, locked: bool) -> _Ending | None:
     child_env = limits.environ()
     if locked:
         child_env[runlock.HELD_VARIABLE] = runlock.HELD_VALUE
+    ending = _run_attempts(run, limits, tries, child_env, backend)
+    if ending.status == Action.Status.SUCCEEDED or backend != "postgresql":
+        return ending
+    # A failed CREATE INDEX CONCURRENTLY leaves its index behind, invalid: say so on the action.
+    invalid = indexes.invalid_indexes(run.url, timeout=env.timeout)
+    if not invalid:
+        return ending
+    named = ", ".join(f"{item['index']} on {item['table']}" for item in invalid[:3])
+    more = f" and {len(invalid) - 3} more" if len(invalid) > 3 else ""
+    return dataclasses.replace(
+        ending,
+        error=f"{ending.error}; invalid indexes left behind: {named}{more}",
+        invalid_indexes=invalid,
+    )
+
+
+def _run_attempts(
+    run: _Run, limits: sessions.Limits, tries: int, child_env: dict[str, str], backend: str
+) -> _Ending:
+    """Run Alembic, again after each lock timeout that rolled everything back, up to tries times."""
+    action, env, project, monitor = run.action, run.env, run.project, run.monitor
     started = time.monotonic()
     deadline = started + env.time_limit
     attempt = 1
@@ -523,9 +547,10 @@ def _run_held(run: _Run, *, waited: bool, locked: bool) -> _Ending | None:
         if not refusal and attempt < tries and deadline - time.monotonic() <= delay:
             refusal = f"not retried: the time limit of {env.time_limit:g} s leaves no time"
         if refusal or attempt >= tries:
-            return _lock_timeout_ending(
+            ending = _lock_timeout_ending(
                 run, result, f"{attempt} of {tries}", limits, in_the_way, refusal, after_heads
             )
+            return dataclasses.replace(ending, error=ending.error + leftover)
         monitor.line(
             f"lock timeout on attempt {attempt} of {tries}; retrying in {delay:.1f} s"
             + (f" (in the way: {attempts.describe_in_the_way(in_the_way)})" if in_the_way else "")
@@ -735,6 +760,7 @@ def _finish(
     after_heads: list[str] | None = None,
     progress: int | None = None,
     duration_s: float | None = None,
+    invalid_indexes: list[dict[str, Any]] | None = None,
 ) -> Action:
     """Record how a running action ended, audit it, and refresh the environment's snapshot."""
     changes: dict[str, Any] = {
@@ -745,6 +771,8 @@ def _finish(
     }
     if progress is not None:
         changes["progress_done"] = progress
+    if invalid_indexes:
+        changes["invalid_indexes"] = invalid_indexes
     payload: dict[str, Any] = {"after_heads": after_heads, "worker": action.worker}
     if error:
         payload["error"] = error
