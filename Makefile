@@ -38,6 +38,7 @@ bench: venv
 	$(PY) bench/bench_actions.py
 	$(PY) bench/bench_overview.py
 	$(PY) bench/bench_drift.py
+	$(PY) bench/bench_locks.py
 
 clean:
 	rm -rf .venv var .mypy_cache .ruff_cache
