@@ -20,7 +20,7 @@ from dashboard.databases.indexes import invalid_indexes
 from dashboard.models import Action
 from dashboard.runner import review
 from dashboard.scripts import parse_revision_file
-from dashboard.services import actions
+from dashboard.services import actions, status
 from dashboard.services.actions import pinning
 from tests.actions_support import (
     ALL_REVISIONS,
@@ -233,18 +233,23 @@ def test_the_request_form_and_the_action_page_show_the_marks(concurrent: str) ->
     block = f"runs outside a transaction: autocommit_block at line {BLOCK_LINE} — Alembic commits"
     drop = f"runs outside a transaction: {DOWNGRADE_WHY[0]} — if it fails it can leave the index"
     limit = "raises lock_timeout to 10min for this run"  # staging keeps the default 5s
+    request_url = reverse("action-request", args=["staging"])
 
-    form = client.get(reverse("action-request", args=["staging"])).content.decode()
+    def shown(url: str) -> str:
+        return client.get(url).content.decode()
+
+    form = shown(request_url)
+    assert "The heads are not known yet" in form
     assert create in form and block in form and limit in form
     assert "sets statement_timeout to 2h for this run" in form
     assert drop not in form
-    rollback = client.get(reverse("action-request", args=["staging"]) + "?direction=downgrade")
-    assert drop in rollback.content.decode() and create not in rollback.content.decode()
+    rollback = shown(f"{request_url}?direction=downgrade")
+    assert drop in rollback and create not in rollback
 
     action = actions.action_request(
         user=people["olga"], environment="staging", direction="upgrade", target="heads"
     )
-    page = client.get(reverse("action-detail", args=[action.pk])).content.decode()
+    page = shown(reverse("action-detail", args=[action.pk]))
     assert create in page and block in page and limit in page
     assert "left behind" not in page
 
@@ -259,12 +264,19 @@ def test_the_request_form_and_the_action_page_show_the_marks(concurrent: str) ->
             }
         ],
     )
-    page = client.get(reverse("action-detail", args=[action.pk])).content.decode()
+    page = shown(reverse("action-detail", args=[action.pk]))
     assert (
         "left behind: invalid index ix_posts_created_at on posts — drop it and build it again"
         in page
     )
     assert "CREATE INDEX ix_posts_created_at ON public.posts USING btree (created_at)" in page
+
+    # Once staging is read at the head, an upgrade from there runs no marked revision.
+    insert_heads(concurrent, [HEAD])
+    status.status_refresh(environments=["staging"])
+    assert 'id="plan-marks"' not in shown(request_url)
+    rollback = shown(f"{request_url}?direction=downgrade")
+    assert "Of the revisions a rollback from here may run" in rollback and drop in rollback
 
 
 def test_an_action_without_marks_shows_no_marks_section(settings: Any, tmp_path: Path) -> None:
@@ -376,3 +388,16 @@ def test_marks_are_read_from_the_approved_bytes_with_alembics_loader_too(
         prepare=True,  # Alembic's loader runs the project's code: the command line's way
     )
     assert action.plan_marks == {INDEXED: {"non_transactional": UPGRADE_WHY, "limits": LIMITS}}
+    Action.objects.filter(pk=action.pk).update(status=Action.Status.CANCELLED)
+
+    # Alembic loads a misspelt marker happily; the plan is refused as the static parser's is.
+    revision = next(Path(settings.DASHBOARD_CONFIG).parent.glob(f"blog/versions/{INDEXED}_*.py"))
+    revision.write_text(CONCURRENT.replace('"lock_timeout"', '"lock_timout"'))
+    with pytest.raises(actions.ActionRefused, match="unknown key 'lock_timout'"):
+        actions.action_request(
+            user=action.requested_by,
+            environment="staging",
+            direction="upgrade",
+            target="heads",
+            prepare=True,
+        )

@@ -6,6 +6,7 @@ import ast
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dashboard.history import Revision
@@ -58,6 +59,73 @@ def parse_revision_file(path: str, data: bytes) -> Revision | str:
     if isinstance(parsed, str):
         return parsed
     tree, walk = parsed
+    values, problems = _module_values(tree)
+    docstring = (ast.get_docstring(tree, clean=False) or "").strip()
+    filename = os.path.basename(path)
+
+    if "revision" in values:
+        revision = _literal(values["revision"])
+        if not isinstance(revision, str):
+            shown = ast.unparse(values["revision"])
+            kind = "a string" if revision is not _NOT_LITERAL else "a literal"
+            return f"{path}: revision is not {kind}: {shown}"
+        if not revision.strip():
+            return f"{path}: revision is an empty string; file skipped"
+    else:
+        legacy = _LEGACY_ID.match(filename)
+        if not legacy:
+            return f"{path}: no revision id (no module-level `revision = ...`); file skipped"
+        revision = legacy.group(1)
+
+    if "down_revision" in values:
+        down_revisions = _ids(values["down_revision"], "down_revision", problems)
+    else:
+        problems.append("down_revision is not set")
+        down_revisions = ()
+    created = _CREATE_DATE.search(docstring)
+    limits = _limits(values[LIMITS_NAME], problems) if LIMITS_NAME in values else ()
+    upgrade, downgrade = _outside_transaction(tree) if walk else ((), ())
+    return Revision(
+        revision=revision,
+        down_revisions=down_revisions,
+        depends_on=_ids(values.get("depends_on"), "depends_on", problems),
+        branch_labels=_ids(values.get("branch_labels"), "branch_labels", problems),
+        message=docstring.split("\n\n", 1)[0],
+        docstring=docstring,
+        create_date=created.group(1) if created else None,
+        path=path,
+        problems=tuple(problems),
+        upgrade_outside_transaction=upgrade,
+        downgrade_outside_transaction=downgrade,
+        limits=limits,
+    )
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What a revision file says about how it runs, whatever its ids; see parse_revision_file."""
+
+    upgrade_outside_transaction: tuple[str, ...]
+    downgrade_outside_transaction: tuple[str, ...]
+    limits: tuple[tuple[str, str], ...]
+    problems: tuple[str, ...]  # of its dashboard_limits only
+
+
+def read_marks(path: str, data: bytes) -> Marks | str:
+    """Read how a revision file runs (for Alembic's loader, which reads none); or a syntax problem."""
+    parsed = _parse(path, data)
+    if isinstance(parsed, str):
+        return parsed
+    tree, walk = parsed
+    values, found = _module_values(tree)
+    problems = [p for p in found if p.startswith(LIMITS_NAME)]
+    limits = _limits(values[LIMITS_NAME], problems) if LIMITS_NAME in values else ()
+    upgrade, downgrade = _outside_transaction(tree) if walk else ((), ())
+    return Marks(upgrade, downgrade, limits, tuple(problems))
+
+
+def _module_values(tree: ast.Module) -> tuple[dict[str, ast.expr], list[str]]:
+    """Return the module-level values of the names read here, and the problems binding them."""
     values: dict[str, ast.expr] = {}
     problems: list[str] = []
     for node in tree.body:
@@ -84,48 +152,7 @@ def parse_revision_file(path: str, data: bytes) -> Revision | str:
                 problems.append(_bound_elsewhere(node.name, node))
             continue
         _collect(node, values, problems, top=True)
-    docstring = (ast.get_docstring(tree, clean=False) or "").strip()
-    filename = os.path.basename(path)
-
-    if "revision" in values:
-        revision = _literal(values["revision"])
-        if not isinstance(revision, str):
-            shown = ast.unparse(values["revision"])
-            kind = "a string" if revision is not _NOT_LITERAL else "a literal"
-            return f"{path}: revision is not {kind}: {shown}"
-        if not revision.strip():
-            return f"{path}: revision is an empty string; file skipped"
-    else:
-        legacy = _LEGACY_ID.match(filename)
-        if not legacy:
-            return f"{path}: no revision id (no module-level `revision = ...`); file skipped"
-        revision = legacy.group(1)
-
-    if "down_revision" in values:
-        down_revisions = _ids(values["down_revision"], "down_revision", problems)
-    else:
-        problems.append("down_revision is not set")
-        down_revisions = ()
-    created = _CREATE_DATE.search(docstring)
-    limits = _limits(values[LIMITS_NAME], problems) if LIMITS_NAME in values else ()
-    upgrade: tuple[str, ...] = ()
-    downgrade: tuple[str, ...] = ()
-    if walk:
-        upgrade, downgrade = _outside_transaction(tree)
-    return Revision(
-        revision=revision,
-        down_revisions=down_revisions,
-        depends_on=_ids(values.get("depends_on"), "depends_on", problems),
-        branch_labels=_ids(values.get("branch_labels"), "branch_labels", problems),
-        message=docstring.split("\n\n", 1)[0],
-        docstring=docstring,
-        create_date=created.group(1) if created else None,
-        path=path,
-        problems=tuple(problems),
-        upgrade_outside_transaction=upgrade,
-        downgrade_outside_transaction=downgrade,
-        limits=limits,
-    )
+    return values, problems
 
 
 def _parse(path: str, data: bytes) -> tuple[ast.Module, bool] | str:

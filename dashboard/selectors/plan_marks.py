@@ -91,11 +91,12 @@ def request_marks(page: RequestPage) -> PlanMarks:
         if outside or revision.limits:
             revisions.append(_marked(rev, graph, outside, dict(revision.limits), env))
     action = "an upgrade" if way == "upgrade" else "a rollback"
-    where = "from here" if heads is not None else "(every revision, as the heads are not known)"
+    if heads is None:
+        note = "The heads are not known yet, so every revision that says how it runs is listed"
+    else:
+        note = f"Of the revisions {action} from here may run, these say how they run"
     return PlanMarks(
-        revisions=revisions,
-        note=f"Revisions {action} {where} may run that say how they run; the plan shows those"
-        " it does run.",
+        revisions=revisions, note=f"{note}; the action's page lists those its plan runs."
     )
 
 

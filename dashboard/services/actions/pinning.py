@@ -14,8 +14,7 @@ from dashboard import scripts
 from dashboard.config import Project
 from dashboard.history import Direction, Graph, Revision, Step, UnknownRevision
 from dashboard.runner import bundle
-from dashboard.scripts import cache
-from dashboard.scripts.parse import parse_revision_file
+from dashboard.scripts import cache, parse
 from dashboard.scripts.scan import files_by_location
 
 if TYPE_CHECKING:
@@ -27,6 +26,10 @@ _RELATIVE_END = re.compile(r"[+-]\d+$")
 
 class ProjectCodeNeeded(Exception):
     """Reading this project's history means running its code, which only the worker may do."""
+
+
+class MarksUnreadable(Exception):
+    """A plan revision's dashboard_limits cannot be read statically, so no plan is made on a guess."""
 
 
 @dataclass(frozen=True)
@@ -202,22 +205,29 @@ def plan_marks(
 
     {revision: {"non_transactional": [why, ...], "limits": {"lock_timeout": "10min"}}}, with
     non_transactional of the plan's direction. parsed_here says the graph is the static
-    parser's, already of these bytes; Alembic's loader reads no marks, so they are parsed here.
+    parser's, already of these bytes; Alembic's loader reads no marks, so they are read here.
+    Raises MarksUnreadable for a dashboard_limits the static parser would have flagged.
     """
     way: Direction = "downgrade" if direction == "downgrade" else "upgrade"
     marks: dict[str, dict[str, Any]] = {}
     for rev in revisions:
-        revision = loaded.graph.revisions.get(rev)
-        if revision is None:
+        in_graph = loaded.graph.revisions.get(rev)
+        if in_graph is None:
             continue
+        read: Revision | parse.Marks | str | None = in_graph
         if not parsed_here:
-            sha = loaded.file_hashes.get(revision.path)
+            sha = loaded.file_hashes.get(in_graph.path)
             data = found.contents.get(sha) if sha else None
-            reread = parse_revision_file(revision.path, data) if data is not None else None
-            if not isinstance(reread, Revision):
-                continue  # current_bundle already refused a plan on bytes it did not parse
-            revision = reread
-        outside = revision.outside_transaction(way)
-        if outside or revision.limits:
-            marks[rev] = {"non_transactional": list(outside), "limits": dict(revision.limits)}
+            read = parse.read_marks(in_graph.path, data) if data is not None else None
+            if isinstance(read, parse.Marks) and read.problems:
+                raise MarksUnreadable(f"{in_graph.path}: {read.problems[0]}")
+        if not isinstance(read, Revision | parse.Marks):
+            continue  # unread or unparsable: such a plan was refused before it got here
+        outside = (
+            read.downgrade_outside_transaction
+            if way == "downgrade"
+            else read.upgrade_outside_transaction
+        )
+        if outside or read.limits:
+            marks[rev] = {"non_transactional": list(outside), "limits": dict(read.limits)}
     return marks

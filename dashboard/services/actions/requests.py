@@ -144,9 +144,12 @@ def action_request(
     fingerprint = approved.digest
     # Read statically from the approved bytes: how each revision runs (outside a transaction,
     # with its own limits), for the plan's pages and the run.
-    marks = plans.plan_marks(
-        loaded, approved, revisions, direction, parsed_here=project.loader != "alembic"
-    )
+    try:
+        marks = plans.plan_marks(
+            loaded, approved, revisions, direction, parsed_here=project.loader != "alembic"
+        )
+    except plans.MarksUnreadable as exc:
+        raise ActionRefused(f"{exc}; nothing can be planned until it is fixed") from exc
     with transaction.atomic():
         # Checked again in turn: another request may have been recorded since the check above.
         queueing.request_hold(environment=env.name, heads=reading.heads, queue_behind=queue_behind)
