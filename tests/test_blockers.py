@@ -438,7 +438,8 @@ def test_the_environment_page_shows_a_held_run_lock(viewer: Client) -> None:
 def test_the_status_refresh_reads_who_holds_the_run_lock(
     viewer: Client, settings: Any, tmp_path: Path, postgres_url: str
 ) -> None:
-    runlock = pytest.importorskip("dashboard.databases.runlock")
+    from dashboard.databases import runlock
+
     path = write_config(tmp_path / "pg.toml", {"prod": {"project": "blog", "url": postgres_url}})
     settings.DASHBOARD_CONFIG = str(path)
     (free,) = status.status_refresh(environments=["prod"])

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
-    from dashboard.databases.sessions import Limits
+    from dashboard.databases.connect import Limits
 
 SESSION_NOUN = "connection id"
 # ER_LOCK_WAIT_TIMEOUT (1205): a metadata lock past lock_wait_timeout, a row lock past

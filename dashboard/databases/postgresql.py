@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 if TYPE_CHECKING:
-    from dashboard.databases.sessions import Limits
+    from dashboard.databases.connect import Limits
 
 SESSION_NOUN = "backend pid"
 # How psycopg2 (and Alembic's traceback) says a statement gave up at lock_timeout (55P03).

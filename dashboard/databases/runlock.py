@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from dashboard.config import BadDatabaseURL, Project, parse_database_url, url_secrets
-from dashboard.databases.versions import _connect_args, mask_secrets
+from dashboard.databases.connect import _connect_args, mask_secrets
 
 PREFIX = "alembic-run-lock:"
 APPLICATION_NAME = "migration-dashboard run lock"

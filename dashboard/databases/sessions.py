@@ -6,7 +6,6 @@ it next talks to the client), so a cancelled or orphaned run must be stopped ser
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,53 +17,17 @@ from sqlalchemy.pool import NullPool
 
 from dashboard.config import BadDatabaseURL, parse_database_url, url_secrets
 from dashboard.databases import mysql, postgresql
-from dashboard.databases.versions import _connect_args, mask_secrets
+from dashboard.databases.connect import (
+    Limits,
+    _connect_args,
+    mask_secrets,
+)
 
 TAG_PREFIX = "migration-dashboard action"
 CANCEL_GRACE = 1.0  # seconds a cancelled statement gets to end before its session is terminated
 TERMINATE_WAIT = 5.0  # seconds a terminated session gets to go away before we say it did not
 POLL_INTERVAL = 0.05
 MAX_REASON = 300
-# The child's limits travel in its environment (its env.py may read them too, for a driver
-# libpq's variables do not reach), in whole milliseconds.
-LOCK_TIMEOUT_VARIABLE = "MIGRATION_DASHBOARD_LOCK_TIMEOUT_MS"
-STATEMENT_TIMEOUT_VARIABLE = "MIGRATION_DASHBOARD_STATEMENT_TIMEOUT_MS"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How long each statement of a child may wait for a lock, and run (None: no limit)."""
-
-    lock_timeout: float
-    statement_timeout: float | None = None
-
-    @property
-    def lock_timeout_ms(self) -> int:
-        """Return the lock timeout in whole milliseconds, at least 1."""
-        return max(1, math.ceil(self.lock_timeout * 1000))
-
-    @property
-    def statement_timeout_ms(self) -> int | None:
-        """Return the statement timeout in whole milliseconds, or None."""
-        if self.statement_timeout is None:
-            return None
-        return max(1, math.ceil(self.statement_timeout * 1000))
-
-    def environ(self) -> dict[str, str]:
-        """Return the variables that hand these limits to tag_child and the child."""
-        env = {LOCK_TIMEOUT_VARIABLE: str(self.lock_timeout_ms)}
-        if self.statement_timeout_ms is not None:
-            env[STATEMENT_TIMEOUT_VARIABLE] = str(self.statement_timeout_ms)
-        return env
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Limits | None:
-        """Return the limits environ carries, or None when it names no lock timeout."""
-        lock = _millis(environ.get(LOCK_TIMEOUT_VARIABLE))
-        if lock is None:
-            return None
-        statement = _millis(environ.get(STATEMENT_TIMEOUT_VARIABLE))
-        return cls(lock / 1000, None if statement is None else statement / 1000)
 
 
 class _Dialect(Protocol):
@@ -211,12 +174,6 @@ def _wait_gone(conn: sa.Connection, dialect: _Dialect, tag: str, patience: float
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(POLL_INTERVAL)
-
-
-def _millis(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value) or None
 
 
 def _reason(exc: BaseException, secrets: list[str]) -> str:

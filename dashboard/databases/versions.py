@@ -29,9 +29,9 @@ from dashboard.config import (
     NotConfigured,
     Project,
     parse_database_url,
-    secret_spellings,
     url_secrets,
 )
+from dashboard.databases.connect import _connect_args, mask_secrets
 
 logger = logging.getLogger(__name__)
 ErrorKind = Literal["not_configured", "unreachable", "timeout", "auth", "error"]
@@ -44,10 +44,6 @@ MAX_MESSAGE = 300
 # first-connect queries on every later refresh of the same environment.
 ENGINE_CACHE_SIZE = 256
 
-_PASSWORD_FRAGMENT = re.compile(
-    r"""(?P<key>\b(?:password|passwd|pwd)\s*[=:]\s*)(?P<value>'[^']*'|"[^"]*"|[^\s,;&)]+)""",
-    re.IGNORECASE,
-)
 _QUOTED = r"""["']([^"']*)["']"""
 _engines: OrderedDict[tuple[URL, float], sa.Engine] = OrderedDict()
 _engines_lock = threading.Lock()
@@ -185,11 +181,8 @@ def _has_run_lock(url: str) -> bool:
 
 def _run_lock_holder(url: str, project: Project, timeout: float) -> dict[str, Any]:
     """Return who holds the run lock, as a snapshot stores it; {} for nobody or unknown."""
-    try:
-        # Imported here: runlock is built on this module's helpers.
-        from dashboard.databases import runlock  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # only until the run lock module exists
-        return {}
+    from dashboard.databases import runlock  # its own module; only status refreshes need it
+
     try:
         found = runlock.holder(url, project, timeout=timeout)
     except Exception as exc:  # the heads were read; the lock's holder is only unknown
@@ -221,24 +214,6 @@ def forget_engines() -> None:
     """Drop the cached engines, e.g. after a config reload changed the URLs."""
     with _engines_lock:
         _engines.clear()
-
-
-def mask_secrets(
-    message: str, secrets: str | Iterable[str] | None, *, whole_words: bool = False
-) -> str:
-    """Remove passwords and any password=... fragments from a message.
-
-    whole_words masks only where a password stands apart from letters and digits, for
-    messages we compose from known parts: "role 'bob'" stays readable when bob is also the
-    password, and a one-letter password does not blank every such letter.
-    """
-    for secret in [secrets] if isinstance(secrets, str) else secrets or ():
-        for form in secret_spellings(secret):
-            if whole_words:
-                message = re.sub(rf"(?<![^\W_]){re.escape(form)}(?![^\W_])", "***", message)
-            else:
-                message = message.replace(form, "***")
-    return _PASSWORD_FRAGMENT.sub(lambda m: f"{m.group('key')}***", message)
 
 
 def _read(target: _Target, environment: str) -> Reading:
@@ -316,34 +291,6 @@ def _create_engine(url: URL, timeout: float) -> sa.Engine:
 
         return sa.create_engine(url, poolclass=NullPool, creator=connect_read_only)
     return sa.create_engine(url, poolclass=NullPool, connect_args=_connect_args(url, timeout))
-
-
-def _connect_args(url: URL, timeout: float) -> dict[str, Any]:
-    """Return the driver's own connect and statement timeouts for this URL."""
-    backend, driver = url.get_backend_name(), url.get_driver_name()
-    seconds = max(1, int(timeout))
-    millis = max(1, int(timeout * 1000))
-    if backend == "postgresql" and driver in ("psycopg2", "psycopg"):
-        existing = url.query.get("options")
-        options = f"-c statement_timeout={millis} -c lock_timeout={millis}"
-        options += " -c default_transaction_read_only=on"
-        if isinstance(existing, str) and existing.strip():
-            options = f"{existing.strip()} {options}"
-        args: dict[str, Any] = {"connect_timeout": seconds, "options": options}
-        if "application_name" not in url.query:
-            args["application_name"] = "migration-dashboard"
-        return args
-    if backend == "postgresql" and driver == "pg8000":
-        return {"timeout": timeout}
-    if backend in ("mysql", "mariadb") and driver == "pymysql":
-        return {"connect_timeout": timeout, "read_timeout": timeout, "write_timeout": timeout}
-    if backend in ("mysql", "mariadb") and driver == "mysqldb":
-        return {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
-    if backend in ("mysql", "mariadb") and driver == "mysqlconnector":
-        return {"connection_timeout": seconds}
-    if backend == "sqlite":
-        return {"timeout": timeout}
-    return {}
 
 
 def _is_sqlite_file(url: URL) -> bool:
