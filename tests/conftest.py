@@ -2,9 +2,13 @@
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 
+from dashboard.roles import ROLES
+from tests.actions_support import make_people
 from tests.databases import mariadb_database, postgres_database
 
 
@@ -33,3 +37,18 @@ def any_url(request: pytest.FixtureRequest) -> str:
     """Yield a throwaway database URL of each supported kind in turn."""
     fixture = {"sqlite": "sqlite_url", "postgres": "postgres_url", "mariadb": "mariadb_url"}
     return request.getfixturevalue(fixture[request.param])
+
+
+@pytest.fixture(scope="module")
+def keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Put back the role groups a module's transactional flushes remove, for the modules after."""
+    yield
+    with django_db_blocker.unblock():
+        for role in ROLES:
+            Group.objects.get_or_create(name=role)
+
+
+@pytest.fixture
+def people() -> dict[str, Any]:
+    """Create the test people (tests.actions_support.PEOPLE) with their roles."""
+    return make_people()

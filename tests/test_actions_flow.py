@@ -6,13 +6,11 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 from django.tasks import TaskResultStatus
 from django_tasks_db.models import DBTaskResult
@@ -20,7 +18,6 @@ from django_tasks_db.models import DBTaskResult
 from dashboard import audit, runner
 from dashboard.config import Project
 from dashboard.models import Action, AuditEvent, Snapshot
-from dashboard.roles import ROLES
 from dashboard.services import actions
 from dashboard.tasks import keep_house
 from dashboard.worker import Housekeeping
@@ -30,7 +27,6 @@ from tests.actions_support import (
     HEAD,
     SAMPLE_INI,
     heads_of,
-    make_people,
     run_worker,
     schema_of,
     start_worker,
@@ -41,22 +37,8 @@ from tests.actions_support import (
 )
 
 # Worker processes share the test database, so every test commits for real.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 BLOG = Project(name="blog", script_location=SAMPLE_INI.parent, alembic_ini=SAMPLE_INI)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Put back the role groups the flushes of these tests remove, for the tests after them."""
-    yield
-    with django_db_blocker.unblock():
-        for role in ROLES:
-            Group.objects.get_or_create(name=role)
-
-
-@pytest.fixture
-def people() -> dict[str, Any]:
-    return make_people()
 
 
 @pytest.fixture

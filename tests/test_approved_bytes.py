@@ -8,19 +8,16 @@ import py_compile
 import shutil
 import stat
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from dashboard import runner
 from dashboard.config import Project
 from dashboard.models import Action, ApprovedFile
-from dashboard.roles import ROLES
 from dashboard.runner import bundle as runner_bundle
 from dashboard.services import actions
 from dashboard.services.actions import pinning as plans
@@ -31,7 +28,6 @@ from tests.actions_support import (
     MERGE,
     ROOT,
     heads_of,
-    make_people,
     run_worker,
     schema_of,
     touch_sqlite,
@@ -39,7 +35,7 @@ from tests.actions_support import (
 )
 
 # Worker processes share the test database, so every test commits for real.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 
 FIRST = "3f8c1a2b9d04"
 UNREVIEWED = '    op.execute("CREATE TABLE unreviewed (i int)")'
@@ -50,20 +46,6 @@ UPGRADE_DOCSTRING = '    """Upgrade schema."""'
 UPGRADE_START = (
     UPGRADE_DOCSTRING + '\n    time.sleep(float(os.environ.get("MIGRATIONS_PROJECT_SLEEP", "0")))'
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Put back the role groups the flushes of these tests remove, for the tests after them."""
-    yield
-    with django_db_blocker.unblock():
-        for role in ROLES:
-            Group.objects.get_or_create(name=role)
-
-
-@pytest.fixture
-def people() -> dict[str, Any]:
-    return make_people()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from django.contrib.auth.models import Group
 from django.forms.models import model_to_dict
 
 from dashboard import audit
@@ -24,7 +23,6 @@ from dashboard.databases import scratch
 from dashboard.drift import adoption, reference
 from dashboard.drift.differences import describe, from_dicts
 from dashboard.models import AuditEvent, SchemaCheck
-from dashboard.roles import ROLES
 from dashboard.services import drift
 from tests.actions_support import (
     HEAD,
@@ -46,19 +44,10 @@ from tests.drift_support import (
     write_drift_config,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("keep_roles")]
 
 OLDER = "5b2d9e7f1c86"  # posts gained published and created_at; no foreign key, no votes yet
 WITHOUT_PHONE = "6c0a8d3f5e94_add_phone_number_to_users.py"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Put back the role groups the flush of the worker test removes, for the tests after it."""
-    yield
-    with django_db_blocker.unblock():
-        for role in ROLES:
-            Group.objects.get_or_create(name=role)
 
 
 @pytest.fixture

@@ -7,25 +7,21 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from django.contrib.auth.models import Group
 
 from dashboard.config import ConfigError, Environment, load_config
 from dashboard.databases import sessions
 from dashboard.models import Action, AuditEvent
-from dashboard.roles import ROLES
 from dashboard.services import actions
 from dashboard.services.actions import attempts
 from tests.actions_support import (
     HEAD,
     SAMPLE_INI,
     heads_of,
-    make_people,
     run_worker,
     start_worker,
     stop_worker,
@@ -35,23 +31,9 @@ from tests.actions_support import (
 )
 from tests.lock_support import Reader, alembic_env, connect, run_cli, table_blocked
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 POSTS = "a71e5c0d2f39"  # creates posts; the next revision alters it
 LOCK_TIMEOUT = 1.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Put back the role groups the flushes of these tests remove, for the tests after them."""
-    yield
-    with django_db_blocker.unblock():
-        for role in ROLES:
-            Group.objects.get_or_create(name=role)
-
-
-@pytest.fixture
-def people() -> dict[str, Any]:
-    return make_people()
 
 
 def _configure(settings: Any, tmp_path: Path, url: str, **values: Any) -> Path:

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
 
 from dashboard import runner, scripts
 from dashboard.config import Project
 from dashboard.models import Action, AuditEvent
-from dashboard.roles import ROLES
 from dashboard.runner import bundle
 from dashboard.services import actions
 from dashboard.services.actions import pinning
@@ -26,13 +24,12 @@ from tests.actions_support import (
     MERGE,
     ROOT,
     heads_of,
-    make_people,
     schema_of,
     touch_sqlite,
     write_config,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 
 FIRST = "3f8c1a2b9d04"
 UNREVIEWED = 'op.execute("CREATE TABLE unreviewed (i int)")'
@@ -42,25 +39,11 @@ UPGRADE_START = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Put back the role groups the flushes of these tests remove, for the tests after them."""
-    yield
-    with django_db_blocker.unblock():
-        for role in ROLES:
-            Group.objects.get_or_create(name=role)
-
-
 @pytest.fixture(autouse=True)
 def _fresh_parse_cache() -> Iterator[None]:
     scripts.clear_cache()
     yield
     scripts.clear_cache()
-
-
-@pytest.fixture
-def people() -> dict[str, Any]:
-    return make_people()
 
 
 @pytest.fixture

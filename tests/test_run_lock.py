@@ -7,17 +7,14 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
 
 from dashboard.config import Project
 from dashboard.databases import runlock
 from dashboard.models import Action, AuditEvent
-from dashboard.roles import ROLES
 from dashboard.services import actions
 from dashboard.worker import Housekeeping
 from tests.actions_support import (
@@ -25,7 +22,6 @@ from tests.actions_support import (
     HEAD,
     SAMPLE_INI,
     heads_of,
-    make_people,
     run_worker,
     schema_of,
     start_worker,
@@ -35,25 +31,11 @@ from tests.actions_support import (
 )
 from tests.lock_support import ran_steps, run_lock_held, start_cli
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 BLOG = Project(name="blog", script_location=SAMPLE_INI.parent, alembic_ini=SAMPLE_INI)
 dialects = pytest.mark.parametrize(
     "dialect", [pytest.param("postgres", marks=pytest.mark.postgres), "mariadb"]
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Put back the role groups the flushes of these tests remove, for the tests after them."""
-    yield
-    with django_db_blocker.unblock():
-        for role in ROLES:
-            Group.objects.get_or_create(name=role)
-
-
-@pytest.fixture
-def people() -> dict[str, Any]:
-    return make_people()
 
 
 def _target(request: pytest.FixtureRequest, dialect: str) -> str:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 from sqlalchemy.pool import NullPool
 
 from dashboard import audit, runner
 from dashboard.config import Project
 from dashboard.models import Action, AuditEvent, SchemaCheck, Snapshot
-from dashboard.roles import ROLES
 from dashboard.selectors import targets
 from dashboard.services import actions, status
 from dashboard.services.actions import pinning
@@ -26,14 +23,13 @@ from tests.actions_support import (
     SAMPLE_INI,
     heads_of,
     insert_heads,
-    make_people,
     run_worker,
     schema_of,
     touch_sqlite,
     write_config,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 BLOG = Project(name="blog", script_location=SAMPLE_INI.parent, alembic_ini=SAMPLE_INI)
 POSTS = "a71e5c0d2f39"  # the sample's second revision: users and posts
 # Verbs of one action that ran, in the order they happen.
@@ -45,20 +41,6 @@ RAN = [
     "action.started",
     "action.succeeded",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _keep_roles(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
-    """Put back the role groups the flushes of these tests remove, for the tests after them."""
-    yield
-    with django_db_blocker.unblock():
-        for role in ROLES:
-            Group.objects.get_or_create(name=role)
-
-
-@pytest.fixture
-def people() -> dict[str, Any]:
-    return make_people()
 
 
 @pytest.fixture
