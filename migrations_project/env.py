@@ -124,6 +124,14 @@ def run_lock(engine: sa.Engine, table: str, schema: str | None) -> Iterator[None
         return
     wait = float(os.environ.get("ALEMBIC_RUN_LOCK_WAIT", "60"))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # The lock's session sits idle all run: a server limit on idle sessions must not end it.
+        if name == "postgresql":
+            stay = ["SET idle_session_timeout = 0", "SET idle_in_transaction_session_timeout = 0"]
+        else:
+            stay = ["SET SESSION wait_timeout = 31536000, SESSION interactive_timeout = 31536000"]
+        for statement in stay:
+            with contextlib.suppress(sa.exc.DBAPIError):  # a server too old to have it
+                conn.execute(sa.text(statement))
         if name == "postgresql":
             where = schema or conn.scalar(sa.text("SELECT current_schema()"))
             digest = hashlib.sha256(f"{RUN_LOCK_PREFIX}{where}.{table}".encode()).digest()

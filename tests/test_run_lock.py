@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from dashboard.config import Project
-from dashboard.databases import runlock
+from dashboard.databases import postgresql, runlock, sessions
 from dashboard.models import Action, AuditEvent
 from dashboard.services import actions
 from dashboard.worker import Housekeeping
@@ -29,7 +31,7 @@ from tests.actions_support import (
     wait_for,
     write_config,
 )
-from tests.lock_support import ran_steps, run_lock_held, start_cli
+from tests.lock_support import connect, ran_steps, run_lock_held, start_cli
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 BLOG = Project(name="blog", script_location=SAMPLE_INI.parent, alembic_ini=SAMPLE_INI)
@@ -260,3 +262,62 @@ def test_a_killed_worker_frees_the_run_lock_and_the_next_action_runs(
     assert following.status == Action.Status.SUCCEEDED, following.error
     assert heads_of(postgres_url) == (HEAD,)
     assert AuditEvent.objects.filter(action_id=first.pk, verb="action.interrupted").exists()
+
+
+@pytest.mark.postgres
+def test_an_idle_session_limit_on_the_database_does_not_end_the_run_lock(
+    postgres_url: str,
+) -> None:
+    database = make_url(postgres_url).database
+    with connect(postgres_url) as admin:
+        admin.execute(sa.text(f"ALTER DATABASE \"{database}\" SET idle_session_timeout = '1500ms'"))
+    with runlock.hold(postgres_url, BLOG, wait=0) as lock:
+        assert lock is not None
+        time.sleep(3)  # the run's DDL happens here; the lock's session says nothing meanwhile
+        assert lock.still_held()
+        mine = runlock.holder(postgres_url, BLOG)
+        assert mine is not None and mine["application"] == runlock.APPLICATION_NAME
+
+
+@dialects
+def test_still_held_says_false_once_the_lock_connection_ended(
+    dialect: str, request: pytest.FixtureRequest
+) -> None:
+    url = _target(request, dialect)
+    with runlock.hold(url, BLOG, wait=0) as lock, connect(url) as admin:
+        assert lock is not None and lock.still_held()
+        holder = runlock.holder(url, BLOG)
+        assert holder is not None
+        if dialect == "postgres":
+            admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": holder["pid"]})
+        else:
+            admin.exec_driver_sql(f"KILL {int(holder['pid'])}")
+        wait_for(lambda: runlock.holder(url, BLOG) is None, within=10)
+        assert not lock.still_held()
+
+
+@pytest.mark.postgres
+def test_a_run_whose_lock_connection_is_killed_is_stopped_and_fails(
+    people: dict[str, Any], settings: Any, tmp_path: Path, postgres_url: str
+) -> None:
+    config = _configure(settings, tmp_path, {"staging": {"url": postgres_url}})
+    action = _upgrade(people)
+    worker = start_worker(config, MIGRATIONS_PROJECT_SLEEP="3")
+    try:
+        held = wait_for(lambda: runlock.holder(postgres_url, BLOG), within=60)
+        assert held["application"] == runlock.APPLICATION_NAME
+        tag = sessions.action_tag(action.pk)
+        with connect(postgres_url) as admin:
+            wait_for(lambda: postgresql.tagged_sessions(admin, tag), within=30)
+            admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": held["pid"]})
+            wait_for(lambda: Action.objects.get(pk=action.pk).is_finished, within=30)
+            assert postgresql.tagged_sessions(admin, tag) == []  # the child's session is gone
+    finally:
+        stop_worker(worker)
+    action.refresh_from_db()
+    assert action.status == Action.Status.FAILED
+    assert action.error.startswith(
+        "the run lock of staging was lost during the run (its connection ended);"
+        " the run was stopped; "
+    ), action.error
+    assert heads_of(postgres_url) == ()  # stopped before its first revision's DDL committed

@@ -24,6 +24,11 @@ repeated: a blocking wait could deadlock with ``CREATE INDEX CONCURRENTLY``, whi
 every older transaction; the lock's connection also stays outside any transaction. Session
 locks die with their connection, so a killed worker leaves none behind.
 
+The lock's connection sits idle for the whole run, so it turns off what would end an idle
+session (PostgreSQL's idle_session_timeout and idle_in_transaction_session_timeout, MariaDB's
+wait_timeout and interactive_timeout). A DBA can still end it: ``Held.still_held()`` says whether
+the lock is still there, and the worker stops a run that lost it.
+
 The Alembic child of a dashboard run gets MIGRATION_DASHBOARD_RUN_LOCK=held: its env.py must
 not take the lock the worker already holds for it (it would wait for itself). A laptop or CI
 job must never set that variable.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -56,6 +62,8 @@ MYSQL_NAME_LIMIT = 64
 MYSQL_MARKER = f"{APPLICATION_NAME} #"
 POLL = 0.5
 MAX_MESSAGE = 300
+# A year: MariaDB's largest wait_timeout on every platform.
+MYSQL_STAY_CONNECTED = 31536000
 
 
 class RunLockError(Exception):
@@ -108,12 +116,13 @@ def hold(
     poll: float = POLL,
     timeout: float = 5.0,
     on_wait: Callable[[dict[str, Any]], None] | None = None,
-) -> Iterator[dict[str, Any] | None]:
-    """Hold the run lock of url's version table for the block; yield what was locked.
+) -> Iterator[Held | None]:
+    """Hold the run lock of url's version table for the block; yield the held lock.
 
     Tries the lock every poll seconds, calling on_wait(holder) while another session holds
     it (an exception from on_wait ends the wait), and raises RunLockBusy after wait seconds.
-    Yields {"key": ...} or {"name": ...}, or None on SQLite, which has no run lock.
+    Yields a Held (its identity {"key": ...} or {"name": ...}), or None on SQLite, which has
+    no run lock.
     """
     parsed = _parse(url)
     backend = parsed.get_backend_name()
@@ -127,6 +136,7 @@ def hold(
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             with _translated(secrets):
+                _stay_connected(conn, backend)
                 lock = _Lock(conn, backend, project)
             started = time.monotonic()
             while True:
@@ -140,10 +150,11 @@ def hold(
                 if on_wait is not None:
                     on_wait(seen or {"kind": "run_lock", "pid": None})
                 time.sleep(max(0.0, min(poll, wait - waited)))
+            held = Held(lock)
             try:
-                yield lock.identity
+                yield held
             finally:
-                lock.release()
+                held.release()
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -169,6 +180,47 @@ def holder(url: str, project: Project, *, timeout: float = 5.0) -> dict[str, Any
             return _Lock(conn, backend, project).holder()
     finally:
         engine.dispose()
+
+
+class Held:
+    """A run lock this process holds; still_held() may be asked from another thread."""
+
+    def __init__(self, lock: _Lock) -> None:
+        self._lock = lock
+        self.identity = lock.identity
+        self._guard = threading.Lock()  # one statement at a time on the lock's connection
+        self._released = False
+
+    def still_held(self) -> bool:
+        """Say whether the lock is still ours: False once its connection ended or it went."""
+        with self._guard:
+            if self._released:
+                return True  # given back at the block's end, not lost
+            return self._lock.still_held()
+
+    def release(self) -> None:
+        """Give the lock back."""
+        with self._guard:
+            self._released = True
+            self._lock.release()
+
+    def __repr__(self) -> str:
+        return f"Held({self.identity!r})"
+
+
+def _stay_connected(conn: sa.Connection, backend: str) -> None:
+    """Keep the server from ending the lock's idle session, and so freeing the lock."""
+    if backend == "postgresql":
+        statements = ["SET idle_session_timeout = 0", "SET idle_in_transaction_session_timeout = 0"]
+    else:
+        statements = [
+            f"SET SESSION wait_timeout = {MYSQL_STAY_CONNECTED},"
+            f" SESSION interactive_timeout = {MYSQL_STAY_CONNECTED}"
+        ]
+    for statement in statements:
+        # An older server without the setting ends no idle session for it.
+        with contextlib.suppress(sa.exc.ProgrammingError, sa.exc.OperationalError):
+            conn.execute(sa.text(statement))
 
 
 class _Lock:
@@ -199,9 +251,34 @@ class _Lock:
             )
         return taken
 
+    def still_held(self) -> bool:
+        try:
+            if self.postgresql:
+                return bool(
+                    self.conn.scalar(
+                        sa.text(
+                            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                            " AND granted AND objsubid = 1 AND pid = pg_backend_pid()"
+                            " AND classid::bigint = :high AND objid::bigint = :low)"
+                        ),
+                        {"high": (self.key >> 32) & 0xFFFFFFFF, "low": self.key & 0xFFFFFFFF},
+                    )
+                )
+            return bool(
+                self.conn.scalar(
+                    sa.text("SELECT IS_USED_LOCK(:n) <=> CONNECTION_ID()"), {"n": self.name}
+                )
+            )
+        except sa.exc.DBAPIError as exc:
+            # A live session keeps its lock even when one look failed (a statement timeout).
+            return not (exc.connection_invalidated or self.conn.invalidated)
+        except sa.exc.SQLAlchemyError:
+            return False  # the connection was closed
+
     def release(self) -> None:
-        # Closing the connection releases it too; this only makes it go at once.
-        with contextlib.suppress(sa.exc.DBAPIError):
+        # Closing the connection releases it too; this only makes it go at once. A connection
+        # that died (a lost lock) raises here: it holds nothing to give back.
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
             if self.postgresql:
                 self.conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -143,6 +144,30 @@ class LockWait:
         self.environment = environment
         self.holder: dict[str, Any] | None = None
         self.started: float | None = None
+        # The lock while the run holds it; set when a look found it gone (its connection ended).
+        self.held: runlock.Held | None = None
+        self.lost = threading.Event()
+
+    def check_held(self, monitor: RunMonitor) -> None:
+        """Stop the run, as at a time limit, when the run lock it holds is no longer there."""
+        held = self.held
+        if held is None or self.lost.is_set() or held.still_held():
+            return
+        if self.held is not held:
+            return  # given back while we looked: the run is over
+        self.lost.set()
+        monitor.line(
+            f"dashboard: the run lock of {self.environment} was lost (its connection ended);"
+            " stopping the run"
+        )
+        monitor.cancel.set()
+
+    def lost_text(self, rest: str) -> str:
+        """Say that the run lock went during the run, then rest ("; where it is now")."""
+        return (
+            f"the run lock of {self.environment} was lost during the run (its connection ended);"
+            f" the run was stopped{rest}"
+        )
 
     def shown(self, in_the_way: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Return what stands in the run's way: the lock's holder while it waits, then the rest."""

@@ -347,10 +347,14 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
     waiting = attempts.LockWait(env.name)
     # Started before the run lock is waited for: it heartbeats the wait, sees a cancel and
     # shows what stands in the way from the first moment.
-    monitor = RunMonitor(action.pk, known_revisions=known, watch=_watch(action, env, url, waiting))
+    monitor = RunMonitor(action.pk, known_revisions=known)
+    # Also the look at the run lock: it runs in the monitor's thread, which may cancel the run.
+    monitor.watch = _watch(action, env, url, waiting, monitor)
     monitor.start()
     try:
-        ending = _run_locked(_Run(action, config, env, project, url, copy, monitor), waiting)
+        ending = _run_locked(
+            _Run(action, config, env, project, url, copy, monitor, waiting), waiting
+        )
     except BaseException:
         monitor.stop()
         raise
@@ -381,6 +385,7 @@ class _Run:
     url: str
     copy: process.ApprovedCopy
     monitor: RunMonitor
+    waiting: attempts.LockWait
 
 
 @dataclass(frozen=True)
@@ -396,9 +401,9 @@ class _Ending:
 
 
 def _watch(
-    action: Action, env: Environment, url: str, waiting: attempts.LockWait
+    action: Action, env: Environment, url: str, waiting: attempts.LockWait, monitor: RunMonitor
 ) -> Callable[[], list[dict[str, Any]]] | None:
-    """Return the look at what stands in the run's way the monitor takes every second."""
+    """Return the look the monitor takes every second: is the run lock still ours, who is in the way."""
     backend = _backend(url)
     if backend not in ("postgresql", "mysql", "mariadb"):
         return None  # SQLite: one writer at a time, nobody to name
@@ -406,6 +411,8 @@ def _watch(
     tables = blockers.tables_in_sql(action.sql or "") if backend == "postgresql" else []
 
     def look() -> list[dict[str, Any]]:
+        # A DBA or a server's idle limit may end the lock's connection: another run could start.
+        waiting.check_held(monitor)
         found = []
         if backend == "postgresql":
             found = blockers.in_the_way(url, tag=tag, tables=tables, timeout=env.timeout)
@@ -426,7 +433,11 @@ def _run_locked(run: _Run, waiting: attempts.LockWait) -> _Ending | None:
             on_wait=functools.partial(waiting.seen, run.monitor),
         ) as lock:
             waiting.taken(run.monitor)
-            return _run_held(run, waited=waiting.waited, locked=lock is not None)
+            waiting.held = lock
+            try:
+                return _run_held(run, waited=waiting.waited, locked=lock is not None)
+            finally:
+                waiting.held = None
     except runlock.RunLockBusy as exc:
         return _Ending(
             Action.Status.FAILED,
@@ -570,6 +581,13 @@ def _run_attempts(
             )
         attempt += 1
         monitor.steps = 0  # the next attempt announces its steps afresh
+    if run.waiting.lost.is_set() and not result.succeeded:
+        return _Ending(
+            Action.Status.FAILED,
+            run.waiting.lost_text(f"; {place}") + leftover,
+            after_heads=after_heads,
+            progress=monitor.steps,
+        )
     status, error = _outcome(action, env, result, monitor, after_heads, place)
     if status == Action.Status.SUCCEEDED:
         return _Ending(
@@ -614,6 +632,10 @@ def _lock_timeout_ending(
 def _stopped(run: _Run, when: str, *, after_heads: list[str] | None = None) -> _Ending:
     """End a run that was cancelled, or lost its heartbeat, between attempts."""
     run.action.refresh_from_db(fields=["cancel_requested_by"])
+    if run.waiting.lost.is_set():
+        return _Ending(
+            Action.Status.FAILED, run.waiting.lost_text(f" {when}"), after_heads=after_heads
+        )
     if run.monitor.lost.is_set():
         return _Ending(
             Action.Status.INTERRUPTED,
