@@ -321,3 +321,34 @@ def test_a_revisions_own_limits_raise_the_whole_runs_and_the_log_says_so(
         "dashboard: revision 5b2d9e7f1c86 raises lock_timeout to 10min for the whole run"
         " (staging's is 5s)" in action.log
     )
+
+
+def test_a_mariadb_url_the_limits_cannot_reach_says_so() -> None:
+    assert sessions.unbounded_reason("mysql+pymysql://u:pw@db.example/app") == ""
+    assert sessions.unbounded_reason("postgresql+psycopg2://u:pw@db.example/app") == ""
+    assert sessions.unbounded_reason("mysql+mysqlconnector://u:pw@db.example/app") == (
+        "driver mysqlconnector ignores them (only pymysql and mysqldb take an init_command)"
+    )
+    own = "mysql+pymysql://u:pw@db.example/app?init_command=SET+NAMES+utf8mb4"
+    assert sessions.unbounded_reason(own) == "the URL has its own init_command"
+    assert sessions.tag_child(own, sessions.action_tag(7), sessions.Limits(5.0).environ()) == (
+        own,
+        {},
+    )  # the project's init_command is kept as it is
+
+
+def test_a_run_whose_url_has_its_own_init_command_does_not_claim_lock_limits(
+    people: dict[str, Any], settings: Any, tmp_path: Path, mariadb_url: str
+) -> None:
+    _at_posts(mariadb_url)
+    own = f"{mariadb_url}?init_command=SET+NAMES+utf8mb4"
+    config = _configure(settings, tmp_path, own)
+    action = _upgrade(people)
+    run_worker(config)
+    action.refresh_from_db()
+    assert action.status == Action.Status.SUCCEEDED, action.error
+    assert (
+        "dashboard: no lock limits apply to this run: the URL has its own init_command"
+        in action.log.splitlines()
+    )
+    assert "lock_timeout" not in action.log

@@ -29,7 +29,7 @@ _UNKNOWN_THREAD = 1094  # ER_NO_SUCH_THREAD: gone already
 
 def child_url(url: URL, tag: str, limits: Limits | None = None) -> URL | None:
     """Return url with an init_command marking (and bounding) each session, or None if it cannot."""
-    if url.get_driver_name() not in _INIT_COMMAND_DRIVERS or "init_command" in url.query:
+    if unbounded_reason(url):
         return None  # a project's own init_command is kept: these sessions go untagged
     # One lock per connection (its id in the name): a second connection of the child must
     # not wait for the first one's lock, and each holder is found by its own id.
@@ -50,6 +50,17 @@ def child_url(url: URL, tag: str, limits: Limits | None = None) -> URL | None:
         f" @migration_dashboard_tag = {lock}"
     )
     return url.update_query_dict({"init_command": command})
+
+
+def unbounded_reason(url: URL) -> str:
+    """Say why a child's sessions on url get no limits and no tag, or return ""."""
+    # Two init_commands would need multi-statements, which a project's URL may not allow.
+    if "init_command" in url.query:
+        return "the URL has its own init_command"
+    driver = url.get_driver_name()
+    if driver not in _INIT_COMMAND_DRIVERS:
+        return f"driver {driver} ignores them (only pymysql and mysqldb take an init_command)"
+    return ""
 
 
 def lock_prefix(tag: str) -> str:

@@ -88,6 +88,17 @@ def tag_child(
     return url, {}
 
 
+def unbounded_reason(url: str) -> str:
+    """Say why the limits (and tag) of tag_child cannot reach a child's sessions, or return ""."""
+    try:
+        parsed = parse_database_url(url)
+    except BadDatabaseURL:
+        return ""
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        return mysql.unbounded_reason(parsed)
+    return ""
+
+
 def lock_timed_out(url: str, lines: Iterable[str]) -> bool:
     """Say whether a child's output says a statement gave up waiting for a lock."""
     try:

@@ -482,15 +482,22 @@ def _run_held(run: _Run, *, waited: bool, locked: bool) -> _Ending | None:
     backend = _backend(run.url)
     limits, notes = attempts.run_limits(env, action)
     tries = 1 + (env.lock_retries if backend == "postgresql" else 0)
-    if backend in ("postgresql", "mysql", "mariadb"):
+    unbounded = sessions.unbounded_reason(run.url)
+    if unbounded:
+        monitor.line(f"dashboard: no lock limits apply to this run: {unbounded}")
+    elif backend in ("postgresql", "mysql", "mariadb"):
         retried = f", up to {tries - 1} retries after a lock timeout" if tries > 1 else ""
         monitor.line(f"dashboard: {attempts.limits_text(limits)}{retried}")
-    for note in notes:
+    for note in notes if not unbounded else []:
         monitor.line(f"dashboard: {note}")
     child_env = limits.environ()
     if locked:
         child_env[runlock.HELD_VARIABLE] = runlock.HELD_VALUE
     ending = _run_attempts(run, limits, tries, child_env, backend)
+    if unbounded and ending.status != Action.Status.SUCCEEDED:
+        ending = dataclasses.replace(
+            ending, error=f"{ending.error}; no lock limits applied to this run: {unbounded}"
+        )
     if ending.status == Action.Status.SUCCEEDED or backend != "postgresql":
         return ending
     # A failed CREATE INDEX CONCURRENTLY leaves its index behind, invalid: say so on the action.
