@@ -31,7 +31,7 @@ from tests.actions_support import (
     wait_for,
     write_config,
 )
-from tests.lock_support import connect, ran_steps, run_lock_held, start_cli
+from tests.lock_support import connect, ran_steps, run_cli, run_lock_held, start_cli
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 BLOG = Project(name="blog", script_location=SAMPLE_INI.parent, alembic_ini=SAMPLE_INI)
@@ -321,3 +321,20 @@ def test_a_run_whose_lock_connection_is_killed_is_stopped_and_fails(
         " the run was stopped; "
     ), action.error
     assert heads_of(postgres_url) == ()  # stopped before its first revision's DDL committed
+
+
+@pytest.mark.postgres
+def test_an_inherited_pgoptions_search_path_gives_the_worker_and_a_cli_run_one_lock(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with connect(postgres_url) as admin:
+        admin.exec_driver_sql("CREATE SCHEMA blog")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=blog,public")
+    with runlock.hold(postgres_url, BLOG, wait=0) as lock:
+        assert lock is not None
+        assert lock.identity == {"key": runlock.postgresql_key("blog", "alembic_version")}
+        # The sample env.py, under the same PGOPTIONS, tries the very same lock and waits.
+        done = run_cli(postgres_url, "upgrade", "heads", ALEMBIC_RUN_LOCK_WAIT="1")
+    assert done.returncode != 0
+    assert "another run holds the run lock (pid " in done.stdout + done.stderr
+    assert heads_of(postgres_url) == ()

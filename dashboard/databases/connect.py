@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ def _connect_args(url: URL, timeout: float) -> dict[str, Any]:
         existing = url.query.get("options")
         options = f"-c statement_timeout={millis} -c lock_timeout={millis}"
         options += " -c default_transaction_read_only=on"
+        if not isinstance(existing, str):
+            # Our `options` replace libpq's PGOPTIONS, which the Alembic child keeps: a
+            # search_path there must hold here too, or the two see other version tables
+            # (and run lock keys). A URL's own options replace PGOPTIONS in both.
+            existing = os.environ.get("PGOPTIONS")
         if isinstance(existing, str) and existing.strip():
             options = f"{existing.strip()} {options}"
         args: dict[str, Any] = {"connect_timeout": seconds, "options": options}
