@@ -20,6 +20,7 @@ from dashboard.databases.indexes import invalid_indexes
 from dashboard.models import Action
 from dashboard.runner import review
 from dashboard.scripts import parse_revision_file
+from dashboard.scripts.parse import read_marks
 from dashboard.services import actions, status
 from dashboard.services.actions import pinning
 from tests.actions_support import (
@@ -134,6 +135,83 @@ def test_steps_outside_a_transaction_are_read_per_direction_without_running_the_
         assert not isinstance(plain, str)
         assert plain.upgrade_outside_transaction == plain.downgrade_outside_transaction == ()
         assert plain.limits == ()
+
+
+HEADER = 'from alembic import op\nimport sqlalchemy as sa\nrevision = "a1"\ndown_revision = None\n'
+COMMITTED = "what ran before it stays applied"
+
+
+@pytest.mark.parametrize(
+    ("body", "upgrade"),
+    [
+        # The pre-autocommit_block idiom: DDL before the COMMIT persists, so a retry reruns it.
+        (
+            "def upgrade():\n    op.execute('COMMIT')\n"
+            "    op.execute('CREATE INDEX CONCURRENTLY_X ON posts (id)')\n"
+            "    op.execute('ALTER TABLE posts ADD COLUMN z int')\n",
+            [f"COMMIT in op.execute at line 6: {COMMITTED}"],
+        ),
+        (
+            "def upgrade():\n    op.execute('commit;')\n",
+            [f"COMMIT in op.execute at line 6: {COMMITTED}"],
+        ),
+        (
+            "def upgrade():\n    op.execute(' End ')\n",
+            [f"END in op.execute at line 6: {COMMITTED}"],
+        ),
+        (
+            "def upgrade():\n    op.execute(sa.text('COMMIT'))\n",
+            [f"COMMIT in op.execute at line 6: {COMMITTED}"],
+        ),
+        (
+            "def upgrade():\n    _finish()\n\n\ndef _finish():\n"
+            "    op.execute('ALTER TABLE posts ADD z int; COMMIT; ALTER TABLE posts ADD y int')\n",
+            [f"COMMIT in op.execute at line 10: {COMMITTED}"],
+        ),
+        # An alias of autocommit_block, and SQL that concatenation or a module constant hides.
+        (
+            "def upgrade():\n    block = op.get_context().autocommit_block\n"
+            "    with block():\n        op.execute(sql)\n"
+            "sql = 'CREATE INDEX ' 'CONCURRENTLY ix ON posts (id)'\n",
+            ["autocommit_block at line 6", "CREATE INDEX CONCURRENTLY in SQL at line 8"],
+        ),
+        (
+            "def upgrade():\n    op.execute('CREATE INDEX ' + 'CONCURRENTLY ix ON posts (id)')\n",
+            ["CREATE INDEX CONCURRENTLY in SQL at line 6"],
+        ),
+        (
+            "def upgrade():\n    op.execute('CREATE INDEX %s ix ON posts (id)' % 'concurrently')\n",
+            ["CONCURRENTLY in SQL at line 6"],
+        ),
+        (
+            "SQL = 'CREATE INDEX CONCURRENTLY ix ON posts (id)'\ndef upgrade():\n    op.execute(SQL)\n",
+            ["CREATE INDEX CONCURRENTLY in SQL at line 7"],
+        ),
+        # Keyword arguments passed as a dict: read when literal, flagged as unknown when not.
+        (
+            "def upgrade():\n"
+            "    op.create_index('ix', 'posts', ['id'], **{'postgresql_concurrently': True})\n",
+            ["CREATE INDEX CONCURRENTLY (postgresql_concurrently=True) at line 6"],
+        ),
+        (
+            "def upgrade():\n    op.drop_index('ix', table_name='posts', **OPTIONS)\n",
+            ["DROP INDEX maybe CONCURRENTLY (keyword arguments not read) at line 6"],
+        ),
+        # Not flagged: a word that only starts with CONCURRENTLY, END closing a DO block,
+        # a literal dict without the flag, and a COMMIT that is not executed.
+        ("def upgrade():\n    op.execute('CREATE INDEX CONCURRENTLY_X ON posts (id)')\n", []),
+        ("def upgrade():\n    op.execute('DO $$ BEGIN PERFORM 1; END; $$')\n", []),
+        ("def upgrade():\n    op.create_index('ix', 'posts', ['id'], **{'unique': True})\n", []),
+        ("def upgrade():\n    print('COMMIT')\n    op.execute('SELECT 1')\n", []),
+    ],
+)
+def test_steps_that_end_or_leave_the_transaction_are_flagged_however_written(
+    body: str, upgrade: list[str]
+) -> None:
+    marks = read_marks("/versions/a1.py", (HEADER + body).encode())
+    assert not isinstance(marks, str)
+    assert list(marks.upgrade_outside_transaction) == upgrade
+    assert marks.downgrade_outside_transaction == ()
 
 
 @pytest.mark.parametrize(

@@ -32,14 +32,26 @@ _SKIPPED = (ast.Expr, ast.Pass)
 # Parsing a whole revision file costs as much as Alembic's own load when upgrade() is long
 # (the parser, not Python objects, is the cost), while everything Alembic reads sits before
 # the first top-level function. So the header is parsed, unless the rest names one of the
-# variables read here again, may run outside a transaction (autocommit_block, CONCURRENTLY),
+# variables read here again, may run outside a transaction (autocommit_block, CONCURRENTLY, COMMIT),
 # or the header does not parse on its own.
 _HEADER_END = re.compile(rb"^(?:def |async def |class |@)", re.MULTILINE)
 _NAMES_AGAIN = re.compile(
     rb"\b(?:revision|down_revision|branch_labels|depends_on|dashboard_limits)\b"
 )
 # Looked for with bytes.find: a regex alternation over a long upgrade() costs several times more.
-_OUTSIDE_HINTS = (b"autocommit_block", b"oncurrently", b"ONCURRENTLY")
+# From the file's start, since a module-level constant can hold the SQL; "**" for keyword
+# arguments passed as a dict, which may carry postgresql_concurrently.
+_OUTSIDE_HINTS = (b"autocommit_block", b"oncurrently", b"ONCURRENTLY", b"**")
+# A COMMIT (or END) in op.execute ends Alembic's transaction early; its words are too common
+# (and too many cases) for find, so the regex only runs over files that execute anything.
+_EXECUTE_HINT = b"exec"
+_ENDS_HINT = re.compile(rb"\b(?:commit|end)\b", re.IGNORECASE)
+_EXECUTE_CALLS = ("execute", "exec_driver_sql")
+_ENDS_SQL = re.compile(
+    r"\s*(?P<what>COMMIT|END)(?:\s+(?:WORK|TRANSACTION))?(?:\s+AND\s+(?:NO\s+)?CHAIN)?\s*",
+    re.IGNORECASE,
+)
+_CONCURRENTLY_WORD = re.compile(r"\bCONCURRENTLY\b", re.IGNORECASE)
 # SQL that PostgreSQL refuses inside a transaction block, as written in op.execute("...").
 _CONCURRENT_SQL = re.compile(
     r"\b(?P<what>CREATE\s+(?:UNIQUE\s+)?INDEX|DROP\s+INDEX"
@@ -159,7 +171,10 @@ def _parse(path: str, data: bytes) -> tuple[ast.Module, bool] | str:
     """Return the file's tree and whether its functions may run outside a transaction."""
     cut = _HEADER_END.search(data)
     # Functions only follow the cut: without one, no function can run anything.
-    outside = cut is not None and any(data.find(hint, cut.start()) >= 0 for hint in _OUTSIDE_HINTS)
+    outside = cut is not None and (
+        any(data.find(hint) >= 0 for hint in _OUTSIDE_HINTS)
+        or (data.find(_EXECUTE_HINT, cut.start()) >= 0 and _ENDS_HINT.search(data) is not None)
+    )
     if cut is not None and not outside and not _NAMES_AGAIN.search(data, cut.start()):
         try:
             return ast.parse(data[: cut.start()], filename=path), False
@@ -343,11 +358,15 @@ _Functions = dict[str, ast.FunctionDef | ast.AsyncFunctionDef]
 
 def _outside_transaction(tree: ast.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Return what upgrade() and downgrade() run outside a transaction, through what they call."""
-    functions: _Functions = {
-        node.name: node
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    }
+    functions: _Functions = {}
+    constants: dict[str, ast.expr] = {}  # module-level names an op.execute() may pass as its SQL
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            functions[node.name] = node
+        elif isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(target, ast.Name):
+                    constants[target.id] = node.value
     scanned: dict[str, tuple[list[tuple[int, str]], set[str]]] = {}
 
     def reached(name: str) -> tuple[str, ...]:
@@ -359,7 +378,7 @@ def _outside_transaction(tree: ast.Module) -> tuple[tuple[str, ...], tuple[str, 
                 continue
             seen.add(current)
             if current not in scanned:
-                scanned[current] = _scan_function(functions[current])
+                scanned[current] = _scan_function(functions[current], constants)
             items, calls = scanned[current]
             found.update(items)
             todo.extend(calls)
@@ -369,7 +388,7 @@ def _outside_transaction(tree: ast.Module) -> tuple[tuple[str, ...], tuple[str, 
 
 
 def _scan_function(
-    function: ast.FunctionDef | ast.AsyncFunctionDef,
+    function: ast.FunctionDef | ast.AsyncFunctionDef, constants: dict[str, ast.expr]
 ) -> tuple[list[tuple[int, str]], set[str]]:
     """Return one function's steps outside a transaction (line, why) and the names it calls."""
     items: list[tuple[int, str]] = []
@@ -380,44 +399,115 @@ def _scan_function(
             first = node.body[0] if node.body else None
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
-        elif isinstance(node, ast.With | ast.AsyncWith):
-            for item in node.items:
-                block = item.context_expr
-                if (
-                    isinstance(block, ast.Call)
-                    and isinstance(block.func, ast.Attribute)
-                    and block.func.attr == "autocommit_block"
-                ):
-                    items.append((block.lineno, f"autocommit_block at line {block.lineno}"))
+        elif isinstance(node, ast.Attribute) and node.attr == "autocommit_block":
+            # Called directly or through an alias (block = ctx.autocommit_block; with block():).
+            items.append((node.lineno, f"autocommit_block at line {node.lineno}"))
         elif isinstance(node, ast.Call):
             if isinstance(node.func, ast.Name):
                 calls.add(node.func.id)
             why = _concurrently(node)
             if why:
                 items.append((node.lineno, why))
-        elif (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and id(node) not in docstrings
-            and (match := _CONCURRENT_SQL.search(node.value))
-        ):
-            what = "DETACH PARTITION" if match["detach"] else " ".join(match["what"].split())
-            items.append((node.lineno, f"{what.upper()} CONCURRENTLY in SQL at line {node.lineno}"))
+            items.extend(_executed(node, constants))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) in docstrings:
+                continue
+            if node.value == "autocommit_block":  # getattr(context, "autocommit_block")
+                items.append((node.lineno, f"autocommit_block at line {node.lineno}"))
+            elif match := _CONCURRENT_SQL.search(node.value):
+                items.append(
+                    (node.lineno, f"{_what(match)} CONCURRENTLY in SQL at line {node.lineno}")
+                )
     return items, calls
+
+
+def _what(match: re.Match[str]) -> str:
+    return "DETACH PARTITION" if match["detach"] else " ".join(match["what"].split()).upper()
+
+
+def _executed(call: ast.Call, constants: dict[str, ast.expr]) -> list[tuple[int, str]]:
+    """Return what the SQL an execute() call passes ends or runs outside the transaction."""
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if name not in _EXECUTE_CALLS:
+        return []
+    # Its string constants in order, with module-level names it passes read as their values.
+    texts: list[tuple[str, bool]] = []  # (text, whether the function's own walk reads it)
+    todo: list[tuple[ast.AST, bool]] = [(arg, True) for arg in [*call.args, *call.keywords]]
+    resolved: set[str] = set()
+    while todo:
+        expr, own = todo.pop(0)
+        for node in ast.walk(expr):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                texts.append((node.value, own))
+            elif isinstance(node, ast.Name) and node.id in constants and node.id not in resolved:
+                resolved.add(node.id)
+                todo.append((constants[node.id], False))
+    if not texts:
+        return []
+    line, callee = call.lineno, ast.unparse(func)
+    items: list[tuple[int, str]] = []
+    joined = "".join(text for text, _ in texts)
+    for text in dict.fromkeys([joined, *(text for text, _ in texts)]):
+        ends = _ends_transaction(text)
+        if ends:
+            why = f"{ends} in {callee} at line {line}: what ran before it stays applied"
+            items.append((line, why))
+            break
+    if any(own and _CONCURRENT_SQL.search(text) for text, own in texts):
+        return items  # the walk over the function reports it at the constant's line
+    match = next(
+        filter(None, (_CONCURRENT_SQL.search(t) for t in [joined, *(t for t, _ in texts)])), None
+    )
+    if match:
+        items.append((line, f"{_what(match)} CONCURRENTLY in SQL at line {line}"))
+    elif any(_CONCURRENTLY_WORD.search(text) for text, _ in texts):
+        items.append((line, f"CONCURRENTLY in SQL at line {line}"))
+    return items
+
+
+def _ends_transaction(sql: str) -> str:
+    """Return the COMMIT or END that one of sql's statements is, or ""."""
+    # Inside a dollar-quoted body (DO $$ BEGIN ... END; $$) a bare END closes a block, not a
+    # transaction, so such SQL is only read as a whole.
+    statements = [sql.strip().rstrip(";")] if "$" in sql else sql.split(";")
+    for statement in statements:
+        match = _ENDS_SQL.fullmatch(statement)
+        if match:
+            return match["what"].upper()
+    return ""
 
 
 def _concurrently(call: ast.Call) -> str:
     """Say how a call passing postgresql_concurrently runs CONCURRENTLY, or return ""."""
-    flag = next((k.value for k in call.keywords if k.arg == "postgresql_concurrently"), None)
-    if flag is None:
-        return ""
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
     what = _INDEX_CALLS.get(name, "")
+    flag: ast.expr | None = None
+    unread = False  # keyword arguments passed as **something this cannot read
+    for keyword in call.keywords:
+        if keyword.arg == "postgresql_concurrently":
+            flag = keyword.value
+        elif keyword.arg is None:
+            given = keyword.value
+            if not isinstance(given, ast.Dict):
+                unread = True
+                continue
+            for key, value in zip(given.keys, given.values, strict=True):
+                if key is None:  # {**other}
+                    unread = True
+                elif isinstance(key, ast.Constant) and key.value == "postgresql_concurrently":
+                    flag = value
+                elif not isinstance(key, ast.Constant):
+                    unread = True
+    line = call.lineno
+    if flag is None:
+        if unread and what:
+            return f"{what} maybe CONCURRENTLY (keyword arguments not read) at line {line}"
+        return ""
     unique = next((k.value for k in call.keywords if k.arg == "unique"), None)
     if what == "CREATE INDEX" and isinstance(unique, ast.Constant) and unique.value is True:
         what = "CREATE UNIQUE INDEX"
-    line = call.lineno
     if isinstance(flag, ast.Constant):
         if flag.value is not True:
             return ""
