@@ -428,6 +428,8 @@ def _alembic_children() -> list[int]:
     return found
 
 
+# Committed like a worker's run, so the monitor's thread can write the action's row.
+@transactional
 @pytest.mark.postgres
 def test_a_child_that_dies_on_its_own_leaves_no_session_behind_the_freed_environment(
     postgres_url: str, people: dict[str, Any], sleeper_project: Path, settings: Any, tmp_path: Path
