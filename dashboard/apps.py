@@ -12,4 +12,6 @@ class DashboardConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers checks, signal receivers, and the tasks services enqueue by name.
-        from dashboard import checks, signals, tasks  # noqa: F401
+        from dashboard import checks, converters, signals, tasks  # noqa: F401
+
+        converters.register()  # before any URLconf is imported: patterns use <env:name>

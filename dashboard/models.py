@@ -1,4 +1,4 @@
-"""The dashboard's own tables: snapshots, actions, approvals, audit events and API tokens."""
+"""The dashboard's own tables: snapshots, actions, rollouts, approvals, audit events, tokens."""
 
 from __future__ import annotations
 
@@ -163,6 +163,11 @@ class Action(models.Model):
     retries = models.PositiveIntegerField(default=0)
     # Invalid indexes (PostgreSQL) found on the environment after a failed run.
     invalid_indexes = models.JSONField(default=list)
+    # A fleet member's run: the rollout it belongs to and its wave there (1 is the first).
+    rollout = models.ForeignKey(
+        "Rollout", null=True, blank=True, on_delete=models.PROTECT, related_name="actions"
+    )
+    wave = models.PositiveSmallIntegerField(null=True)
 
     objects = ActionQuerySet.as_manager()
 
@@ -436,3 +441,151 @@ class SchemaCheck(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state != self.State.PENDING
+
+
+class FleetMember(models.Model):
+    """A member of a fleet whose members a query finds, as the worker last discovered it."""
+
+    fleet = models.CharField(max_length=100)
+    name = models.CharField(max_length=100)
+    discovered_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["fleet", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["fleet", "name"], name="one_member_per_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.fleet}/{self.name}"
+
+
+class FleetDiscovery(models.Model):
+    """When a fleet's members were last looked for, and why that failed (blank when it worked)."""
+
+    fleet = models.CharField(max_length=100, unique=True)
+    looked_at = models.DateTimeField()
+    error = models.TextField(blank=True)
+    members = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.fleet} discovered at {self.looked_at:%Y-%m-%d %H:%M:%S}"
+
+
+class RolloutQuerySet(models.QuerySet["Rollout"]):
+    """Queries over rollouts that read as adjectives."""
+
+    def open(self) -> RolloutQuerySet:
+        return self.filter(status__in=Rollout.OPEN)
+
+    def running(self) -> RolloutQuerySet:
+        return self.filter(status=Rollout.Status.RUNNING)
+
+
+class Rollout(models.Model):
+    """One change to a fleet (or part of one): one request, one approval, members in waves."""
+
+    class Status(models.TextChoices):
+        PREPARING = "preparing", "preparing"  # the groups' SQL is being rendered
+        REQUESTED = "requested", "requested"  # waiting for approvals
+        RUNNING = "running", "running"  # approved; members run wave after wave
+        PAUSED = "paused", "paused"  # a member failed (on_error = pause) or an operator paused it
+        SUCCEEDED = "succeeded", "succeeded"  # every member succeeded or was skipped
+        FAILED = "failed", "failed"  # it ended with failed members, or could not be prepared
+        REJECTED = "rejected", "rejected"  # an approver said no
+        CANCELLED = "cancelled", "cancelled"  # stopped by an operator; started members finished
+
+    OPEN = (Status.PREPARING, Status.REQUESTED, Status.RUNNING, Status.PAUSED)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.REJECTED, Status.CANCELLED)
+
+    fleet = models.CharField(max_length=100, db_index=True)
+    project = models.CharField(max_length=100)
+    direction = models.CharField(max_length=10)
+    target = models.CharField(max_length=255)
+    # The fnmatch pattern that chose the members ("*" for all of them).
+    members_glob = models.CharField(max_length=200, default="*")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PREPARING)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_name = models.CharField(max_length=150)
+    reason = models.TextField(blank=True)
+    # Members by plan: [{"members": [...], "from_heads", "target_heads", "plan", "plan_marks",
+    # "sql", "sql_sha256", "sql_note", "lint"}]; the SQL is rendered once per group.
+    groups = models.JSONField(default=list)
+    # Members that matched but will not run, with why: [{"member", "reason"}].
+    left_out = models.JSONField(default=list)
+    # The wave sizes as members (e.g. [1, 19, 180]) and the waves as configured ([1, "10%"]).
+    wave_sizes = models.JSONField(default=list)
+    waves = models.JSONField(default=list)
+    parallel = models.PositiveIntegerField(default=1)
+    on_error = models.CharField(max_length=10, default="pause")
+    current_wave = models.PositiveSmallIntegerField(default=0)
+    # Failed members an operator chose to skip when resuming: they no longer hold it up.
+    skipped = models.JSONField(default=list)
+    # Every approved file's sha256 and their digest, like an action's bundle and fingerprint.
+    bundle = models.JSONField(default=dict)
+    fingerprint = models.CharField(max_length=64)
+    # What approvers vouch for: the groups, their SQL and members, the target and the files.
+    rollout_hash = models.CharField(max_length=64, blank=True)
+    approvals_required = models.PositiveIntegerField(default=0)
+    paused_reason = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    prepared_at = models.DateTimeField(null=True)
+    decided_at = models.DateTimeField(null=True)
+    started_at = models.DateTimeField(null=True)
+    finished_at = models.DateTimeField(null=True)
+
+    objects = RolloutQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"rollout #{self.pk} {self.direction} {self.fleet} to {self.target} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def member_count(self) -> int:
+        return sum(len(group["members"]) for group in self.groups)
+
+    def may_be_requested_by(self, user: Any) -> bool:
+        """Say whether the user may be the requester: the account, or the name it was made under."""
+        same_account = self.requested_by_id is not None and self.requested_by_id == getattr(
+            user, "pk", None
+        )
+        return same_account or self.requested_by_name == user.get_username()
+
+
+class RolloutApproval(models.Model):
+    """One approver's decision on one rollout, bound to the rollout hash it saw."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="approvals")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(max_length=150)
+    decision = models.CharField(max_length=10, choices=Approval.Decision.choices)
+    comment = models.TextField(blank=True)
+    rollout_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rollout", "username"], name="one_decision_per_rollout_approver"
+            ),
+            models.UniqueConstraint(
+                fields=["rollout", "user"],
+                condition=models.Q(user__isnull=False),
+                name="one_decision_per_rollout_account",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} {self.decision} rollout #{self.rollout_id}"

@@ -177,5 +177,5 @@ urlpatterns = [
     path("actions/<int:pk>/approve", action_approve, name="action-approve"),
     path("actions/<int:pk>/reject", action_reject, name="action-reject"),
     path("actions/<int:pk>/cancel", action_cancel, name="action-cancel"),
-    path("environments/<str:name>/request", action_request, name="action-request"),
+    path("environments/<env:name>/request", action_request, name="action-request"),
 ]

@@ -77,14 +77,14 @@ def _stop(request: HtmxHttpRequest, message: str) -> HttpResponse:
 
 
 urlpatterns = [
-    path("environments/<str:name>/schema", environment_schema, name="environment-schema"),
+    path("environments/<env:name>/schema", environment_schema, name="environment-schema"),
     path(
-        "environments/<str:name>/schema/progress",
+        "environments/<env:name>/schema/progress",
         environment_schema_progress,
         name="environment-schema-progress",
     ),
     path(
-        "environments/<str:name>/schema/check",
+        "environments/<env:name>/schema/check",
         environment_schema_check,
         name="environment-schema-check",
     ),

@@ -102,8 +102,8 @@ def _problem(request: HtmxHttpRequest, message: str, page: str, **kwargs: str) -
 
 urlpatterns = [
     path("refresh", overview_refresh, name="overview-refresh"),
-    path("environments/<str:name>", environment, name="environment"),
-    path("environments/<str:name>/refresh", environment_refresh, name="environment-refresh"),
+    path("environments/<env:name>", environment, name="environment"),
+    path("environments/<env:name>/refresh", environment_refresh, name="environment-refresh"),
     path("api/environments", api_environments, name="api-environments"),
-    path("api/environments/<str:name>", api_environment, name="api-environment"),
+    path("api/environments/<env:name>", api_environment, name="api-environment"),
 ]
