@@ -37,7 +37,21 @@ def run_action(action_id: int) -> str:
     action = actions.action_run(action_id=action_id, worker=actions.worker_name())
     if action.status == Action.Status.QUEUED:
         actions.enqueue_run(action_id, delay=actions.retry_delay(action))
+    elif action.rollout_id is not None and action.is_finished:
+        from dashboard.services import rollouts
+
+        # The member's slot is free: start the next member (housekeeping does it otherwise).
+        rollouts.rollout_advance(rollout_id=action.rollout_id)
     return str(action.status)
+
+
+@queue.register
+@task
+def prepare_rollout(rollout_id: int) -> str:
+    """Render a rollout's SQL once per group of members in the worker; return its status."""
+    from dashboard.services import rollouts
+
+    return str(rollouts.rollout_prepare(rollout_id=rollout_id).status)
 
 
 @queue.register
@@ -77,3 +91,16 @@ def check_schemas_periodically() -> int:
         return drift.schemas_check_due()
     finally:
         drift.schedule_periodic_checks(delay=drift.PERIODIC_TICK)
+
+
+@queue.register
+@task
+def discover_fleets_periodically() -> int:
+    """Find the members of fleets whose discovery is due, then schedule the next look."""
+    from dashboard.services import fleets
+
+    try:
+        return len(fleets.fleets_discover_due())
+    finally:
+        # Scheduled even when this look fails (a broken config), so fixing it needs no restart.
+        fleets.schedule_periodic_discovery(delay=fleets.DISCOVERY_TICK)

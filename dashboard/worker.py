@@ -213,6 +213,7 @@ class HousekeepingReport:
     swept_files: int = 0  # stored approved files past their retention
     swept_scratch: list[str] = field(default_factory=list)  # scratch databases dead workers left
     abandoned_checks: list[int] = field(default_factory=list)  # pending checks no worker finished
+    advanced_rollouts: list[int] = field(default_factory=list)  # running rollouts looked at
     problems: list[str] = field(default_factory=list)
 
 
@@ -242,6 +243,14 @@ class Housekeeping:
         except Exception as exc:
             logger.exception("could not check open requests for plans that no longer hold")
             report.problems.append(f"superseded requests: {exc}")
+        try:
+            from dashboard.services import rollouts
+
+            # After the interrupted runs above: their slots are free for the next members.
+            report.advanced_rollouts = rollouts.rollouts_advance_running()
+        except Exception as exc:
+            logger.exception("could not advance the running rollouts")
+            report.problems.append(f"rollouts: {exc}")
         try:
             report.config_recorded = config_changes_record() is not None
         except ConfigError as exc:
@@ -285,7 +294,7 @@ class Housekeeping:
         return len(copies), files
 
     def start_up(self) -> HousekeepingReport:
-        """Do the chores, then schedule the periodic status refresh and housekeeping."""
+        """Do the chores, then schedule the periodic refresh, checks, discovery and housekeeping."""
         from dashboard.runner.process import _sweep_config_folders
 
         report = self.run_once()
@@ -312,6 +321,14 @@ class Housekeeping:
         except Exception as exc:
             logger.exception("could not sweep scratch databases or schedule schema checks")
             report.problems.append(f"schema checks: {exc}")
+        try:
+            from dashboard.services import fleets
+
+            # At once: a fleet whose members a query finds has none until its first look.
+            fleets.schedule_periodic_discovery()
+        except Exception as exc:
+            logger.exception("could not schedule the discovery of fleet members")
+            report.problems.append(f"fleet discovery: {exc}")
         schedule_housekeeping(delay=housekeeping_interval())
         return report
 

@@ -36,7 +36,7 @@ from dashboard.runner import bundle, process, review
 from dashboard.runner.monitor import RunMonitor
 from dashboard.runner.process import child_secrets
 from dashboard.services import holding, queue, superseding
-from dashboard.services.actions import attempts, pinning
+from dashboard.services.actions import attempts, pinning, rollout_gate
 from dashboard.services.actions.errors import SCRIPT_CHANGED
 from dashboard.services.actions.lookups import locked_action_or_refuse
 
@@ -252,6 +252,8 @@ def _claim(action_id: int, worker: str) -> tuple[Action, bool]:
         action = locked_action_or_refuse(action_id)
         if action.status != Action.Status.QUEUED:
             return action, False
+        if not rollout_gate.member_may_start(action):
+            return action, False  # its rollout was paused or cancelled since it was queued
         same_environment = Action.objects.filter(environment=action.environment)
         if same_environment.running().exists():
             return action, False
