@@ -12,6 +12,7 @@ from django.views.generic import RedirectView
 from dashboard.views import actions, core, status
 from dashboard.views import audit as audit_views
 from dashboard.views import drift as drift_views
+from dashboard.views import fleets as fleet_views
 from dashboard.views import graph as graph_views
 from dashboard.views.auth import SignInView
 
@@ -21,6 +22,7 @@ urlpatterns = [
     path("readyz", core.readyz, name="readyz"),
     *status.urlpatterns,
     *drift_views.urlpatterns,
+    *fleet_views.urlpatterns,
     *actions.urlpatterns,
     *audit_views.urlpatterns,
     *graph_views.urlpatterns,

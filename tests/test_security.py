@@ -44,6 +44,7 @@ ADMIN_SIGN_IN = "302 /admin/login/"
 BACK = "302 /actions/{pk}/"  # a decision redirects to the action's page
 STAGING = "302 /environments/staging"
 GRAPH = "302 /projects/blog/graph"
+TENANTS = "302 /fleets/tenants"
 ALL_405 = ("405",) * 5
 FAVICON = "302 /static/dashboard/favicon.svg"
 MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
@@ -74,6 +75,13 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("api-environments",        "POST"): ALL_405,  # the API is read-only for everyone
     ("api-environment",         "GET"):  ("401",         "200",         "200",         "200",         "200"),
     ("api-environment",         "POST"): ALL_405,
+    # Reading a whole fleet now is for operators and above.
+    ("fleet",                   "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
+    ("fleet",                   "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("fleet-refresh",           "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("fleet-refresh",           "POST"): (SIGN_IN,       "403",         TENANTS,       TENANTS,       TENANTS),
+    ("api-fleet",               "GET"):  ("401",         "200",         "200",         "200",         "200"),
+    ("api-fleet",               "POST"): ALL_405,
     ("action-list",             "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
     ("action-list",             "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("action-detail",           "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
@@ -182,6 +190,9 @@ def site(settings: Any, tmp_path: Path) -> Site:
         tmp_path / "dashboard.toml",
         {"staging": {"project": "blog", "url": url, "approvals_required": 1}},
     )
+    # A fleet of one member, so the fleet pages answer with a real fleet.
+    fleet = 'project = "blog"\nurl_template = "sqlite:///tenant-{name}.db"\nnames = ["acme"]\n'
+    config.write_text(f"{config.read_text()}\n[fleets.tenants]\n{fleet}")
     settings.DASHBOARD_CONFIG = str(config)
     for role, name in PEOPLE.items():
         users.user_set_role(username=name, role=role, password=PASSWORD)
@@ -227,6 +238,8 @@ def concrete_url(key: str, pattern: URLPattern, site: Site) -> tuple[str, Action
         if param == "pk":
             action = site.action()
             kwargs[param] = action.pk
+        elif param == "name" and route.startswith(("fleets/", "api/fleets/")):
+            kwargs[param] = "tenants"
         elif param == "name":
             kwargs[param] = (
                 "blog" if route.startswith(("projects/", "api/projects/")) else "staging"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,10 +11,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from django.db.models import Subquery
+from django.urls import reverse
 
 from dashboard import states
-from dashboard.config import ConfigError, Environment, current_config
-from dashboard.models import Snapshot
+from dashboard.config import ConfigError, DashboardConfig, Environment, Fleet, current_config
+from dashboard.models import SchemaCheck, Snapshot
 from dashboard.selectors import drift as drift_selectors
 from dashboard.templatetags.dashboard_tags import ago
 
@@ -26,6 +28,22 @@ NEWEST_BATCH = 200
 PLANNED_STATES = {Snapshot.State.CURRENT, Snapshot.State.BEHIND, Snapshot.State.UNINITIALIZED}
 # States in which the version table was read, so the snapshot's heads are what it held.
 READ_STATES = tuple(str(state) for state in states.READ_STATES)
+# A member or environment no snapshot describes yet, where a state would stand.
+UNREAD = "unread"
+UNREAD_LABEL = "not read yet"
+# The order a fleet's counts are shown in: at head first, then what needs a hand.
+FLEET_STATES = (
+    Snapshot.State.CURRENT,
+    Snapshot.State.BEHIND,
+    Snapshot.State.UNINITIALIZED,
+    Snapshot.State.UNKNOWN,
+    Snapshot.State.INVALID,
+    Snapshot.State.UNREACHABLE,
+    Snapshot.State.NOT_CONFIGURED,
+)
+STATE_LABELS = {**{str(s): s.label for s in FLEET_STATES}, UNREAD: UNREAD_LABEL}
+# Revisions of behind members a fleet's overview row names; the rest are counted.
+SHOWN_GROUPS = 3
 
 
 # The overview caches its HTML by the Matrix it shows (templatetags/fragments.py): equal
@@ -74,6 +92,45 @@ class EnvironmentCell:
 
 
 @dataclass(frozen=True)
+class StateCount:
+    """How many of a fleet's members are in one state, and the fleet page showing them."""
+
+    state: str  # a snapshot state, or "unread"
+    label: str
+    count: int
+    url: str
+
+
+@dataclass(frozen=True)
+class RevisionGroup:
+    """Members at the same heads: the heads, how many, and the fleet page showing them."""
+
+    revision: str  # the heads joined by ",": the fleet page's revision filter
+    short: str
+    count: int
+    url: str
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    """One fleet as the overview shows it: its members counted by state, never one by one."""
+
+    name: str
+    project: str
+    description: str
+    url: str
+    total: int
+    counts: tuple[StateCount, ...]  # the states some member is in, in FLEET_STATES order
+    behind: tuple[RevisionGroup, ...]  # the largest groups of behind members
+    more_behind: int  # behind groups not shown
+    drift: int
+    drift_url: str
+    problems: tuple[str, ...]
+    oldest_read_at: datetime | None
+    oldest_read_ago: str
+
+
+@dataclass(frozen=True)
 class ProjectRow:
     """One project, its heads as last seen, and its environments' cells in display order."""
 
@@ -82,6 +139,7 @@ class ProjectRow:
     heads: tuple[RevisionRow, ...]
     graph_url: str
     environments: tuple[EnvironmentCell, ...]
+    fleets: tuple[FleetRow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,7 +199,7 @@ def latest_snapshots(project: str | None = None) -> dict[str, Snapshot]:
     except ConfigError:
         return {}
     envs = config.environments_of(project) if project else config.ordered_environments()
-    return _latest(envs)
+    return latest_of(envs)
 
 
 def status_matrix() -> Matrix:
@@ -150,12 +208,15 @@ def status_matrix() -> Matrix:
         config = current_config()
     except ConfigError as exc:
         return Matrix(projects=(), config_error=str(exc))
-    latest = _latest(config.ordered_environments())
+    latest = latest_of(config.ordered_environments())
     badges = drift_selectors.schema_badges(config.ordered_environments())
     rows = []
     for project in sorted(config.projects.values(), key=lambda p: p.name):
         envs = config.environments_of(project.name)
-        seen = [latest[env.name] for env in envs if env.name in latest]
+        fleets = config.fleets_of(project.name)
+        members = [m for fleet in fleets for m in config.members_of(fleet.name)]
+        # The project's heads as last seen: members' reads count too.
+        seen = [latest[env.name] for env in (*envs, *members) if env.name in latest]
         newest = max(seen, key=lambda snap: (snap.read_at, snap.pk), default=None)
         rows.append(
             ProjectRow(
@@ -166,11 +227,107 @@ def status_matrix() -> Matrix:
                 else (),
                 graph_url=graph_url(project.name),
                 environments=tuple(
-                    _cell(env, latest.get(env.name), badges[env.name]) for env in envs
+                    cell_of(env, latest.get(env.name), badges[env.name]) for env in envs
                 ),
+                fleets=tuple(fleet_row(config, fleet, latest, badges) for fleet in fleets),
             )
         )
     return Matrix(projects=tuple(rows), config_error=None)
+
+
+def fleet_url(name: str, **filters: str) -> str:
+    """Return the fleet page's address, with these filters."""
+    path = reverse("fleet", args=[name])
+    query = {key: value for key, value in filters.items() if value}
+    return f"{path}?{urlencode(query)}" if query else path
+
+
+def member_state(snapshot: Snapshot | None) -> str:
+    """Return a member's state for counting: its snapshot's, or "unread"."""
+    return snapshot.state if snapshot is not None else UNREAD
+
+
+def revision_key(heads: Iterable[str]) -> str:
+    """Return the heads as one revision filter value: sorted, joined by ","."""
+    return ",".join(sorted(heads))
+
+
+def state_counts(fleet: str, states_seen: Iterable[str]) -> tuple[StateCount, ...]:
+    """Count members by state, in FLEET_STATES order (never read last), leaving out zeros."""
+    counted = Counter(states_seen)
+    return tuple(
+        StateCount(
+            state=state,
+            label=STATE_LABELS[state],
+            count=counted[state],
+            url=fleet_url(fleet, state=state),
+        )
+        for state in (*map(str, FLEET_STATES), UNREAD)
+        if counted[state]
+    )
+
+
+def revision_groups(fleet: str, heads_seen: Iterable[Iterable[str]]) -> list[RevisionGroup]:
+    """Group members by their heads, largest group first."""
+    counted = Counter(revision_key(heads) for heads in heads_seen)
+    ordered = sorted(counted.items(), key=lambda item: (-item[1], item[0]))
+    return [
+        RevisionGroup(
+            revision=key,
+            short=" + ".join(rev[:SHORT_ID] for rev in key.split(",")) if key else "no revision",
+            count=count,
+            url=fleet_url(fleet, revision=key or "-"),
+        )
+        for key, count in ordered
+    ]
+
+
+def fleet_row(
+    config: DashboardConfig,
+    fleet: Fleet,
+    latest: Mapping[str, Snapshot],
+    badges: Mapping[str, drift_selectors.SchemaBadge],
+) -> FleetRow:
+    """Return a fleet's overview row from its members' snapshots and schema badges."""
+    members = config.members_of(fleet.name)
+    problems = fleet_problems(fleet, members)
+    snapshots = [latest.get(member.name) for member in members]
+    behind = revision_groups(
+        fleet.name,
+        (s.heads for s in snapshots if s is not None and s.state == Snapshot.State.BEHIND),
+    )
+    reads = [s.read_at for s in snapshots if s is not None]
+    oldest = min(reads, default=None)
+    drift = sum(
+        1
+        for m in members
+        if (badge := badges.get(m.name)) is not None and badge.state == SchemaCheck.State.DRIFT
+    )
+    return FleetRow(
+        name=fleet.name,
+        project=fleet.project,
+        description=fleet.description,
+        url=fleet_url(fleet.name),
+        total=len(members),
+        counts=state_counts(fleet.name, map(member_state, snapshots)),
+        behind=tuple(behind[:SHOWN_GROUPS]),
+        more_behind=max(0, len(behind) - SHOWN_GROUPS),
+        drift=drift,
+        drift_url=fleet_url(fleet.name, schema=str(SchemaCheck.State.DRIFT)),
+        problems=problems,
+        oldest_read_at=oldest,
+        oldest_read_ago=ago(oldest),
+    )
+
+
+def fleet_problems(fleet: Fleet, members: Iterable[Environment]) -> tuple[str, ...]:
+    """Return why some of a fleet's members could not be made (bad lines, names, URLs)."""
+    broken = [m.url_error for m in members if m.url_error is not None]
+    if not broken:
+        return fleet.problems
+    # One URL template breaks every member alike: say it once, with how many.
+    more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+    return (*fleet.problems, f"{broken[0]}{more}")
 
 
 def environment_cell(*, name: str) -> EnvironmentCell | None:
@@ -179,7 +336,7 @@ def environment_cell(*, name: str) -> EnvironmentCell | None:
     if env is None:
         return None
     badge = drift_selectors.schema_badges([env])[name]
-    return _cell(env, _latest([env]).get(env.name), badge)
+    return cell_of(env, latest_of([env]).get(env.name), badge)
 
 
 def environment_detail(
@@ -206,7 +363,7 @@ def environment_detail(
     last_known = last_read(name, env.project) if unreadable else None
     heads = (last_known or latest).heads if latest else []
     return EnvironmentDetail(
-        cell=_cell(env, latest, schema or drift_selectors.schema_badges([env])[name]),
+        cell=cell_of(env, latest, schema or drift_selectors.schema_badges([env])[name]),
         environment=env,
         display_url=env.display_url(),
         graph_url=graph_url(env.project, heads[0] if heads else None),
@@ -257,7 +414,7 @@ def _pending_note(name: str, latest: Snapshot | None, unreadable: str) -> str:
 def environment_items() -> list[dict[str, Any]]:
     """Return the API's item for every configured environment (raises ConfigError)."""
     envs = current_config().ordered_environments()
-    latest = _latest(envs)
+    latest = latest_of(envs)
     return with_schema(envs, [environment_item(env, latest.get(env.name)) for env in envs])
 
 
@@ -266,7 +423,7 @@ def environment_item_named(*, name: str) -> dict[str, Any] | None:
     env = current_config().environments.get(name)
     if env is None:
         return None
-    return with_schema([env], [environment_item(env, _latest([env]).get(env.name))])[0]
+    return with_schema([env], [environment_item(env, latest_of([env]).get(env.name))])[0]
 
 
 def with_schema(envs: list[Environment], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -311,7 +468,7 @@ def snapshot_item(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def _latest(envs: Iterable[Environment]) -> dict[str, Snapshot]:
+def latest_of(envs: Iterable[Environment]) -> dict[str, Snapshot]:
     """Return the newest snapshot per environment, ignoring ones taken for another project."""
     projects = {env.name: env.project for env in envs}
     found = newest_per_environment(projects)
@@ -354,9 +511,10 @@ def _newest_sql(
     return sql, tuple(params)
 
 
-def _cell(
+def cell_of(
     env: Environment, snapshot: Snapshot | None, schema: drift_selectors.SchemaBadge | None = None
 ) -> EnvironmentCell:
+    """Return an environment's cell from its latest snapshot (None: never read) and badge."""
     if snapshot is None:
         return EnvironmentCell(
             name=env.name,
