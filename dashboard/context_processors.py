@@ -9,7 +9,12 @@ from django.utils.functional import SimpleLazyObject
 from dashboard.roles import can_approve, can_request, role_of
 
 # Pages appear in the navigation once their URL exists.
-NAV = (("Graph", "graph-index"), ("Actions", "action-list"), ("Audit", "audit"))
+NAV = (
+    ("Graph", "graph-index"),
+    ("Actions", "action-list"),
+    ("Rollouts", "rollout-list"),
+    ("Audit", "audit"),
+)
 
 
 def navigation(request: HttpRequest) -> dict[str, Any]:

@@ -43,6 +43,35 @@ class RejectionForm(forms.Form):
     reason = forms.CharField(max_length=REASON_MAX, strip=True)
 
 
+class RolloutRequestForm(forms.Form):
+    """A rollout request: direction, a target, the members it covers (a glob), and why."""
+
+    direction = forms.ChoiceField(
+        choices=[(Action.Direction.UPGRADE, "Upgrade"), (Action.Direction.DOWNGRADE, "Roll back")]
+    )
+    target = forms.CharField(max_length=255, strip=True, initial="heads")
+    members = forms.CharField(max_length=200, strip=True, initial="*")
+    reason = forms.CharField(
+        max_length=REASON_MAX,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "why, and what you checked"}),
+    )
+
+
+class RolloutApprovalForm(forms.Form):
+    """An approval, bound to the rollout hash the approver saw."""
+
+    # Not required: a missing hash is a mismatch, and the service says so.
+    rollout_hash = forms.CharField(max_length=64, required=False)
+    comment = forms.CharField(max_length=REASON_MAX, required=False, strip=True)
+
+
+class RolloutRejectionForm(forms.Form):
+    """A rollout's rejection and its reason."""
+
+    comment = forms.CharField(max_length=REASON_MAX, strip=True)
+
+
 class ActionFilterForm(forms.Form):
     """The actions list's filters."""
 

@@ -14,6 +14,7 @@ from dashboard.views import audit as audit_views
 from dashboard.views import drift as drift_views
 from dashboard.views import fleets as fleet_views
 from dashboard.views import graph as graph_views
+from dashboard.views import rollouts as rollout_views
 from dashboard.views.auth import SignInView
 
 urlpatterns = [
@@ -24,6 +25,7 @@ urlpatterns = [
     *drift_views.urlpatterns,
     *fleet_views.urlpatterns,
     *actions.urlpatterns,
+    *rollout_views.urlpatterns,
     *rollout_api.urlpatterns,
     *audit_views.urlpatterns,
     *graph_views.urlpatterns,
