@@ -39,6 +39,8 @@ bench: venv
 	$(PY) bench/bench_overview.py
 	$(PY) bench/bench_drift.py
 	$(PY) bench/bench_locks.py
+	$(PY) bench/bench_fleet.py
+	$(PY) bench/bench_startup.py
 
 clean:
 	rm -rf .venv var .mypy_cache .ruff_cache
