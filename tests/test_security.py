@@ -23,9 +23,9 @@ from django.utils import timezone
 
 from dashboard import audit
 from dashboard.config import current_config
-from dashboard.models import Action, Approval, AuditEvent, SignInThrottle
+from dashboard.models import Action, Approval, AuditEvent, Rollout, SignInThrottle
 from dashboard.roles import role_of
-from dashboard.services import signin, status, tokens, users, workers
+from dashboard.services import rollouts, signin, status, tokens, users, workers
 from dashboard.services.actions import pinning as plans
 from tests.statusenv import HEAD, MID, SAMPLE, empty_sqlite, write_config, write_versions
 
@@ -45,6 +45,7 @@ BACK = "302 /actions/{pk}/"  # a decision redirects to the action's page
 STAGING = "302 /environments/staging"
 GRAPH = "302 /projects/blog/graph"
 TENANTS = "302 /fleets/tenants"
+ROLLOUT = "302 /rollouts/{pk}"  # a rollout's decision or control redirects to its page
 ALL_405 = ("405",) * 5
 FAVICON = "302 /static/dashboard/favicon.svg"
 MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
@@ -99,6 +100,32 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     # The form page answers 403, without a form, to those who may not request.
     ("action-request",          "GET"):  (SIGN_IN,       "403",         "200",         "403",         "200"),
     ("action-request",          "POST"): (SIGN_IN,       "403",         "302 /actions/", "403",       "302 /actions/"),
+    ("rollout-list",            "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
+    ("rollout-list",            "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("rollout-detail",          "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
+    ("rollout-detail",          "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("rollout-live",            "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
+    ("rollout-live",            "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    # The operator requested every rollout here; approving and rejecting are for approvers.
+    ("rollout-approve",         "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("rollout-approve",         "POST"): (SIGN_IN,       "403",         "403",         ROLLOUT,       ROLLOUT),
+    ("rollout-reject",          "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("rollout-reject",          "POST"): (SIGN_IN,       "403",         "403",         ROLLOUT,       ROLLOUT),
+    # Steering a rollout is for every role but the viewer (a running one pauses, a paused one
+    # resumes, any open one cancels).
+    ("rollout-pause",           "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("rollout-pause",           "POST"): (SIGN_IN,       "403",         ROLLOUT,       ROLLOUT,       ROLLOUT),
+    ("rollout-resume",          "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("rollout-resume",          "POST"): (SIGN_IN,       "403",         ROLLOUT,       ROLLOUT,       ROLLOUT),
+    ("rollout-cancel",          "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("rollout-cancel",          "POST"): (SIGN_IN,       "403",         ROLLOUT,       ROLLOUT,       ROLLOUT),
+    # Like the action form: 403, without a form, to those who may not request.
+    ("rollout-request",         "GET"):  (SIGN_IN,       "403",         "200",         "403",         "200"),
+    ("rollout-request",         "POST"): (SIGN_IN,       "403",         "302 /rollouts/", "403",      "302 /rollouts/"),
+    ("api-rollouts",            "GET"):  ("401",         "200",         "200",         "200",         "200"),
+    ("api-rollouts",            "POST"): ALL_405,
+    ("api-rollout",             "GET"):  ("401",         "200",         "200",         "200",         "200"),
+    ("api-rollout",             "POST"): ALL_405,
     ("audit",                   "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
     ("audit",                   "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("audit-export",            "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
@@ -129,15 +156,23 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
 NO_ROLE_REACHES = {"healthz", "readyz", "favicon", "login", "logout"}
 
 # What each POST carries: everything a real form would send, so the answer is the decision's.
-BODIES: dict[str, Callable[[Action | None], dict[str, str]]] = {
+BODIES: dict[str, Callable[[Any], dict[str, str]]] = {
     "action-approve": lambda action: {"plan_hash": action.plan_hash if action else "", "comment": "ok"},
     "action-reject": lambda action: {"reason": "not now"},
     "action-request": lambda action: {"direction": "upgrade", "target": "heads", "reason": "ship"},
+    "rollout-approve": lambda rollout: {"rollout_hash": rollout.rollout_hash, "comment": "ok"},
+    "rollout-reject": lambda rollout: {"comment": "not now"},
+    "rollout-request": lambda rollout: {
+        "direction": "upgrade", "target": "heads", "members": "*", "reason": "ship"
+    },
     "login": lambda action: {"username": "nobody", "password": "wrong-password"},
 }  # fmt: skip
 
 # What each GET needs beyond its path to be a complete request.
 QUERIES = {"audit-export": "?format=csv"}
+
+# The state each rollout route's fresh rollout is in, so that its control is one that applies.
+ROLLOUT_STATES = {"rollout-pause": Rollout.Status.RUNNING, "rollout-resume": Rollout.Status.PAUSED}
 
 
 @dataclass
@@ -146,6 +181,7 @@ class Site:
 
     people: dict[str, Any]
     fingerprint: str
+    requested: Rollout  # the operator's rollout of the tenants fleet to heads, SQL rendered
     clients: dict[str, Client] = field(default_factory=dict)
 
     def client(self, role: str, *, csrf: bool = False) -> Client:
@@ -180,6 +216,24 @@ class Site:
         values.update(fields)
         return Action.objects.create(**values)
 
+    def rollout(self, state: str = Rollout.Status.REQUESTED) -> Rollout:
+        """Copy the requested rollout as a fresh one; approve (and pause) it to reach a state."""
+        fields = {
+            f.attname: getattr(self.requested, f.attname)
+            for f in Rollout._meta.concrete_fields
+            if not f.primary_key
+        }
+        rollout = Rollout.objects.create(**fields)
+        if state in (Rollout.Status.RUNNING, Rollout.Status.PAUSED):
+            rollout = rollouts.rollout_approve(
+                user=self.people["abe"], rollout_id=rollout.pk, rollout_hash=rollout.rollout_hash
+            )
+        if state == Rollout.Status.PAUSED:
+            rollout = rollouts.rollout_pause(user=self.people["olga"], rollout_id=rollout.pk)
+        rollout.refresh_from_db()
+        assert rollout.status == state, rollout
+        return rollout
+
 
 @pytest.fixture
 def site(settings: Any, tmp_path: Path) -> Site:
@@ -190,8 +244,13 @@ def site(settings: Any, tmp_path: Path) -> Site:
         tmp_path / "dashboard.toml",
         {"staging": {"project": "blog", "url": url, "approvals_required": 1}},
     )
-    # A fleet of one member, so the fleet pages answer with a real fleet.
-    fleet = 'project = "blog"\nurl_template = "sqlite:///tenant-{name}.db"\nnames = ["acme"]\n'
+    # A fleet of one member, readable and behind, so the fleet and rollout pages answer with a
+    # real fleet and a rollout to heads can be requested.
+    write_versions(empty_sqlite(tmp_path / "tenant-acme.db"), [MID])
+    template = f"sqlite:///{tmp_path}/tenant-{{name}}.db"
+    fleet = (
+        f'project = "blog"\nurl_template = "{template}"\nnames = ["acme"]\napprovals_required = 1\n'
+    )
     config.write_text(f"{config.read_text()}\n[fleets.tenants]\n{fleet}")
     settings.DASHBOARD_CONFIG = str(config)
     for role, name in PEOPLE.items():
@@ -200,7 +259,12 @@ def site(settings: Any, tmp_path: Path) -> Site:
     status.status_refresh()
     workers.worker_beat_record(name="security:1", started_at=timezone.now())
     fingerprint = plans.current_fingerprint(current_config().projects["blog"])
-    return Site(people=people, fingerprint=fingerprint)
+    requested = rollouts.rollout_request(
+        user=people["olga"], fleet="tenants", direction="upgrade", target="heads",
+        reason="ship the votes table", prepare=True,
+    )  # fmt: skip
+    assert requested.status == Rollout.Status.REQUESTED, requested.error
+    return Site(people=people, fingerprint=fingerprint, requested=requested)
 
 
 def url_patterns() -> Iterator[tuple[str, URLPattern]]:
@@ -229,15 +293,20 @@ def url_patterns() -> Iterator[tuple[str, URLPattern]]:
     yield from walk(get_resolver().url_patterns, "")
 
 
-def concrete_url(key: str, pattern: URLPattern, site: Site) -> tuple[str, Action | None]:
-    """Fill the pattern's converters with real objects; a fresh action for each `pk`."""
+def concrete_url(key: str, pattern: URLPattern, site: Site) -> tuple[str, Action | Rollout | None]:
+    """Fill the pattern's converters with real objects; a fresh action or rollout for each `pk`."""
     route = str(pattern.pattern)
     kwargs: dict[str, Any] = {}
-    action = None
+    action: Action | Rollout | None = None
     for param in pattern.pattern.converters:
-        if param == "pk":
+        if param == "pk" and route.startswith("rollouts/"):
+            action = site.rollout(ROLLOUT_STATES.get(key, Rollout.Status.REQUESTED))
+            kwargs[param] = action.pk
+        elif param == "pk":
             action = site.action()
             kwargs[param] = action.pk
+        elif param == "rollout_id":
+            kwargs[param] = str(site.requested.pk)
         elif param == "name" and route.startswith(("fleets/", "api/fleets/")):
             kwargs[param] = "tenants"
         elif param == "name":
@@ -258,7 +327,7 @@ def outcome(response: HttpResponse) -> str:
     return str(response.status_code)
 
 
-def matches(expected: str, actual: str, action: Action | None) -> bool:
+def matches(expected: str, actual: str, action: Action | Rollout | None) -> bool:
     """Say whether an actual outcome is the expected one (a redirect's target by prefix)."""
     if action is not None:
         expected = expected.replace("{pk}", str(action.pk))
@@ -273,14 +342,15 @@ def matches(expected: str, actual: str, action: Action | None) -> bool:
 
 def request(
     site: Site, role: str, method: str, key: str, pattern: URLPattern
-) -> tuple[HttpResponse, Action | None]:
+) -> tuple[HttpResponse, Action | Rollout | None]:
     """Send one request of the matrix, with the body a real form would send."""
     url, action = concrete_url(key, pattern, site)
     client = site.client(role)
     if method == "GET":
         return client.get(url), action
-    if key == "action-request":
-        # A request beside unfinished ones is refused (test_superseding.py): start from none.
+    if key in ("action-request", "rollout-request"):
+        # A request beside unfinished ones is refused (test_superseding.py), and a member with
+        # one is left out of a rollout (running rollouts here have some): start from none.
         Action.objects.filter(status__in=Action.ACTIVE).update(status=Action.Status.CANCELLED)
     body = BODIES[key](action) if key in BODIES else {}
     return client.post(url, body), action
@@ -380,6 +450,38 @@ def test_the_matrix_decisions_really_happened(site: Site) -> None:
     site.client("operator").post(f"/actions/{cancelled.pk}/cancel")
     cancelled.refresh_from_db()
     assert cancelled.status == Action.Status.CANCELLED
+
+
+# What each rollout decision or control leaves its rollout in when it was really done.
+ROLLOUT_DONE = {
+    "rollout-approve": Rollout.Status.RUNNING,
+    "rollout-reject": Rollout.Status.REJECTED,
+    "rollout-pause": Rollout.Status.PAUSED,
+    "rollout-resume": Rollout.Status.RUNNING,
+    "rollout-cancel": Rollout.Status.CANCELLED,
+}
+
+
+def test_the_matrix_rollout_decisions_really_happened(site: Site) -> None:
+    """A 302 after a rollout's decision or control means it was done; a 403 that nothing was."""
+    patterns = dict(url_patterns())
+    for key, done in ROLLOUT_DONE.items():
+        for role, expected in zip(ROLES, MATRIX[key, "POST"], strict=True):
+            response, rollout = request(site, role, "POST", key, patterns[key])
+            assert isinstance(rollout, Rollout)
+            before = rollout.status
+            rollout.refresh_from_db()
+            if expected == ROLLOUT:
+                assert response["Location"] == f"/rollouts/{rollout.pk}", (key, role)
+                assert rollout.status == done, (key, role, rollout.status)
+            else:
+                assert rollout.status == before, (key, role, rollout.status)
+    # A viewer asking for a rollout adds none; an admin asking adds one.
+    assert set(Rollout.objects.values_list("requested_by_name", flat=True)) == {"olga"}
+    request(site, "viewer", "POST", "rollout-request", patterns["rollout-request"])
+    assert set(Rollout.objects.values_list("requested_by_name", flat=True)) == {"olga"}
+    request(site, "admin", "POST", "rollout-request", patterns["rollout-request"])
+    assert "root" in set(Rollout.objects.values_list("requested_by_name", flat=True))
 
 
 # --- CSRF ---------------------------------------------------------------------------------------
