@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from dashboard.databases import sessions
 from dashboard.models import Action
+from dashboard.runner.process import fork_server_pids
 from dashboard.services import actions
 from tests.actions_support import ROOT, make_people, stop_worker, wait_for, write_config
 from tests.databases import MARIADB_ADMIN_URL, PG_ADMIN_URL
@@ -415,7 +416,8 @@ def test_the_child_is_tagged_through_libpq_and_init_command_never_through_the_ac
 
 
 def _alembic_children() -> list[int]:
-    """Return the pids of this process's Alembic children."""
+    """Return the pids of this process's Alembic children (forked by its fork servers or not)."""
+    servers = set(fork_server_pids())
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -423,7 +425,8 @@ def _alembic_children() -> list[int]:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if parent == os.getpid() and b"alembic" in command:
+        mine = parent == os.getpid() or parent in servers
+        if mine and int(pid) not in servers and b"alembic" in command:
             found.append(int(pid))
     return found
 

@@ -31,6 +31,7 @@ from dashboard.config import (
     url_secrets,
 )
 from dashboard.databases import sessions
+from dashboard.runner import zygote
 
 CHECK_INTERVAL = 0.2  # seconds between time-limit and cancel checks when the child is quiet
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of the process group
@@ -95,6 +96,12 @@ command, rest = sys.argv[3 : 3 + count], sys.argv[3 + count :]
 os.execv(sys.executable, [sys.executable, *command, *rest])
 """
 
+
+def _bootstrap_argv(python: str, command: list[str]) -> list[str]:
+    """Return the argv that starts `python <command>` through the bootstrap."""
+    return [python, "-I", "-c", _BOOTSTRAP, str(os.getpid()), str(len(command)), *command]
+
+
 # `python -m alembic`, except that bytecode is looked for only in a fresh, empty folder (argv[1])
 # from the moment Alembic itself is loaded: env.py, the revisions and everything they import
 # are compiled from the bytes on disk. Python trusts a .pyc whose source has the same size and
@@ -108,6 +115,16 @@ from alembic.config import main
 sys.pycache_prefix = prefix
 main(prog="alembic")
 """
+
+# With DASHBOARD_ALEMBIC_ZYGOTE unset (or not 0), runs are forked from a server that did the
+# imports above once (zygote.py); it falls back to _ALEMBIC's fresh interpreter by itself.
+_FORK_SERVERS = zygote.ForkServers(_bootstrap_argv)
+
+
+def fork_server_pids() -> list[int]:
+    """Return the pids of this process's live Alembic fork servers."""
+    return _FORK_SERVERS.server_pids()
+
 
 # Used when the project has no alembic.ini, or one without logging: Alembic reports each
 # step ("Running upgrade A -> B") only through the alembic logger at INFO.
@@ -506,11 +523,21 @@ def _execute(
         ini = _write_config(project, url, Path(folder), approved=approved, ini_options=ini_options)
         cache = Path(folder) / "pycache"  # fresh, empty, 0700, removed with the run
         os.mkdir(cache, 0o700)
-        command = [*(["-P"] if approved is not None else []), "-c", _ALEMBIC, str(cache)]
-        argv = [python, "-I", "-c", _BOOTSTRAP, str(os.getpid()), str(len(command)), *command]
-        argv += ["-c", str(ini), *args]
+        safe_path = ["-P"] if approved is not None else []
+        command = [*safe_path, "-c", _ALEMBIC, str(cache)]
+        alembic_args = ["-c", str(ini), *args]
+        forked = zygote.Run(
+            python=python,
+            safe_path=approved is not None,
+            arguments=alembic_args,
+            pycache_prefix=str(cache),
+            env=env,
+            cwd=str(cwd),
+            command_line=[python, *safe_path, "-m", "alembic", *alembic_args],
+        )
         return _supervise(
-            argv,
+            [*_bootstrap_argv(python, command), *alembic_args],
+            forked=forked,
             cwd=cwd,
             env=env,
             on_stdout=on_stdout,
@@ -733,6 +760,7 @@ def _ini_escape(value: str) -> str:
 def _supervise(
     argv: list[str],
     *,
+    forked: zygote.Run | None = None,
     cwd: Path,
     env: dict[str, str],
     on_stdout: Callable[[str], None],
@@ -740,24 +768,18 @@ def _supervise(
     time_limit: float,
     should_cancel: Callable[[], bool] | None,
 ) -> _Outcome:
-    """Run argv in its own process group, pump its output, stop it when told to."""
+    """Run argv in its own process group, pump its output, stop it when told to.
+
+    With forked, the same run is forked from a fork server when one can take it.
+    """
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if on_stderr is None else subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise RunnerError(f"cannot start {argv[0]}: {exc}") from exc
-    pipes = [(proc.stdout, on_stdout), (proc.stderr, on_stderr)]
-    streams = [_LineStream(pipe.fileno(), sink) for pipe, sink in pipes if pipe and sink]
-    # Readable when the child exits, so the loop notices at once instead of at its next check.
-    exit_fd = _open_pidfd(proc.pid)
+    proc, pipes = _start(argv, forked, cwd=cwd, env=env, split_stderr=on_stderr is not None)
+    sinks = (on_stdout, on_stderr)
+    streams = [_LineStream(fd, sink) for fd, sink in zip(pipes, sinks, strict=False) if sink]
+    # Readable when the child exits, so the loop notices at once instead of at its next check;
+    # a forked run's is its server's report, which comes while the server keeps the pid.
+    exit_fd = _open_pidfd(proc.pid) if isinstance(proc, subprocess.Popen) else None
+    watch_fd = exit_fd if isinstance(proc, subprocess.Popen) else proc.fileno()
     stopped: str | None = None
     term_sent_at: float | None = None
     exited_at: float | None = None
@@ -768,8 +790,8 @@ def _supervise(
             for stream in streams:
                 os.set_blocking(stream.fd, False)
                 selector.register(stream.fd, selectors.EVENT_READ, stream)
-            if exit_fd is not None:
-                selector.register(exit_fd, selectors.EVENT_READ, None)
+            if watch_fd is not None:
+                selector.register(watch_fd, selectors.EVENT_READ, None)
             while True:
                 if selector.get_map():
                     for key, _ in selector.select(CHECK_INTERVAL):
@@ -808,12 +830,54 @@ def _supervise(
             # Unwinding on an error (a failing on_line, KeyboardInterrupt): never leave it running.
             _signal_group(proc, signal.SIGKILL)
         proc.wait()
-        for pipe, _sink in pipes:
-            if pipe is not None:
-                pipe.close()
+        for fd in pipes:
+            os.close(fd)
         if exit_fd is not None:
             os.close(exit_fd)
     return _Outcome(proc.returncode, stopped, time.monotonic() - started)
+
+
+def _start(
+    argv: list[str],
+    forked: zygote.Run | None,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    split_stderr: bool,
+) -> tuple[subprocess.Popen[bytes] | zygote.ForkedRun, list[int]]:
+    """Start the run in a session of its own; return it and the read ends of its output."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe() if split_stderr else (None, out_w)
+    pipes = [out_r] if err_r is None else [out_r, err_r]
+    proc: subprocess.Popen[bytes] | zygote.ForkedRun | None = None
+    try:
+        if forked is not None:
+            try:
+                proc = _FORK_SERVERS.spawn(forked, stdout=out_w, stderr=err_w)
+            except zygote.ServerFailed as exc:
+                raise RunnerError(f"cannot run Alembic: {exc}") from exc
+        if proc is None:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise RunnerError(f"cannot start {argv[0]}: {exc}") from exc
+    except BaseException:
+        for fd in pipes:
+            os.close(fd)
+        raise
+    finally:
+        os.close(out_w)
+        if err_w != out_w:
+            os.close(err_w)
+    return proc, pipes
 
 
 def _open_pidfd(pid: int) -> int | None:
@@ -827,8 +891,10 @@ def _open_pidfd(pid: int) -> int | None:
         return None
 
 
-def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
+def _has_exited(proc: subprocess.Popen[bytes] | zygote.ForkedRun) -> bool:
     """Say whether the child exited, without reaping it (its pid stays reserved)."""
+    if isinstance(proc, zygote.ForkedRun):
+        return proc.poll() is not None  # its server reaps it only once we have waited
     try:
         flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
         return os.waitid(os.P_PID, proc.pid, flags) is not None
@@ -836,7 +902,7 @@ def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
         return True
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal_group(proc: subprocess.Popen[bytes] | zygote.ForkedRun, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
 
