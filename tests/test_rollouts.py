@@ -118,3 +118,27 @@ def test_a_failing_member_pauses_the_rollout_and_resume_skips_it(
     assert rollout.status == Rollout.Status.SUCCEEDED, rollout.error
     assert rollout.skipped == ["tenants/t02"]
     assert members.filter(status=Action.Status.SUCCEEDED).count() == 5
+
+
+def test_a_members_alembic_child_never_inherits_the_fleets_url_or_password_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashboard.config import load_config
+    from dashboard.runner.process import child_secrets
+
+    path = tmp_path / "dashboard.toml"
+    path.write_text(
+        f'[projects.blog]\nalembic_ini = "{SAMPLE_INI}"\n\n'
+        '[environments.prod]\nproject = "blog"\nurl_env = "PROD_URL"\n\n'
+        '[fleets.lines]\nproject = "blog"\nurls_env = "TENANT_URLS"\n\n'
+        '[fleets.pg]\nproject = "blog"\nurl_template = "postgresql://app@db/{name}"\n'
+        'password_env = "TENANT_PASSWORD"\nnames = ["acme"]\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("TENANT_URLS", "a=postgresql://u:one@h/a\nb=postgresql://u:two@h/b")
+    config = load_config(path)
+    for member in ("lines/a", "pg/acme"):
+        dropped = child_secrets(config, config.environments[member])
+        assert {"TENANT_URLS", "TENANT_PASSWORD", "PROD_URL"} <= dropped
+    # A standalone environment's own variable names only its database: it may stay.
+    assert "PROD_URL" not in child_secrets(config, config.environments["prod"])

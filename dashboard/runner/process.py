@@ -173,8 +173,13 @@ def child_secrets(config: DashboardConfig, env: Environment) -> set[str]:
     """Return the variables Alembic's child must not inherit when it works on env."""
     names = set(DASHBOARD_SECRETS)
     for other in config.environments.values():
-        if other.url_env and other.url_env != env.url_env:
-            names.add(other.url_env)
+        names.update(other.secret_variables)
+    for fleet in config.fleets.values():
+        names.update(fleet.secret_variables)
+    # Its own url_env may stay when it names its database alone (an env.py may read it); a
+    # fleet's url_env holds every member's URL, and a password variable is not a database.
+    if env.url_env and env.url_key is None and env.fleet is None:
+        names.discard(env.url_env)
     # The child gets its database through DATABASE_URL, never a scratch server's password.
     names.update(p.scratch_url_env for p in config.projects.values() if p.scratch_url_env)
     return names
@@ -187,7 +192,10 @@ def replay_secrets(config: DashboardConfig) -> set[str]:
     before DATABASE_URL would replay into the live database.
     """
     names = set(DASHBOARD_SECRETS)
-    names.update(env.url_env for env in config.environments.values() if env.url_env)
+    for env in config.environments.values():
+        names.update(env.secret_variables)
+    for fleet in config.fleets.values():
+        names.update(fleet.secret_variables)
     names.update(p.scratch_url_env for p in config.projects.values() if p.scratch_url_env)
     return names
 
