@@ -330,3 +330,40 @@ def test_bare_urls_use_the_installed_drivers(
     monkeypatch.setenv("STAGING_DATABASE_URL", written)
     staging = load_config(write(tmp_path, GOOD)).environments["staging"]
     assert staging.database_url() == used
+
+
+def test_a_urls_env_line_with_a_bad_name_is_reported_without_quoting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashboard.config import load_config
+
+    path = tmp_path / "dashboard.toml"
+    path.write_text(
+        '[projects.blog]\nscript_location = "."\n\n'
+        '[fleets.lines]\nproject = "blog"\nurls_env = "TENANT_URLS"\n',
+        encoding="utf-8",
+    )
+    long_name = "x" * 70
+    monkeypatch.setenv(
+        "TENANT_URLS",
+        "postgresql://admin:S3cretPW@db/x?sslmode=require\n"
+        f"{long_name}=sqlite:///long.db\nok=sqlite:///ok.db",
+    )
+    config = load_config(path)
+    problems = " ".join(config.environment_problems())
+    assert "S3cretPW" not in problems and "line 1" in problems and "line 2" in problems
+    assert [env.name for env in config.members_of("lines")] == ["lines/ok"]
+
+
+def test_a_fleet_name_too_long_for_its_members_names_is_refused(tmp_path: Path) -> None:
+    from dashboard.config import load_config
+
+    path = tmp_path / "dashboard.toml"
+    path.write_text(
+        '[projects.blog]\nscript_location = "."\n\n'
+        f'[fleets.{"f" * 40}]\nproject = "blog"\nurl_template = "sqlite:///{{name}}.db"\n'
+        'names = ["a"]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="longer than 39 characters"):
+        load_config(path)

@@ -142,3 +142,28 @@ def test_a_members_alembic_child_never_inherits_the_fleets_url_or_password_varia
         assert {"TENANT_URLS", "TENANT_PASSWORD", "PROD_URL"} <= dropped
     # A standalone environment's own variable names only its database: it may stay.
     assert "PROD_URL" not in child_secrets(config, config.environments["prod"])
+
+
+def test_members_on_another_dialect_get_their_own_group_and_sql(
+    tmp_path: Path, settings: Any, people: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.databases import postgres_database
+
+    with postgres_database() as pg_url:
+        sqlite_url = f"sqlite:///{tmp_path / 'lite.db'}"
+        (tmp_path / "lite.db").touch()
+        monkeypatch.setenv("MIXED_URLS", f"lite={sqlite_url}\npg={pg_url}")
+        path = tmp_path / "dashboard.toml"
+        path.write_text(
+            f'[projects.blog]\nalembic_ini = "{SAMPLE_INI}"\n\n'
+            '[fleets.mixed]\nproject = "blog"\nurls_env = "MIXED_URLS"\n',
+            encoding="utf-8",
+        )
+        settings.DASHBOARD_CONFIG = str(path)
+        rollout = rollouts.rollout_request(
+            user=people["olga"], fleet="mixed", direction="upgrade", target="heads", prepare=True
+        )
+        by_dialect = {g["dialect"]: g for g in rollout.groups}
+        assert set(by_dialect) == {"sqlite", "postgresql"}
+        assert by_dialect["postgresql"]["members"] == ["mixed/pg"]
+        assert by_dialect["sqlite"]["sql_sha256"] != by_dialect["postgresql"]["sql_sha256"]

@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+MAX_FLEET_NAME = 39  # + "/" + a member name of at most 60
 TOP_LEVEL_KEYS = {"projects", "environments", "fleets"}
 # Seconds a process trusts its copy of the discovered members before reading them again.
 DISCOVERED_TTL = 5.0
@@ -162,6 +163,11 @@ def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
                     " and hold only letters, digits, '.', '_' and '-'"
                 )
     for name in fleets_raw:
+        if len(name) > MAX_FLEET_NAME:
+            # "fleet/member" must fit the 100 characters environment names are stored in.
+            raise ConfigError(
+                f"{path}: fleet name {name[:60]!r}… is longer than {MAX_FLEET_NAME} characters"
+            )
         if name in envs_raw:
             raise ConfigError(
                 f"{path}: [fleets.{name}] has the name of [environments.{name}]: a fleet's"

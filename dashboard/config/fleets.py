@@ -339,10 +339,13 @@ def _from_urls_env(path: Path, where: str, table: dict[str, Any], fleet: Fleet) 
             # Never the line itself: it may hold a password.
             problems.append(f"{variable} line {number} is not name=url; it is left out")
             continue
-        problem = member_name_problem(name.strip())
-        if problem:
-            problems.append(f"{variable} line {number}: {problem}")
-    for member in lines:
+        if member_name_problem(name.strip()):
+            # Not quoted: what precedes the first '=' may be a URL with its password.
+            problems.append(
+                f"{variable} line {number}: its name is not a usable member name (letters,"
+                " digits, '.', '_' and '-', at most 60 characters); it is left out"
+            )
+    for member in [name for name in lines if not member_name_problem(name)]:
         members.append(
             dataclasses.replace(
                 fleet.policy,

@@ -33,7 +33,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dashboard.config import Project
-from dashboard.models import Action, ApprovedFile
+from dashboard.models import Action, ApprovedFile, Rollout
 from dashboard.runner.process import ApprovedCopy
 from dashboard.scripts.ini import read_settings
 from dashboard.scripts.scan import RACY_NS, files_by_location, fingerprint_files
@@ -281,6 +281,9 @@ def files_sweep(*, retention: timedelta) -> int:
     )
     keep: set[str] = set()
     for manifest in needing.values_list("bundle", flat=True).iterator():
+        keep.update((manifest or {}).values())
+    # A rollout waiting for its approval has no member actions yet: its bytes stay too.
+    for manifest in Rollout.objects.open().values_list("bundle", flat=True).iterator():
         keep.update((manifest or {}).values())
     stale = [pk for pk, sha in candidates if sha not in keep]
     deleted = 0

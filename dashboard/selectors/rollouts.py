@@ -111,6 +111,8 @@ def rollout_summary(*, rollout_id: int, with_sql: bool = False) -> dict[str, Any
 def rollout_rows(*, fleet: str | None = None, limit: int = LIST_LIMIT) -> list[dict[str, Any]]:
     """Return rollouts newest first (of one fleet if named), each with its counts by state."""
     query = Rollout.objects.defer("groups", "left_out", "bundle").order_by("-created_at", "-id")
+    if fleet and "\x00" in fleet:
+        return []  # no fleet's name holds a NUL, and PostgreSQL refuses to compare one
     if fleet:
         query = query.filter(fleet=fleet)
     shown = list(query[:limit])

@@ -13,7 +13,14 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from dashboard import audit, history, roles, scripts
-from dashboard.config import ConfigError, DashboardConfig, Fleet, NotConfigured, current_config
+from dashboard.config import (
+    ConfigError,
+    DashboardConfig,
+    Fleet,
+    NotConfigured,
+    current_config,
+    parse_database_url,
+)
 from dashboard.databases import versions
 from dashboard.models import Action, Rollout
 from dashboard.runner import bundle, review
@@ -101,12 +108,15 @@ def rollout_request(
         if why:
             left_out.append({"member": member.name, "reason": why})
             continue
-        key = tuple(sorted(reading.heads))
+        # One plan renders other SQL on another dialect: what approvers see is what runs.
+        backend = parse_database_url(member.database_url()).get_backend_name()
+        key = (*sorted(reading.heads), f"@{backend}")
         group = groups.setdefault(
             key,
             {
                 "members": [],
-                "from_heads": list(key),
+                "from_heads": sorted(reading.heads),
+                "dialect": backend,
                 "target_heads": sorted(plan.target_heads),
                 "plan": plan.revisions,
             },
@@ -252,6 +262,7 @@ def rollout_hash(rollout: Rollout) -> str:
                 "plan": g["plan"],
                 "plan_marks": g.get("plan_marks") or {},
                 "sql_sha256": g.get("sql_sha256", ""),
+                "dialect": g.get("dialect", ""),
             }
             for g in rollout.groups
         ],
