@@ -167,3 +167,27 @@ def test_members_on_another_dialect_get_their_own_group_and_sql(
         assert set(by_dialect) == {"sqlite", "postgresql"}
         assert by_dialect["postgresql"]["members"] == ["mixed/pg"]
         assert by_dialect["sqlite"]["sql_sha256"] != by_dialect["postgresql"]["sql_sha256"]
+
+
+def test_no_more_than_parallel_members_are_handed_to_the_queue_at_once(
+    fleet: Path, people: dict[str, Any]
+) -> None:
+    rollout = rollouts.rollout_request(
+        user=people["olga"], fleet="tenants", direction="upgrade", target="heads", prepare=True
+    )
+    rollouts.rollout_approve(
+        user=people["alan"], rollout_id=rollout.pk, rollout_hash=rollout.rollout_hash
+    )
+    members = Action.objects.filter(rollout=rollout)
+    # As if the canary and the second wave had run: the last wave has 3 members, parallel is 2.
+    members.filter(wave__in=[1, 2]).update(status=Action.Status.SUCCEEDED)
+    for _ in range(3):  # every worker's advance, one after another
+        rollouts.rollout_advance(rollout_id=rollout.pk)
+    assert members.filter(wave=3, status=Action.Status.QUEUED).count() == 2
+    assert members.filter(wave=3, status=Action.Status.APPROVED).count() == 1
+    # A member that ends frees its slot for the one left.
+    first = members.filter(wave=3, status=Action.Status.QUEUED).values_list("pk", flat=True)[0]
+    members.filter(pk=first).update(status=Action.Status.SUCCEEDED)
+    rollouts.rollout_advance(rollout_id=rollout.pk)
+    assert members.filter(wave=3, status=Action.Status.QUEUED).count() == 2
+    assert members.filter(wave=3, status=Action.Status.APPROVED).count() == 0
