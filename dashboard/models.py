@@ -78,7 +78,25 @@ class ActionQuerySet(models.QuerySet["Action"]):
         return self.filter(status__in=Action.FINISHED)
 
 
-class Action(models.Model):
+class Requested:
+    """Who requested an action or a rollout: the account, and the name it was made under."""
+
+    requested_by_id: int | None
+    requested_by_name: str
+
+    def requested_by_account(self, user: Any) -> bool:
+        """Say whether this very account made the request (not a later one of its name)."""
+        return self.requested_by_id is not None and self.requested_by_id == getattr(
+            user, "pk", None
+        )
+
+    def may_be_requested_by(self, user: Any) -> bool:
+        """Say whether the user may be the requester: the account, or the name it was made under."""
+        # For refusals only (self-approval): being wrong here refuses, never permits.
+        return self.requested_by_account(user) or self.requested_by_name == user.get_username()
+
+
+class Action(Requested, models.Model):
     """A request to upgrade or downgrade one environment to a target, with its pinned plan."""
 
     class Status(models.TextChoices):
@@ -192,17 +210,6 @@ class Action(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
-
-    def requested_by_account(self, user: Any) -> bool:
-        """Say whether this very account requested the action (not a later one of its name)."""
-        return self.requested_by_id is not None and self.requested_by_id == getattr(
-            user, "pk", None
-        )
-
-    def may_be_requested_by(self, user: Any) -> bool:
-        """Say whether the user may be the requester: the account, or the name it was made under."""
-        # For refusals only (self-approval): being wrong here refuses, never permits.
-        return self.requested_by_account(user) or self.requested_by_name == user.get_username()
 
     @property
     def is_prepared(self) -> bool:
@@ -482,7 +489,7 @@ class RolloutQuerySet(models.QuerySet["Rollout"]):
         return self.filter(status=Rollout.Status.RUNNING)
 
 
-class Rollout(models.Model):
+class Rollout(Requested, models.Model):
     """One change to a fleet (or part of one): one request, one approval, members in waves."""
 
     class Status(models.TextChoices):
@@ -552,13 +559,6 @@ class Rollout(models.Model):
     @property
     def member_count(self) -> int:
         return sum(len(group["members"]) for group in self.groups)
-
-    def may_be_requested_by(self, user: Any) -> bool:
-        """Say whether the user may be the requester: the account, or the name it was made under."""
-        same_account = self.requested_by_id is not None and self.requested_by_id == getattr(
-            user, "pk", None
-        )
-        return same_account or self.requested_by_name == user.get_username()
 
 
 class RolloutApproval(models.Model):
