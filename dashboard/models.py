@@ -102,6 +102,7 @@ class Action(Requested, models.Model):
     class Status(models.TextChoices):
         REQUESTED = "requested", "requested"  # waiting for approvals
         APPROVED = "approved", "approved"  # enough approvals, not yet handed to the queue
+        SCHEDULED = "scheduled", "scheduled"  # approved, waiting for its window (or run-at time)
         QUEUED = "queued", "queued"  # enqueued for a worker
         RUNNING = "running", "running"  # a worker runs Alembic now
         SUCCEEDED = "succeeded", "succeeded"  # exit 0 and the environment at the expected heads
@@ -116,7 +117,13 @@ class Action(Requested, models.Model):
         DOWNGRADE = "downgrade", "downgrade"
         STAMP = "stamp", "stamp"  # writes the version table only; runs no revision
 
-    ACTIVE = (Status.REQUESTED, Status.APPROVED, Status.QUEUED, Status.RUNNING)
+    ACTIVE = (
+        Status.REQUESTED,
+        Status.APPROVED,
+        Status.SCHEDULED,
+        Status.QUEUED,
+        Status.RUNNING,
+    )
     FINISHED = (
         Status.SUCCEEDED,
         Status.FAILED,
@@ -186,6 +193,11 @@ class Action(Requested, models.Model):
         "Rollout", null=True, blank=True, on_delete=models.PROTECT, related_name="actions"
     )
     wave = models.PositiveSmallIntegerField(null=True)
+    # The requester's chosen start ("run at"), inside one of the environment's windows.
+    run_at = models.DateTimeField(null=True, blank=True)
+    # When a scheduled action may start next (a window's opening or run_at), and why it waits.
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    schedule_note = models.TextField(blank=True)
 
     objects = ActionQuerySet.as_manager()
 
@@ -589,3 +601,91 @@ class RolloutApproval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} {self.decision} rollout #{self.rollout_id}"
+
+
+class RevisionRun(models.Model):
+    """How long one revision took in one environment and direction, from the runner's lines."""
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        INTERRUPTED = "interrupted", "interrupted"
+        CANCELLED = "cancelled", "cancelled"
+        RETRIED = "retried", "retried"  # rolled back by a lock timeout and run again
+
+    action = models.ForeignKey(Action, on_delete=models.CASCADE, related_name="revision_runs")
+    environment = models.CharField(max_length=100)
+    project = models.CharField(max_length=100)
+    revision = models.CharField(max_length=255)
+    direction = models.CharField(max_length=10)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    duration_s = models.FloatField()
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            models.Index(fields=["project", "revision", "direction"], name="revisionrun_revision"),
+            models.Index(fields=["environment", "-started_at"], name="revisionrun_env_started"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.environment} {self.direction} {self.revision} {self.duration_s:.1f} s"
+
+
+class NotificationDelivery(models.Model):
+    """One notification for one receiver: the body sent, each attempt's outcome."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"  # not tried yet, or waiting for its next attempt
+        DELIVERED = "delivered", "delivered"  # the receiver answered 2xx
+        FAILED = "failed", "failed"  # every attempt failed; given up
+
+    notifier = models.CharField(max_length=100)
+    event = models.CharField(max_length=40)
+    # What the event is about, so one event reaches one receiver once.
+    dedupe_key = models.CharField(max_length=200)
+    environment = models.CharField(max_length=100, blank=True)
+    action_id = models.PositiveBigIntegerField(null=True)
+    rollout_id = models.PositiveBigIntegerField(null=True)
+    # The exact body posted: never a URL, a secret or SQL.
+    body = models.TextField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    response_status = models.PositiveSmallIntegerField(null=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    next_attempt_at = models.DateTimeField(null=True)
+    delivered_at = models.DateTimeField(null=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notifier", "dedupe_key"], name="one_delivery_per_notifier_and_event"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_status_next"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.notifier} {self.event} ({self.status})"
+
+
+class HistoryCheck(models.Model):
+    """Whether Alembic itself could load a project's history, as a worker last checked."""
+
+    project = models.CharField(max_length=100, unique=True)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    ok = models.BooleanField()
+    # The first failure: the file, its line and Alembic's error (blank when ok).
+    file = models.CharField(max_length=500, blank=True)
+    line = models.PositiveIntegerField(null=True)
+    error = models.TextField(blank=True)
+    checked_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.project} history {'loads' if self.ok else 'fails'}"
