@@ -38,6 +38,7 @@ from dashboard.config.base import (
     with_installed_driver,
 )
 from dashboard.config.fleets import Fleet, Wave, fleet_of, member_name_problem
+from dashboard.config.notify import Notifier, notifier_of
 
 __all__ = [
     "ENVIRONMENT_KEYS",
@@ -53,6 +54,7 @@ __all__ = [
     "Environment",
     "Fleet",
     "NotConfigured",
+    "Notifier",
     "Project",
     "Wave",
     "current_config",
@@ -72,7 +74,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 MAX_FLEET_NAME = 39  # + "/" + a member name of at most 60
-TOP_LEVEL_KEYS = {"projects", "environments", "fleets"}
+TOP_LEVEL_KEYS = {"projects", "environments", "fleets", "notify"}
 # Seconds a process trusts its copy of the discovered members before reading them again.
 DISCOVERED_TTL = 5.0
 
@@ -88,6 +90,7 @@ class DashboardConfig:
     projects: dict[str, Project]
     environments: dict[str, Environment]
     fleets: dict[str, Fleet] = field(default_factory=dict)
+    notifiers: dict[str, Notifier] = field(default_factory=dict)
 
     def environments_of(self, project: str) -> list[Environment]:
         """Return a project's environments that are no fleet's members, in display order."""
@@ -151,10 +154,12 @@ def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
     projects_raw = table_of(path, raw, "projects")
     envs_raw = table_of(path, raw, "environments")
     fleets_raw = table_of(path, raw, "fleets")
+    notify_raw = table_of(path, raw, "notify")
     for kind, names in (
         ("project", projects_raw),
         ("environment", envs_raw),
         ("fleet", fleets_raw),
+        ("notifier", notify_raw),
     ):
         for name in names:
             if not NAME.match(name):
@@ -189,7 +194,17 @@ def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
     }
     for fleet in fleets.values():
         environments.update((member.name, member) for member in fleet.members)
-    return DashboardConfig(path=path, projects=projects, environments=environments, fleets=fleets)
+    notifiers = {
+        name: notifier_of(path, name, table_of(path, notify_raw, name, f"notify.{name}"))
+        for name in notify_raw
+    }
+    return DashboardConfig(
+        path=path,
+        projects=projects,
+        environments=environments,
+        fleets=fleets,
+        notifiers=notifiers,
+    )
 
 
 _cache: dict[Path, tuple[int, DashboardConfig]] = {}

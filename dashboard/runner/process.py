@@ -180,6 +180,8 @@ def child_secrets(config: DashboardConfig, env: Environment) -> set[str]:
     # fleet's url_env holds every member's URL, and a password variable is not a database.
     if env.url_env and env.url_key is None and env.fleet is None:
         names.discard(env.url_env)
+    for notifier in config.notifiers.values():
+        names.update(notifier.secret_variables)  # a webhook URL and its signing secret
     # The child gets its database through DATABASE_URL, never a scratch server's password.
     names.update(p.scratch_url_env for p in config.projects.values() if p.scratch_url_env)
     return names
@@ -196,6 +198,8 @@ def replay_secrets(config: DashboardConfig) -> set[str]:
         names.update(env.secret_variables)
     for fleet in config.fleets.values():
         names.update(fleet.secret_variables)
+    for notifier in config.notifiers.values():
+        names.update(notifier.secret_variables)  # a webhook URL and its signing secret
     names.update(p.scratch_url_env for p in config.projects.values() if p.scratch_url_env)
     return names
 
