@@ -22,7 +22,7 @@ def check_dashboard_config(app_configs: Any, **kwargs: Any) -> list[checks.Check
     return [
         checks.Error(
             problem,
-            hint="Fix that environment's url in the file named by DASHBOARD_CONFIG.",
+            hint="Fix that environment's url or windows in the file named by DASHBOARD_CONFIG.",
             id="dashboard.E003",
         )
         for problem in config.environment_problems()

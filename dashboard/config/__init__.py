@@ -122,12 +122,16 @@ class DashboardConfig:
     def environment_problems(self) -> list[str]:
         """Return why each environment with an unusable inline url, or fleet member, is left out."""
         problems = [
-            e.url_error
+            error
             for e in self.ordered_environments()
-            if e.url_error is not None and e.fleet is None
+            if e.fleet is None
+            for error in (e.url_error, e.windows_error)
+            if error is not None
         ]
         for fleet in sorted(self.fleets.values(), key=lambda f: f.name):
             problems.extend(f"fleet {fleet.name}: {problem}" for problem in fleet.problems)
+            if fleet.policy.windows_error is not None:
+                problems.append(f"fleet {fleet.name}: {fleet.policy.windows_error}")
             broken = [e for e in self.members_of(fleet.name) if e.url_error is not None]
             if broken:
                 more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""

@@ -14,6 +14,8 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from dashboard.config.windows import Window, WindowError, parse_windows
+
 PROJECT_KEYS = {
     "script_location",
     "alembic_ini",
@@ -44,6 +46,7 @@ ENVIRONMENT_KEYS = {
     "statement_timeout",
     "lock_retries",
     "run_lock_wait",
+    "windows",
 }
 LOADERS = ("static", "alembic")
 # Names appear in URLs, element ids and file names: keep them to one plain word.
@@ -146,6 +149,10 @@ class Environment:
     # A schema-per-tenant member's schema: first on every session's search_path, so its
     # version table and its tables are the schema's.
     search_path: str | None = None
+    # When actions may start ("Sat 02:00-04:00 Europe/Berlin", ...); none: at any time.
+    windows: tuple[Window, ...] = ()
+    # Why the windows cannot be read, naming file, table and text: no window ever opens.
+    windows_error: str | None = None
 
     def database_url(self) -> str:
         """Return the URL with its password, or raise NotConfigured."""
@@ -518,6 +525,14 @@ def environment_of(
             raise ConfigError(
                 f"{path}: [{where}] {key} must be a number of seconds above 0 and at most {most:g}"
             )
+    windows: tuple[Window, ...] = ()
+    windows_error = None
+    if "windows" in table:
+        try:
+            windows = parse_windows(table["windows"])
+        except WindowError as exc:
+            # Its actions wait (never start outside a window); the other environments go on.
+            windows_error = f"invalid window in {path} [{where}] windows: {exc}"
     return Environment(
         name=name,
         project=project,
@@ -537,6 +552,8 @@ def environment_of(
         order=get_value(path, where, table, "order", int, 0),
         description=get_value(path, where, table, "description", str, ""),
         url_error=url_error,
+        windows=windows,
+        windows_error=windows_error,
     )
 
 
