@@ -28,6 +28,7 @@ PROJECT_KEYS = {
     "scratch_url_env",
     "check_models",
     "replay_time_limit",
+    "source_root",
 }
 ENVIRONMENT_KEYS = {
     "project",
@@ -93,6 +94,8 @@ class Project:
     # Run `alembic check` (imports the project's models) against the reference at the heads.
     check_models: bool = False
     replay_time_limit: float = 600.0
+    # Where the application's package lives, for constants a revision imports (read, never run).
+    source_root: Path | None = None
 
     def scratch_database_url(self) -> str | None:
         """Return the scratch server's URL with its password, or None when none is configured."""
@@ -426,6 +429,11 @@ def project_of(path: Path, name: str, table: dict[str, Any]) -> Project:
             f"{path}: [{where}] replay_time_limit must be a number of seconds above 0"
             f" and at most {MAX_TIME_LIMIT:g}"
         )
+    source_root = get_value(path, where, table, "source_root", str, None)
+    if source_root is not None:
+        source_root = (here / source_root).resolve()
+        if not source_root.is_dir():
+            raise ConfigError(f"{path}: [{where}] source_root {source_root} is not a directory")
     return Project(
         name=name,
         script_location=script_location,
@@ -439,6 +447,7 @@ def project_of(path: Path, name: str, table: dict[str, Any]) -> Project:
         scratch_url_env=scratch_url_env,
         check_models=check_models,
         replay_time_limit=replay_time_limit,
+        source_root=source_root,
     )
 
 
