@@ -1,0 +1,20 @@
+"""add email to accounts
+
+Revision ID: b7c8d9e0f1a2
+Revises: "a1b2c3d4e5f6"
+Create Date: 2024-05-01 10:00:00
+
+"""
+
+revision = "b7c8d9e0f1a2"
+down_revision = "a1b2c3d4e5f6"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
