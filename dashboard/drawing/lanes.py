@@ -29,6 +29,13 @@ class Row:
     joins: tuple[int, ...]
     forks: tuple[int, ...]
 
+    @property
+    def straight(self) -> bool:
+        """Return whether no lane starts, ends or bends here: the row only continues its lane."""
+        return (
+            self.above == self.below and self.joins == (self.lane,) and self.forks == (self.lane,)
+        )
+
     def segments(self) -> list[Segment]:
         """Return the row's lines as (x1, y1, x2, y2) in lane units, y from 0 (top) to 1."""
         lines: list[Segment] = []

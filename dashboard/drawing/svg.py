@@ -173,3 +173,24 @@ def row_drawing(row: Row, marks: Marks) -> RowDrawing:
         edges=tuple(edges),
         node=tuple(node),
     )
+
+
+def gap_drawing(lanes: tuple[int, ...]) -> RowDrawing:
+    """Return the drawing of a collapsed run: each lane open through it passes straight down.
+
+    Every row of a collapsible run has the same open lanes above and below, so the lanes
+    meet the rows before and after the run exactly where those rows leave them.
+    """
+    height = ROW_HEIGHT
+    edges = tuple(
+        Shape(_edge(lane_x(lane), 0, lane_x(lane), height), f"edge gap-edge {lane_class(lane)}")
+        for lane in lanes
+    )
+    return RowDrawing(
+        width=row_width(max(lanes, default=0) + 1),
+        height=height,
+        x=lane_x(lanes[0] if lanes else 0),
+        y=height / 2,
+        edges=edges,
+        node=(),
+    )

@@ -37,10 +37,14 @@ def _failures_as_pages(view: View) -> View:
     return wrapper
 
 
-def _start(request: HtmxHttpRequest) -> int | None:
-    value = request.GET.get("start", "")
+def _number(request: HtmxHttpRequest, name: str) -> int | None:
+    value = request.GET.get(name, "")
     # Nine digits is beyond any history; more would only feed int() a denial of service.
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None
+
+
+def _start(request: HtmxHttpRequest) -> int | None:
+    return _number(request, "start")
 
 
 @require_GET
@@ -58,15 +62,27 @@ def graph_index(request: HtmxHttpRequest) -> HttpResponse:
 @vary_on_headers("HX-Request")
 @_failures_as_pages
 def graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
-    """Show a project's revision graph, a window of rows at a time; htmx asks for more."""
+    """Show a project's revision graph, a window of rows at a time; htmx asks for more.
+
+    `?around=<rev>` opens the rows around a revision; `?open=<n>` shows the first n rows
+    from `start` one by one: a collapsed run expanded (htmx gets just those rows).
+    """
+    open_rows = _number(request, "open") or 0
     if request.htmx and not request.htmx.history_restore_request:
-        window = graph_selectors.graph_window(project=name, start=_start(request) or 0)
+        if open_rows:
+            window = graph_selectors.graph_expanded(
+                project=name, start=_start(request) or 0, count=open_rows
+            )
+        else:
+            window = graph_selectors.graph_window(project=name, start=_start(request) or 0)
         return render(request, "graph.html#window", {"window": window})
     page = graph_selectors.graph_page(
         project=name,
         start=_start(request),
         rev=request.GET.get("rev", ""),
         query=request.GET.get("q", ""),
+        around=request.GET.get("around", ""),
+        open_rows=open_rows,
     )
     models = drift_selectors.project_models_note(
         project=name, heads=[link.revision for link in page.heads]

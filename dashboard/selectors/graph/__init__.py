@@ -4,16 +4,21 @@ from dashboard.selectors.graph.links import SHORT_ID, first_project_url, graph_u
 from dashboard.selectors.graph.loaded import GraphNotFound, load_project_history
 from dashboard.selectors.graph.page import (
     ALEMBIC_LOADER_NOTICE,
+    AROUND_CONTEXT,
     SEARCH_LIMIT,
-    WINDOW,
+    graph_expanded,
     graph_page,
     graph_window,
 )
 from dashboard.selectors.graph.panel import graph_json, revision_panel
 from dashboard.selectors.graph.records import (
     Badge,
+    FleetGroup,
+    FleetJump,
+    Gap,
     GraphPage,
     GraphRow,
+    Jump,
     ProjectLink,
     RevisionLink,
     RevisionPanel,
@@ -21,13 +26,20 @@ from dashboard.selectors.graph.records import (
     Tag,
     Window,
 )
+from dashboard.selectors.graph.window import COLLAPSE_AFTER, WINDOW
 
 __all__ = [
     "ALEMBIC_LOADER_NOTICE",
+    "AROUND_CONTEXT",
     "Badge",
+    "COLLAPSE_AFTER",
+    "FleetGroup",
+    "FleetJump",
+    "Gap",
     "GraphNotFound",
     "GraphPage",
     "GraphRow",
+    "Jump",
     "ProjectLink",
     "RevisionLink",
     "RevisionPanel",
@@ -38,6 +50,7 @@ __all__ = [
     "WINDOW",
     "Window",
     "first_project_url",
+    "graph_expanded",
     "graph_json",
     "graph_page",
     "graph_url",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from django.urls import reverse
 
@@ -15,15 +15,28 @@ from dashboard.selectors.status import latest_snapshots
 SHORT_ID = 12
 
 
-def graph_url(project: str, *, revision: str | None = None, start: int | None = None) -> str:
-    """Return the graph page's address, focused on a revision or starting at a row."""
+def graph_url(
+    project: str,
+    *,
+    revision: str | None = None,
+    start: int | None = None,
+    around: str | None = None,
+    open_rows: int | None = None,
+) -> str:
+    """Return the graph page's address: focused on a revision, around one, or from a row."""
     path = reverse("graph", args=[project])
     query = {}
     if revision:
         query["rev"] = revision
+    if around:
+        query["around"] = around
     if start:
         query["start"] = str(start)
-    return f"{path}?{urlencode(query)}" if query else path
+    if open_rows:
+        query["open"] = str(open_rows)
+    address = f"{path}?{urlencode(query)}" if query else path
+    # The fragment scrolls to the revision's row even without JavaScript.
+    return f"{address}#rev-{quote(around, safe='/')}" if around else address
 
 
 def revision_url(project: str, revision: str) -> str:

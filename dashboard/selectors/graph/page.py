@@ -2,85 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from django.urls import reverse
 
-from dashboard.drawing import svg
-from dashboard.selectors.graph.links import (
-    SHORT_ID,
-    _badges,
-    _link,
-    _projects,
-    _row_labels,
-    _tags,
-    graph_url,
-    revision_url,
-)
+from dashboard.selectors.graph.jumps import header
+from dashboard.selectors.graph.links import _badges, _link, _projects, graph_url
 from dashboard.selectors.graph.loaded import _Drawn, _drawn_project, _project
 from dashboard.selectors.graph.panel import _panel
-from dashboard.selectors.graph.records import Badge, GraphPage, GraphRow, Search, Window
+from dashboard.selectors.graph.records import GraphPage, Search, Window
+from dashboard.selectors.graph.window import WINDOW, build_window, expanded_rows
 
-WINDOW = 200
 SEARCH_LIMIT = 50
+# Rows shown above the revision a header link opens the graph around.
+AROUND_CONTEXT = 8
 
 ALEMBIC_LOADER_NOTICE = (
     "This project is configured for Alembic's own loader, which runs the project's code;"
     " the web server never does, so this page shows what the files say when read without"
     " running them. `manage.py revisions --project {name}` shows Alembic's reading."
 )
-
-
-def _window(
-    project: str, drawn: _Drawn, start: int, badges: Mapping[str, list[Badge]], focus: str | None
-) -> Window:
-    graph = drawn.history.graph
-    count = len(drawn.order)
-    start = max(0, min(start, max(count - 1, 0)))
-    rows = []
-    for row in drawn.layout.rows(start, WINDOW):
-        rev = row.revision
-        item = graph.revisions[rev]
-        marks = svg.Marks(
-            head=graph.is_head(rev),
-            base=graph.is_base(rev),
-            merge_point=graph.is_merge_point(rev),
-            branch_point=graph.is_branch_point(rev),
-            problem=rev in drawn.flagged,
-            focus=rev == focus,
-        )
-        css = ["graph-row"]
-        if marks.focus:
-            css.append("is-focus")
-        if marks.problem:
-            css.append("has-problem")
-        rows.append(
-            GraphRow(
-                revision=rev,
-                short=rev[:SHORT_ID],
-                message=item.message,
-                create_date=item.create_date or "",
-                date=(item.create_date or "")[:10],
-                anchor=f"rev-{rev}",
-                panel_url=revision_url(project, rev),
-                graph_url=graph_url(project, revision=rev),
-                css=" ".join(css),
-                tags=_tags(graph, rev, drawn.flagged),
-                labels=_row_labels(graph, rev),
-                badges=badges.get(rev, []),
-                drawing=svg.row_drawing(row, marks),
-                focus=marks.focus,
-            )
-        )
-    end = start + len(rows)
-    return Window(
-        rows=rows,
-        start=start,
-        end=end,
-        count=count,
-        more_url=graph_url(project, start=end) if end < count else None,
-        newer_url=graph_url(project, start=max(0, start - WINDOW)) if start > 0 else None,
-    )
 
 
 def _search(drawn: _Drawn, query: str) -> list[str]:
@@ -108,14 +47,24 @@ def _focus(drawn: _Drawn, rev: str) -> str | None:
 
 
 def graph_page(
-    *, project: str, start: int | None = None, rev: str = "", query: str = ""
+    *,
+    project: str,
+    start: int | None = None,
+    rev: str = "",
+    query: str = "",
+    around: str = "",
+    open_rows: int = 0,
 ) -> GraphPage:
-    """Return the graph page of a project, focused on `rev` or the single search match."""
+    """Return the graph page of a project, focused on `rev` or the single search match.
+
+    `around` focuses a revision too, with a few rows above it, as the header's links do.
+    """
     found = _project(project)
     drawn = _drawn_project(project)
     graph = drawn.history.graph
     badges = _badges(project)
-    rev = rev.strip()
+    heading = header(project, graph)
+    rev = (around or rev).strip()
     focus = _focus(drawn, rev) if rev else None
     search = None
     if query.strip():
@@ -127,8 +76,11 @@ def graph_page(
             matches=[_link(project, graph, m) for m in matches[:SEARCH_LIMIT]],
             total=len(matches),
         )
+    if start is None and focus and around:
+        start = max(0, drawn.index[focus] - AROUND_CONTEXT)
     if start is None:
         start = drawn.index[focus] // WINDOW * WINDOW if focus else 0
+    keep = heading.revisions | badges.keys() | ({focus} if focus else set())
     return GraphPage(
         project=project,
         description=found.description,
@@ -141,7 +93,7 @@ def graph_page(
         bases=[_link(project, graph, b) for b in graph.bases],
         problems=drawn.problems,
         missing_revision=rev if rev and focus is None else "",
-        window=_window(project, drawn, start, badges, focus),
+        window=build_window(project, drawn, start, badges, focus, keep, open_rows=open_rows),
         search=search,
         panel=_panel(project, drawn, focus, badges) if focus else None,
         stray_badges=[
@@ -150,9 +102,19 @@ def graph_page(
             if head not in graph.revisions
             for badge in items
         ],
+        environments=heading.environments,
+        fleets=heading.fleets,
     )
 
 
 def graph_window(*, project: str, start: int) -> Window:
     """Return one window of rows for "show more"."""
-    return _window(project, _drawn_project(project), start, _badges(project), None)
+    drawn = _drawn_project(project)
+    badges = _badges(project)
+    keep = header(project, drawn.history.graph).revisions | badges.keys()
+    return build_window(project, drawn, start, badges, None, keep)
+
+
+def graph_expanded(*, project: str, start: int, count: int) -> Window:
+    """Return the rows of a collapsed run, for the row that stood for them."""
+    return expanded_rows(project, _drawn_project(project), start, count, _badges(project))

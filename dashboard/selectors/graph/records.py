@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from dashboard.drawing import svg
 
@@ -56,13 +57,38 @@ class GraphRow:
     badges: list[Badge]
     drawing: svg.RowDrawing
     focus: bool
+    is_gap: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A collapsed run of rows that carry no environment, label, branch or merge point."""
+
+    start: int  # the layout index of the first hidden row
+    count: int
+    first: str
+    last: str
+    anchor: str
+    expand_url: str  # the hidden rows: a fragment for htmx, a page of its own without it
+    drawing: svg.RowDrawing
+    is_gap: ClassVar[bool] = True
+
+    @property
+    def first_short(self) -> str:
+        """Return the first hidden revision's short id."""
+        return self.first[:12]
+
+    @property
+    def last_short(self) -> str:
+        """Return the last hidden revision's short id."""
+        return self.last[:12]
 
 
 @dataclass(frozen=True)
 class Window:
     """A run of rows from `start`, and where the rows before and after it are."""
 
-    rows: list[GraphRow]
+    rows: list[GraphRow | Gap]
     start: int
     end: int
     count: int
@@ -114,6 +140,41 @@ class RevisionPanel:
 
 
 @dataclass(frozen=True)
+class Jump:
+    """An environment in the graph's header: its heads, each a link to the rows around it."""
+
+    environment: str
+    state: str
+    state_label: str
+    url: str  # the environment's page
+    heads: list[RevisionLink]  # graph_url opens the window around the head
+    note: str  # why there is no link: never read, or a head this history lacks
+
+
+@dataclass(frozen=True)
+class FleetGroup:
+    """Members of a fleet at the same heads, linked to the rows around the first head."""
+
+    count: int
+    short: str
+    revision: str
+    graph_url: str
+    fleet_url: str
+
+
+@dataclass(frozen=True)
+class FleetJump:
+    """A fleet in the graph's header: its members counted by the heads they are at."""
+
+    name: str
+    url: str
+    total: int
+    groups: list[FleetGroup]
+    more: int  # groups not shown
+    unread: int  # members never read, or whose heads this history lacks
+
+
+@dataclass(frozen=True)
 class ProjectLink:
     """Another configured project, for switching between graphs."""
 
@@ -141,3 +202,5 @@ class GraphPage:
     search: Search | None
     panel: RevisionPanel | None
     stray_badges: list[tuple[str, Badge]]
+    environments: list[Jump]
+    fleets: list[FleetJump]
