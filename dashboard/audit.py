@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from dashboard.models import AuditEvent
+from dashboard.services import notifications
 
 GENESIS = "0" * 64
 SYSTEM = "system"
@@ -89,6 +90,8 @@ def record(
                 )
                 event.hash = event_hash(event)
                 event.save()
+                # Registered inside the block: a retried append drops it with the savepoint.
+                notifications.notify_after_commit(event)
                 return event
         except IntegrityError:
             continue  # another writer extended the chain first; link to its event instead

@@ -8,6 +8,7 @@ from typing import Any
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
 
+from dashboard.notify.sender import NotificationSender
 from dashboard.worker import Housekeeping, WorkerBeats, keep_memory_private
 
 
@@ -24,10 +25,16 @@ class Command(DbWorkerCommand):
         beats = None if watcher else WorkerBeats()
         if beats is not None:
             beats.start()
+        # Its own threads: a slow or dead receiver never holds up the task loop below.
+        sender = None if watcher else NotificationSender()
+        if sender is not None:
+            sender.start()
         try:
             self._start_up(options)
             super().handle(*args, **options)
         finally:
+            if sender is not None:
+                sender.stop()
             # A clean stop (SIGTERM, Ctrl-C: db_worker exits through SystemExit) says so at once.
             if beats is not None:
                 beats.stop()

@@ -1,0 +1,1 @@
+"""Notifications leaving the dashboard: their bodies, signatures and HTTP posts."""
