@@ -370,6 +370,7 @@ def test_to_json_lists_every_revision_with_its_links() -> None:
         "create_date": None,
         "path": "versions/b.py",
         "problems": [],
+        "unreadable": False,
     }
     assert data["problems"] == []
 

@@ -27,6 +27,10 @@ class Revision:
     downgrade_outside_transaction: tuple[str, ...] = ()
     # The run limits the file sets for itself (its dashboard_limits), as sorted (name, duration).
     limits: tuple[tuple[str, str], ...] = ()
+    # A placeholder for a file that does not parse: its id is a guess and its down revisions
+    # unknown; probable_parents are the ids its down_revision (or "Revises:") line names.
+    unreadable: bool = False
+    probable_parents: tuple[str, ...] = ()
 
     def outside_transaction(self, direction: Direction) -> tuple[str, ...]:
         """Return what this revision runs outside a transaction in that direction."""

@@ -48,8 +48,23 @@ class GraphStructure:
                     f" (Alembic uses {rev.path})"
                 )
             self.revisions[rev.revision] = rev
-            if rev.problems:
+            if rev.unreadable:
+                self._blocking.extend(rev.problems)  # each already names the file and line
+            elif rev.problems:
                 self._blocking.extend(f"{rev.path or rev.revision}: {p}" for p in rev.problems)
+        self.unreadable: tuple[str, ...] = tuple(
+            rid for rid, rev in self.revisions.items() if rev.unreadable
+        )
+        if self.unreadable:
+            names = ", ".join(
+                self.revisions[r].path.rsplit("/", 1)[-1] or r for r in self.unreadable
+            )
+            self._blocking.insert(
+                0,
+                f"{names} cannot be parsed: Alembic would refuse to load the whole history, so"
+                " nothing can be planned until it is fixed; the graph shows a placeholder whose"
+                " down_revision is unknown",
+            )
         self._position = {rev: index for index, rev in enumerate(self.revisions)}
 
         self._label_owner: dict[str, str] = {}
@@ -113,12 +128,19 @@ class GraphStructure:
         self._children = {rev: tuple(kids) for rev, kids in children.items()}
         self._dependents = {rev: tuple(deps) for rev, deps in dependents.items()}
 
-        self.heads: tuple[str, ...] = tuple(r for r, kids in self._children.items() if not kids)
+        # An unreadable file's parent would look like a head of its own; the ids its text
+        # names stand in for the down_revision it cannot be read for.
+        probable_parents = {
+            p for r in self.unreadable for p in self.revisions[r].probable_parents if p != r
+        }
+        self.heads: tuple[str, ...] = tuple(
+            r for r, kids in self._children.items() if not kids and r not in probable_parents
+        )
         self.effective_heads: tuple[str, ...] = tuple(
             r for r in self.heads if not self._dependents[r]
         )
         self.bases: tuple[str, ...] = tuple(
-            r.revision for r in self.revisions.values() if not r.down_revisions
+            r.revision for r in self.revisions.values() if not r.down_revisions and not r.unreadable
         )
         self._cyclic = self._find_cycles()
         if self._cyclic:
@@ -379,6 +401,7 @@ class GraphStructure:
                     "create_date": rev.create_date,
                     "path": rev.path,
                     "problems": list(rev.problems),
+                    "unreadable": rev.unreadable,
                 }
                 for rev in self.revisions.values()
             ],

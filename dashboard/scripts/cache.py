@@ -6,12 +6,15 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dashboard.history import Graph, Revision
+from dashboard.scripts import constants
+from dashboard.scripts.constants import Resolver, Source
 from dashboard.scripts.ini import ScriptSettings, read_settings
-from dashboard.scripts.parse import parse_revision_file
+from dashboard.scripts.parse import read_revision_file
 from dashboard.scripts.records import LoadedHistory
 from dashboard.scripts.scan import RACY_NS, Scan, _File, _scan, fingerprint_files
 
@@ -23,6 +26,8 @@ class _Stamps:
     folders: tuple[tuple[str, int], ...]
     # Per directory, (name, size, mtime_ns) of its revision files.
     files: tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...]
+    # The application modules (or their absence) that constants were read from.
+    sources: tuple[Source, ...] = ()
 
     def still_true(self) -> bool:
         """Tell whether no folder's listing and no file changed since these were taken."""
@@ -43,14 +48,18 @@ class _Stamps:
                     os.close(fd)
         except OSError:
             return False
-        return True
+        return constants.still_true(self.sources)
 
 
-def _stamps(scan: Scan, started_ns: int) -> _Stamps | None:
+def _stamps(scan: Scan, started_ns: int, sources: tuple[Source, ...]) -> _Stamps | None:
     """Return the stamps of a scan begun at started_ns, or None if it cannot be trusted."""
     if scan.folders is None:
         return None
-    newest = max([m for _, m in scan.folders] + [f.mtime_ns for f in scan.files])
+    newest = max(
+        [m for _, m in scan.folders]
+        + [f.mtime_ns for f in scan.files]
+        + [mtime for _, _, mtime in sources]
+    )
     if newest > started_ns - RACY_NS:
         return None
     by_folder: dict[str, list[tuple[str, int, int]]] = {}
@@ -60,6 +69,7 @@ def _stamps(scan: Scan, started_ns: int) -> _Stamps | None:
     return _Stamps(
         folders=tuple(scan.folders),
         files=tuple((folder, tuple(entries)) for folder, entries in by_folder.items()),
+        sources=sources,
     )
 
 
@@ -72,15 +82,26 @@ class _Parsed:
     parsed_at_ns: int
     result: Revision | str
     sha256: str | None  # of the bytes parsed; None when the file could not be read
+    sources: tuple[Source, ...] = ()  # application modules its constants were read from
 
-    def holds_for(self, f: _File) -> bool:
+    def holds_for(self, f: _File, checked: dict[Source, bool]) -> bool:
         """Tell whether this parse still describes the file as the scan found it."""
         # A file modified within RACY_NS of its parse may have changed again in the same tick.
-        return (
+        if not (
             self.size == f.size
             and self.mtime_ns == f.mtime_ns
             and f.mtime_ns < self.parsed_at_ns - RACY_NS
-        )
+        ):
+            return False
+        for source in self.sources:
+            held = checked.get(source)
+            if held is None:
+                held = checked[source] = source[2] < self.parsed_at_ns - RACY_NS and (
+                    constants.still_true((source,))
+                )
+            if not held:
+                return False
+        return True
 
 
 @dataclass
@@ -94,6 +115,7 @@ class _Entry:
     history: LoadedHistory | None = None
     parsed: dict[str, _Parsed] = field(default_factory=dict)
     alembic: dict[tuple[str, str], LoadedHistory] = field(default_factory=dict)
+    source_root: Path | None = None
 
 
 _entries: dict[tuple[str | None, str | None], _Entry] = {}
@@ -134,43 +156,82 @@ def _entry(script_location: Path | None, alembic_ini: Path | None) -> _Entry:
 
 
 def load_history(
-    script_location: Path | None = None, *, alembic_ini: Path | None = None
+    script_location: Path | None = None,
+    *,
+    alembic_ini: Path | None = None,
+    source_root: Path | None = None,
 ) -> LoadedHistory:
-    """Return the project's graph, re-parsing only files changed since the last look."""
+    """Return the project's graph, re-parsing only files changed since the last look.
+
+    Constants a revision imports from the application are read from source_root and the
+    folders above the script directory (see constants.search_roots), never by running them.
+    """
     entry = _entry(script_location, alembic_ini)
     settings = read_settings(script_location, alembic_ini=alembic_ini)
     with entry.lock:
-        previous = entry.history if entry.settings == settings else None
+        same = entry.settings == settings and entry.source_root == source_root
+        previous = entry.history if same else None
         if previous is not None and entry.stamps is not None and entry.stamps.still_true():
             return previous
         started_ns = time.time_ns()
         scan = _scan(settings)
         files = scan.files
+        roots = constants.search_roots(
+            settings.script_location, alembic_ini=alembic_ini, source_root=source_root
+        )
+        known_parses = entry.parsed if same else {}
         parsed: dict[str, _Parsed] = {}
+        checked: dict[Source, bool] = {}
         for f in files:
-            known = entry.parsed.get(f.path)
-            if known is not None and known.holds_for(f):
+            known = known_parses.get(f.path)
+            if known is not None and known.holds_for(f, checked):
                 parsed[f.path] = known
             else:
                 data = _read(f.path, f.size)
                 if isinstance(data, str):
                     parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, data, None)
                 else:
-                    result = parse_revision_file(f.path, data)
+                    resolver = Resolver(roots)
+                    result = read_revision_file(f.path, data, resolver)
                     sha = hashlib.sha256(data).hexdigest()
-                    parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, result, sha)
+                    sources = tuple(sorted(resolver.sources.values()))
+                    parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, result, sha, sources)
         # A re-parse that found the same bytes (a racy file read again) keeps the history.
         unchanged = all(
-            (old := entry.parsed.get(path)) is not None
-            and (new is old or (new.result == old.result and new.sha256 == old.sha256))
+            (old := known_parses.get(path)) is not None
+            and (
+                new is old
+                or (
+                    new.result == old.result
+                    and new.sha256 == old.sha256
+                    and new.sources == old.sources
+                )
+            )
             for path, new in parsed.items()
         )
         history = previous
         if history is None or not unchanged or entry.files != files:
             history = _history(settings, scan, [parsed[f.path] for f in files])
         entry.settings, entry.files, entry.parsed, entry.history = settings, files, parsed, history
-        entry.stamps = _stamps(scan, started_ns)
+        entry.source_root = source_root
+        entry.stamps = _stamps(scan, started_ns, _sources(parsed.values()))
         return history
+
+
+def _sources(parses: Iterable[_Parsed]) -> tuple[Source, ...]:
+    """Return every application module the parses read constants from, once each."""
+    return tuple(sorted({source for parse in parses for source in parse.sources}))
+
+
+def _fingerprint(files: list[_File], sources: tuple[Source, ...]) -> str:
+    """Return the revision files' fingerprint, folding in the application modules read."""
+    digest = fingerprint_files(files)
+    if not sources:
+        return digest  # as scan.fingerprint computes it without parsing
+    extra = hashlib.sha256(digest.encode())
+    for path, size, mtime_ns in sources:
+        extra.update(f"{path}\0{size}\0{mtime_ns}\n".encode())
+    return extra.hexdigest()
 
 
 def _history(settings: ScriptSettings, scan: Scan, files: list[_Parsed]) -> LoadedHistory:
@@ -180,15 +241,17 @@ def _history(settings: ScriptSettings, scan: Scan, files: list[_Parsed]) -> Load
     problems += [result for result in results if isinstance(result, str)]
     revisions = [result for result in results if not isinstance(result, str)]
     graph = Graph(revisions, problems, notes=scan.notes)
+    sources = _sources(files)
     return LoadedHistory(
         graph=graph,
-        fingerprint=fingerprint_files(scan.files),
+        fingerprint=_fingerprint(scan.files, sources),
         script_location=settings.script_location,
         version_locations=settings.version_locations,
         problems=tuple(graph.problems),
         file_hashes={
             f.path: parse.sha256 for f, parse in zip(scan.files, files, strict=True) if parse.sha256
         },
+        constant_sources=tuple(path for path, size, _ in sources if size >= 0),
     )
 
 

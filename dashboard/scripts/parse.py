@@ -10,12 +10,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dashboard.history import Revision
+from dashboard.scripts.constants import Resolver, Unresolved
 from dashboard.scripts.scan import RACY_NS
 
 if TYPE_CHECKING:
     from dashboard.scripts.records import LoadedHistory
 
 _LEGACY_ID = re.compile(r"([a-f0-9]+)\.py$")
+# Alembic's default file name, "%(rev)s_%(slug)s.py".
+_SHAPED_NAME = re.compile(r"([^_.\s@:+-]+)_.*\.py$")
+# What a placeholder for a file that does not parse reads from its text, line by line.
+_REVISION_LINE = re.compile(
+    r"^revision\s*(?::[^=\n]*)?=\s*(['\"])(?P<id>[^'\"\s@:+-]+)\1\s*(?:#.*)?$", re.MULTILINE
+)
+_DOWN_LINE = re.compile(r"^down_revision\s*(?::[^=\n]*)?=(?P<ids>.*)$", re.MULTILINE)
+_REVISES_LINE = re.compile(r"^Revises:(?P<ids>.*)$", re.MULTILINE)
+_QUOTED_ID = re.compile(r"(['\"])([^'\"\s@:+-]+)\1")
+_ID_IN_LINE = re.compile(r"[^\s,@:+-]+")
 
 # The module-level literal by which a revision sets its own run's limits, e.g.
 # dashboard_limits = {"lock_timeout": "10min", "statement_timeout": "2h"}; read like the
@@ -65,12 +76,53 @@ _CREATE_DATE = re.compile(r"^Create Date:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 _compiled: dict[str, tuple[tuple[int, int], str | None]] = {}
 
 
-def parse_revision_file(path: str, data: bytes) -> Revision | str:
+def parse_revision_file(
+    path: str, data: bytes, *, resolver: Resolver | None = None
+) -> Revision | str:
     """Read one revision file's identifiers statically; return a Revision or a problem."""
     parsed = _parse(path, data)
     if isinstance(parsed, str):
         return parsed
-    tree, walk = parsed
+    return _from_tree(path, *parsed, resolver or Resolver(()))
+
+
+def read_revision_file(path: str, data: bytes, resolver: Resolver) -> Revision | str:
+    """Read a revision file as load_history does: one that does not parse becomes a placeholder."""
+    parsed = _parse(path, data)
+    if isinstance(parsed, str):
+        return placeholder(path, data, parsed)
+    return _from_tree(path, *parsed, resolver)
+
+
+def placeholder(path: str, data: bytes, problem: str) -> Revision:
+    """Return the node that stands for a revision file that does not parse."""
+    text = data.decode("utf-8", "replace")
+    filename = os.path.basename(path)
+    found = _REVISION_LINE.search(text)
+    shaped = _SHAPED_NAME.match(filename) or _LEGACY_ID.match(filename)
+    if found:
+        revision = found["id"]
+    elif shaped:
+        revision = shaped.group(1)
+    else:
+        revision = f"({filename})"
+    parents: tuple[str, ...] = ()
+    if down := _DOWN_LINE.search(text):
+        parents = tuple(m[1] for m in _QUOTED_ID.findall(down["ids"]))
+    elif down := _REVISES_LINE.search(text):
+        parents = tuple(_ID_IN_LINE.findall(down["ids"]))
+    return Revision(
+        revision=revision,
+        down_revisions=(),
+        message="(this file cannot be parsed)",
+        path=path,
+        problems=(problem,),
+        unreadable=True,
+        probable_parents=tuple(p for p in parents if p != revision),
+    )
+
+
+def _from_tree(path: str, tree: ast.Module, walk: bool, resolver: Resolver) -> Revision | str:
     values, problems = _module_values(tree)
     docstring = (ast.get_docstring(tree, clean=False) or "").strip()
     filename = os.path.basename(path)
@@ -89,8 +141,9 @@ def parse_revision_file(path: str, data: bytes) -> Revision | str:
             return f"{path}: no revision id (no module-level `revision = ...`); file skipped"
         revision = legacy.group(1)
 
+    read = _Reader(tree, resolver, problems)
     if "down_revision" in values:
-        down_revisions = _ids(values["down_revision"], "down_revision", problems)
+        down_revisions = read.ids(values["down_revision"], "down_revision")
     else:
         problems.append("down_revision is not set")
         down_revisions = ()
@@ -100,8 +153,8 @@ def parse_revision_file(path: str, data: bytes) -> Revision | str:
     return Revision(
         revision=revision,
         down_revisions=down_revisions,
-        depends_on=_ids(values.get("depends_on"), "depends_on", problems),
-        branch_labels=_ids(values.get("branch_labels"), "branch_labels", problems),
+        depends_on=read.ids(values.get("depends_on"), "depends_on"),
+        branch_labels=read.ids(values.get("branch_labels"), "branch_labels"),
         message=docstring.split("\n\n", 1)[0],
         docstring=docstring,
         create_date=created.group(1) if created else None,
@@ -195,6 +248,8 @@ def syntax_problems(history: LoadedHistory) -> list[str]:
     problems: list[str] = []
     settled = time.time_ns() - RACY_NS
     for revision in history.graph.revisions.values():
+        if revision.unreadable:
+            continue  # its syntax error is the graph's own problem already
         path = revision.path
         try:
             stat = os.stat(path)
@@ -293,14 +348,30 @@ def _literal(node: ast.expr) -> Any:
         return _NOT_LITERAL
 
 
-def _ids(node: ast.expr | None, name: str, problems: list[str]) -> tuple[str, ...]:
+@dataclass
+class _Reader:
+    """Read identifier values of one file, through constants the application defines."""
+
+    tree: ast.Module
+    resolver: Resolver
+    problems: list[str]
+
+    def ids(self, node: ast.expr | None, name: str) -> tuple[str, ...]:
+        """Return a None/str/sequence value as Alembic's util.to_tuple would, or flag it."""
+        if node is None:
+            return ()
+        value = _literal(node)
+        if value is _NOT_LITERAL:
+            try:
+                value = self.resolver.value(node, self.tree)
+            except Unresolved as why:
+                self.problems.append(f"{name} is not a literal: {ast.unparse(node)}; {why}")
+                return ()
+        return _as_ids(value, node, name, self.problems)
+
+
+def _as_ids(value: Any, node: ast.expr, name: str, problems: list[str]) -> tuple[str, ...]:
     """Return a None/str/sequence value as Alembic's util.to_tuple would, or flag it."""
-    if node is None:
-        return ()
-    value = _literal(node)
-    if value is _NOT_LITERAL:
-        problems.append(f"{name} is not a literal: {ast.unparse(node)}")
-        return ()
     if value is None:
         return ()
     if isinstance(value, str):

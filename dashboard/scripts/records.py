@@ -20,3 +20,5 @@ class LoadedHistory:
     # {real path: sha256} of the bytes each revision file was parsed from; the fingerprint
     # is of stats, so only these tell which bytes the graph really describes.
     file_hashes: dict[str, str] = field(default_factory=dict, compare=False)
+    # The application modules whose constants the graph was read with (see constants.py).
+    constant_sources: tuple[str, ...] = ()

@@ -185,7 +185,9 @@ def short(revision: str) -> str:
 
 def project_graph(project: Project) -> Graph:
     """Return the project's revision graph (static parse, cached by fingerprint)."""
-    return load_history(project.script_location, alembic_ini=project.alembic_ini).graph
+    return load_history(
+        project.script_location, alembic_ini=project.alembic_ini, source_root=project.source_root
+    ).graph
 
 
 def silent_since(action: Action, *, now: datetime | None = None) -> datetime | None:

@@ -127,7 +127,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         config = current_config()
         for project in config.projects.values():
-            graph = load_history(project.script_location, alembic_ini=project.alembic_ini).graph
+            graph = load_history(
+                project.script_location,
+                alembic_ini=project.alembic_ini,
+                source_root=project.source_root,
+            ).graph
             envs = config.environments_of(project.name)
             targets = demo_targets(graph, [e.name for e in envs])
             for env in envs:
