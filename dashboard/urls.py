@@ -9,7 +9,7 @@ from django.utils.functional import lazy
 from django.views.decorators.http import require_GET
 from django.views.generic import RedirectView
 
-from dashboard.views import actions, core, rollout_api, status
+from dashboard.views import action_api, actions, core, rollout_api, status
 from dashboard.views import audit as audit_views
 from dashboard.views import drift as drift_views
 from dashboard.views import fleets as fleet_views
@@ -27,6 +27,7 @@ urlpatterns = [
     *actions.urlpatterns,
     *rollout_views.urlpatterns,
     *rollout_api.urlpatterns,
+    *action_api.urlpatterns,
     *audit_views.urlpatterns,
     *graph_views.urlpatterns,
     path("accounts/login/", SignInView.as_view(), name="login"),

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from dashboard.models import Action
-from dashboard.runner.process import parse_progress
+from dashboard.runner.process import ProgressStep, parse_progress
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,25 @@ WATCH_INTERVAL = 1.0  # seconds between looks for the sessions in the run's way
 WATCH_JOIN = 1.0  # seconds stop() waits for a look still running; its answer is dropped
 # Grows at every look; the page adds the time since blockers_at, so it is no news by itself.
 VOLATILE_BLOCKER_KEYS = frozenset({"xact_age_s"})
+
+
+@dataclass(frozen=True)
+class StepMark:
+    """When the runner saw one step's "Running upgrade A -> B" line."""
+
+    step: ProgressStep
+    at: datetime
+    clock: float  # time.monotonic() then: durations do not jump with the wall clock
+
+
+@dataclass(frozen=True)
+class AttemptSteps:
+    """The steps one run of Alembic announced, and when its child exited."""
+
+    attempt: int
+    marks: tuple[StepMark, ...]
+    ended_at: datetime
+    ended_clock: float
 
 
 def heartbeat_limit() -> float:
@@ -64,6 +84,9 @@ class RunMonitor:
         # Set when the row stopped being "running" under us (housekeeping declared it interrupted).
         self.lost = threading.Event()
         self.steps = 0
+        self._marks: list[StepMark] = []
+        self._attempt = 0
+        self._exited: tuple[datetime, float] | None = None
         self._lines: list[str] = []
         self._written_steps = 0
         self._log_chars = 0
@@ -91,6 +114,7 @@ class RunMonitor:
         with self._lock:
             if step is not None:
                 self.steps += 1
+                self._marks.append(StepMark(step, timezone.now(), time.monotonic()))
             if self._truncated:
                 return
             if self._log_chars + len(line) > MAX_LOG_CHARS:
@@ -98,6 +122,21 @@ class RunMonitor:
                 line = f"(log truncated after {MAX_LOG_CHARS} characters)"
             self._lines.append(line)
             self._log_chars += len(line) + 1
+
+    def child_exited(self) -> None:
+        """Note that this attempt's Alembic child has exited: its last step ends now."""
+        with self._lock:
+            self._exited = (timezone.now(), time.monotonic())
+
+    def take_attempt(self) -> AttemptSteps:
+        """Return this attempt's steps and their end, and start counting the next attempt's."""
+        with self._lock:
+            ended_at, ended_clock = self._exited or (timezone.now(), time.monotonic())
+            self._attempt += 1
+            taken = AttemptSteps(self._attempt, tuple(self._marks), ended_at, ended_clock)
+            self._marks.clear()
+            self._exited = None
+        return taken
 
     def set_blockers(self, items: list[dict[str, Any]]) -> None:
         """Take the sessions now in the run's way; a changed list reaches the row with a flush."""

@@ -11,6 +11,7 @@ from dashboard.config import ConfigError
 from dashboard.forms import ActionFilterForm, ActionRequestForm, ApprovalForm, RejectionForm
 from dashboard.selectors import actions as action_selectors
 from dashboard.selectors import drift as drift_selectors
+from dashboard.selectors import forecasts as forecast_selectors
 from dashboard.selectors import plan_marks as plan_marks_selectors
 from dashboard.selectors import targets as target_selectors
 from dashboard.services import actions as action_services
@@ -72,6 +73,7 @@ def action_request(request: HtmxHttpRequest, name: str) -> HttpResponse:
         "form": form,
         "schema_notes": notes,
         "plan_marks": plan_marks_selectors.request_marks(page),
+        "forecast": forecast_selectors.request_forecast(page),
     }
     return render(request, template, shown, status=status)
 
@@ -92,6 +94,7 @@ def action_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "progress": page.progress,
         "schema_notes": notes,
         "plan_marks": None if request.htmx else plan_marks_selectors.action_marks(page.action),
+        "forecast": None if request.htmx else forecast_selectors.action_forecast(page.action),
     }
     return render(request, template, context)
 

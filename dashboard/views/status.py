@@ -12,6 +12,7 @@ from dashboard import api
 from dashboard.config import ConfigError
 from dashboard.selectors import drift as drift_selectors
 from dashboard.selectors import status as status_selectors
+from dashboard.selectors import timeline as timeline_selectors
 from dashboard.services import status as status_services
 from dashboard.views import HtmxHttpRequest
 
@@ -36,7 +37,9 @@ def environment(request: HtmxHttpRequest, name: str) -> HttpResponse:
         raise Http404(f"no environment named {name!r}")
     if request.htmx:
         return render(request, "environment.html#status", {"name": name, "detail": detail})
-    return render(request, "environment.html", {"name": name, "detail": detail, "schema": schema})
+    timeline = timeline_selectors.environment_timeline(name)
+    context = {"name": name, "detail": detail, "schema": schema, "timeline": timeline}
+    return render(request, "environment.html", context)
 
 
 @require_POST

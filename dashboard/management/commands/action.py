@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from dashboard.models import Action
 from dashboard.selectors import actions as action_selectors
+from dashboard.selectors import forecasts as forecast_selectors
 from dashboard.services import actions
 
 
@@ -57,13 +58,34 @@ def action_document(action: Action, *, now: datetime | None = None) -> dict[str,
         "worker": action.worker,
         "created_at": _when(action.created_at),
         "queued_at": _when(action.queued_at),
+        "run_at": _when(action.run_at),
+        "scheduled_for": _when(action.scheduled_for),
+        "schedule_note": action.schedule_note,
         "started_at": _when(action.started_at),
         "finished_at": _when(action.finished_at),
+        # How long the plan may take, from its revisions' successful runs anywhere.
+        **forecast_selectors.forecast_item(action),
     }
 
 
 def _when(moment: Any) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+def _run_at(text: str) -> datetime:
+    """Read --run-at: an ISO 8601 time with its zone (Z or an offset)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CommandError(
+            f"--run-at {text[:60]!r} is not an ISO 8601 time like 2026-06-06T02:30+02:00",
+            returncode=1,
+        ) from None
+    if timezone.is_naive(moment):
+        raise CommandError(
+            "--run-at needs a time zone: end it with Z or an offset like +02:00", returncode=1
+        )
+    return moment
 
 
 class Command(BaseCommand):
@@ -95,6 +117,11 @@ class Command(BaseCommand):
             metavar="ID",
             type=int,
             help="the environment's last unfinished action: plan from where it ends, run after it",
+        )
+        request.add_argument(
+            "--run-at",
+            metavar="ISO",
+            help="start no earlier than this time, inside a window (2026-06-06T02:30+02:00)",
         )
         request.add_argument("--json", action="store_true", help="print the action as JSON")
 
@@ -142,8 +169,10 @@ class Command(BaseCommand):
         reason: str,
         queue_behind: int | None,
         json: bool,
+        run_at: str | None = None,
         **_: Any,
     ) -> None:
+        start = _run_at(run_at) if run_at is not None else None
         chosen = {"upgrade": upgrade, "downgrade": downgrade, "stamp": stamp}
         direction, target = next((k, v) for k, v in chosen.items() if v is not None)
         try:
@@ -155,6 +184,7 @@ class Command(BaseCommand):
                 reason=reason,
                 prepare=True,
                 queue_behind=queue_behind,
+                run_at=start,
             )
         except actions.AmbiguousTarget as exc:
             if exc.proposals:
@@ -225,6 +255,11 @@ class Command(BaseCommand):
             f"target heads:  {actions.heads_text(action.target_heads)}",
             f"plan hash:     {action.plan_hash}",
         ]
+        if action.run_at is not None:
+            lines.append(f"run at:        {action.run_at.isoformat()}")
+        if action.status == Action.Status.SCHEDULED:
+            when = action.scheduled_for.isoformat() if action.scheduled_for else "not yet known"
+            lines.append(f"scheduled for: {when}: {action.schedule_note}")
         if action.after_heads is not None:
             lines.append(f"after heads:   {actions.heads_text(action.after_heads)}")
         if action.error:

@@ -31,12 +31,12 @@ from dashboard.config import (
     render_duration,
 )
 from dashboard.databases import blockers, indexes, runlock, sessions, versions
-from dashboard.models import Action, Approval
+from dashboard.models import Action, Approval, RevisionRun
 from dashboard.runner import bundle, process, review
 from dashboard.runner.monitor import RunMonitor
 from dashboard.runner.process import child_secrets
-from dashboard.services import holding, queue, superseding
-from dashboard.services.actions import attempts, pinning, rollout_gate
+from dashboard.services import holding, queue, runtimes, superseding
+from dashboard.services.actions import attempts, pinning, rollout_gate, scheduling
 from dashboard.services.actions.errors import SCRIPT_CHANGED
 from dashboard.services.actions.lookups import locked_action_or_refuse
 
@@ -250,8 +250,13 @@ def _claim(action_id: int, worker: str) -> tuple[Action, bool]:
     """Move the action from queued to running unless its environment is busy or has an elder."""
     with transaction.atomic():
         action = locked_action_or_refuse(action_id)
-        if action.status != Action.Status.QUEUED:
+        if action.status == Action.Status.SCHEDULED:
+            if not scheduling.action_release(action):
+                return action, False  # its window (or run-at time) has not come yet
+        elif action.status != Action.Status.QUEUED:
             return action, False
+        elif scheduling.action_hold(action):
+            return action, False  # outside a window: back to scheduled, for the next opening
         if not rollout_gate.member_may_start(action):
             return action, False  # its rollout was paused or cancelled since it was queued
         same_environment = Action.objects.filter(environment=action.environment)
@@ -357,10 +362,17 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
         ending = _run_locked(
             _Run(action, config, env, project, url, copy, monitor, waiting), waiting
         )
-    except BaseException:
+    except BaseException as exc:
         monitor.stop()
+        broke = Action.Status.FAILED if isinstance(exc, Exception) else Action.Status.INTERRUPTED
+        runtimes.runtimes_record(action, monitor.take_attempt(), runtimes.outcome_of(broke))
         raise
     monitor.stop()
+    runtimes.runtimes_record(
+        action,
+        monitor.take_attempt(),
+        runtimes.outcome_of(ending.status if ending else Action.Status.INTERRUPTED),
+    )
     if ending is None:
         # The checks took longer than the heartbeat limit and it was declared interrupted.
         action.refresh_from_db()
@@ -537,6 +549,7 @@ def _run_attempts(
                 session_tag=sessions.action_tag(action.pk),
                 approved=run.copy,
             )
+            monitor.child_exited()
         except runner.RunnerError as exc:
             return _Ending(
                 Action.Status.FAILED,
@@ -576,6 +589,7 @@ def _run_attempts(
             + (f" (in the way: {attempts.describe_in_the_way(in_the_way)})" if in_the_way else "")
         )
         _record_retry(action, attempt, tries, delay, limits, in_the_way)
+        runtimes.runtimes_record(action, monitor.take_attempt(), RevisionRun.Outcome.RETRIED)
         if attempts.sleep_unless(delay, monitor.should_cancel):
             return _stopped(run, f"while waiting to retry; {place}", after_heads=after_heads)
         again = versions.read_environment(env, project)
