@@ -206,6 +206,7 @@ class HousekeepingReport:
 
     interrupted: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)  # scheduled actions whose window opened
     superseded: list[int] = field(default_factory=list)  # open requests whose plan no longer holds
     config_recorded: bool = False
     pruned: int = 0
@@ -238,6 +239,14 @@ class Housekeeping:
         except Exception as exc:
             logger.exception("could not check the queue for lost actions")
             report.problems.append(f"lost queue entries: {exc}")
+        try:
+            from dashboard.services.actions import scheduling
+
+            # Deferred runs start them on time; this catches one whose deferred run was lost.
+            report.released = scheduling.actions_release_due()
+        except Exception as exc:
+            logger.exception("could not release the scheduled actions")
+            report.problems.append(f"scheduled actions: {exc}")
         try:
             report.superseded = [a.pk for a in actions.actions_supersede_stale()]
         except Exception as exc:

@@ -38,6 +38,7 @@ PER_PAGE = 50
 STATE_ORDER = (
     Action.Status.RUNNING,
     Action.Status.QUEUED,
+    Action.Status.SCHEDULED,
     Action.Status.APPROVED,
     Action.Status.SUCCEEDED,
     Action.Status.FAILED,

@@ -21,6 +21,7 @@ LIST_LIMIT = 200
 STATE_ORDER = (
     Action.Status.RUNNING,
     Action.Status.QUEUED,
+    Action.Status.SCHEDULED,
     Action.Status.APPROVED,
     PENDING,
     Action.Status.SUCCEEDED,

@@ -18,7 +18,12 @@ from dashboard.runner import bundle
 logger = logging.getLogger(__name__)
 
 # Not running yet: an action whose plan no longer holds can still be set aside before it starts.
-OPEN = (Action.Status.REQUESTED, Action.Status.APPROVED, Action.Status.QUEUED)
+OPEN = (
+    Action.Status.REQUESTED,
+    Action.Status.APPROVED,
+    Action.Status.SCHEDULED,
+    Action.Status.QUEUED,
+)
 SCRIPT_CHANGED = "the script directory changed since this plan was made"
 # Snapshot states in which the version table was read, so their heads are what it held.
 READ_STATES = (

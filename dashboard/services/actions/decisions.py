@@ -14,7 +14,7 @@ from dashboard.models import Action, Approval
 from dashboard.runner import bundle, review
 from dashboard.services import holding, superseding
 from dashboard.services.actions import pinning as plans
-from dashboard.services.actions import queueing
+from dashboard.services.actions import queueing, scheduling
 from dashboard.services.actions.errors import (
     SCRIPT_CHANGED,
     ActionRefused,
@@ -131,6 +131,7 @@ def action_cancel(*, user: Any, action_id: int, request: HttpRequest | None = No
         if action.status not in (
             Action.Status.REQUESTED,
             Action.Status.APPROVED,
+            Action.Status.SCHEDULED,
             Action.Status.QUEUED,
         ):
             raise WrongState(
@@ -217,6 +218,8 @@ def queue_action(action: Action) -> None:
     action.save(update_fields=["status", "decided_at"])
     if queueing.follower_waits(action, enqueue=enqueue_run):
         return
+    if scheduling.action_hold(action):
+        return  # outside its windows or before its run-at time: a deferred run starts it
     action.status = Action.Status.QUEUED
     action.queued_at = timezone.now()
     action.save(update_fields=["status", "queued_at"])

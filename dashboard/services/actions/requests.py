@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -23,7 +24,7 @@ from dashboard.models import Action
 from dashboard.runner import bundle, review
 from dashboard.services import queue, superseding
 from dashboard.services.actions import pinning as plans
-from dashboard.services.actions import queueing
+from dashboard.services.actions import queueing, scheduling
 from dashboard.services.actions.decisions import queue_action
 from dashboard.services.actions.errors import (
     ActionRefused,
@@ -56,13 +57,15 @@ def action_request(
     prepare: bool = False,
     queue_behind: int | None = None,
 ) -> Action:
+    run_at: datetime | None = None,
     """Plan an upgrade, downgrade or stamp from a fresh read of the environment; record it.
 
     prepare=True renders the offline SQL and its lint now (the command line); otherwise a
     worker task does it, because only the worker may run a project's code. queue_behind names
     the environment's last unfinished action: the plan then starts where that one ends, and
     runs only after it succeeded; without it, a request behind an unfinished one is refused.
-    A stamp is only for an environment without version rows (see _refuse_stamp).
+    A stamp is only for an environment without version rows (see _refuse_stamp). run_at, inside
+    one of the environment's windows, is the earliest the approved action starts.
     """
     if not roles.can_request(user):
         raise NotAllowed("only operators and admins may request actions")
@@ -82,6 +85,8 @@ def action_request(
     config = config_or_refuse()
     env, project = environment_or_refuse(config, environment)
     try:
+    if run_at is not None and (problem := scheduling.run_at_problem(env, run_at)):
+        raise ActionRefused(problem)
         loaded = plans.load_project_history(project, may_run_project_code=prepare)
     except plans.ProjectCodeNeeded as exc:
         raise ActionRefused(str(exc)) from exc
@@ -186,6 +191,7 @@ def action_request(
         audit.record(
             "action.requested",
             actor=user,
+            run_at=run_at,
             request=request,
             environment=env.name,
             action_id=action.pk,
@@ -205,6 +211,7 @@ def action_request(
                 **({"version_table_exists": reading.table_exists} if stamp else {}),
             },
         )
+                **({"run_at": run_at.isoformat()} if run_at is not None else {}),
         if not prepare:
             action_id = action.pk
             transaction.on_commit(lambda: _enqueue_prepare(action_id))

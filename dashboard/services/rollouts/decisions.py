@@ -93,8 +93,8 @@ def rollout_pause(*, user: Any, rollout_id: int, request: HttpRequest | None = N
         rollout.paused_reason = f"paused by {user.get_username()}"
         rollout.save(update_fields=["status", "paused_reason"])
         # Queued members not started yet wait too (their claim would put them back anyway).
-        rollout.actions.filter(status=Action.Status.QUEUED).update(
-            status=Action.Status.APPROVED, queued_at=None
+        rollout.actions.filter(status__in=(Action.Status.QUEUED, Action.Status.SCHEDULED)).update(
+            status=Action.Status.APPROVED, queued_at=None, scheduled_for=None
         )
         audit.record(
             "rollout.paused",
@@ -145,7 +145,7 @@ def rollout_cancel(*, user: Any, rollout_id: int, request: HttpRequest | None = 
         name = user.get_username()
         now = timezone.now()
         not_started = rollout.actions.filter(
-            status__in=(Action.Status.APPROVED, Action.Status.QUEUED)
+            status__in=(Action.Status.APPROVED, Action.Status.SCHEDULED, Action.Status.QUEUED)
         )
         cancelled = list(not_started.values_list("pk", flat=True))
         not_started.update(

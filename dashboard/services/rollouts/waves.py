@@ -17,8 +17,9 @@ from dashboard.services.actions import pinning as plans
 
 logger = logging.getLogger(__name__)
 
-# A member in one of these holds one of the rollout's `parallel` slots.
-BUSY = (Action.Status.QUEUED, Action.Status.RUNNING)
+# A member in one of these holds one of the rollout's `parallel` slots (a scheduled one waits
+# for its window in its slot: the wave is not over, and no later member overtakes it).
+BUSY = (Action.Status.SCHEDULED, Action.Status.QUEUED, Action.Status.RUNNING)
 # A member that ended like this stops a rollout whose on_error is "pause".
 BROKE = (Action.Status.FAILED, Action.Status.INTERRUPTED)
 

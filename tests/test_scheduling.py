@@ -1,0 +1,204 @@
+"""Scheduled actions: approved ones wait for their environment's window and start inside it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+import time_machine
+from django.core.management import CommandError, call_command
+from django_tasks_db.models import DBTaskResult
+
+from dashboard.config import load_config
+from dashboard.models import Action, AuditEvent
+from dashboard.services import actions
+from dashboard.services.actions import scheduling
+from dashboard.tasks import run_action
+from dashboard.worker import Housekeeping
+from tests.actions_support import HEAD, heads_of, make_people, touch_sqlite, write_config
+
+# Deferred runs are enqueued when the approval commits, so every test commits for real.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
+
+# Berlin is on CET (UTC+1) in January: the window is 01:00-03:00 UTC on Saturdays.
+WINDOW = "Sat 02:00-04:00 Europe/Berlin"
+FRIDAY_NOON = datetime(2027, 1, 8, 12, 0, tzinfo=UTC)
+SATURDAY_OPEN = datetime(2027, 1, 9, 1, 0, tzinfo=UTC)
+NEXT_SATURDAY_OPEN = datetime(2027, 1, 16, 1, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def people() -> dict[str, Any]:
+    return make_people()
+
+
+@pytest.fixture
+def staging(tmp_path: Path, settings: Any, sqlite_url: str) -> str:
+    """An empty SQLite environment, one approval, open only on Saturday nights in Berlin."""
+    path = write_config(
+        tmp_path / "dashboard.toml",
+        {"staging": {"url": touch_sqlite(sqlite_url), "approvals_required": 1, "windows": [WINDOW]}},
+    )
+    settings.DASHBOARD_CONFIG = str(path)
+    return sqlite_url
+
+
+def _approved(people: dict[str, Any], **request: Any) -> Action:
+    action = actions.action_request(
+        user=people["olga"],
+        environment="staging",
+        direction="upgrade",
+        target="heads",
+        prepare=True,
+        **request,
+    )
+    actions.action_approve(user=people["alan"], action_id=action.pk, plan_hash=action.plan_hash)
+    return Action.objects.get(pk=action.pk)  # as the approval's commit left it
+
+
+def test_approved_outside_its_window_it_is_scheduled_and_starts_when_the_window_opens(
+    people: dict[str, Any], staging: str
+) -> None:
+    with time_machine.travel(FRIDAY_NOON, tick=False) as clock:
+        action = _approved(people)
+        assert action.status == Action.Status.SCHEDULED
+        assert action.scheduled_for == SATURDAY_OPEN
+        assert "windows are closed now" in action.schedule_note
+        assert "Sat 02:00 Europe/Berlin" in action.schedule_note
+        event = AuditEvent.objects.get(action_id=action.pk, verb="action.scheduled")
+        assert event.payload["scheduled_for"] == SATURDAY_OPEN.isoformat()
+        assert event.payload["reason"] == action.schedule_note
+        # The queue holds a run deferred to the window's start (django.tasks' run_after).
+        deferred = DBTaskResult.objects.get(id=action.task_id)
+        assert (deferred.task_path, deferred.run_after) == (run_action.module_path, SATURDAY_OPEN)
+
+        # A worker that claims it early (the deferred run, or any other) does not start it.
+        clock.move_to(SATURDAY_OPEN - timedelta(seconds=1))
+        assert actions.action_run(action_id=action.pk, worker="test").status == "scheduled"
+        assert Housekeeping().run_once().released == []
+        assert heads_of(staging) == ()
+
+        clock.move_to(SATURDAY_OPEN + timedelta(minutes=5))
+        assert Housekeeping().run_once().released == [action.pk]
+        assert Action.objects.get(pk=action.pk).status == Action.Status.QUEUED
+        done = actions.action_run(action_id=action.pk, worker="test")
+
+    assert done.status == Action.Status.SUCCEEDED, done.error
+    assert done.started_at >= SATURDAY_OPEN
+    assert heads_of(staging) == (HEAD,)
+
+
+def test_a_queued_action_claimed_outside_its_window_goes_back_to_scheduled(
+    people: dict[str, Any], staging: str
+) -> None:
+    with time_machine.travel(SATURDAY_OPEN + timedelta(minutes=10), tick=False) as clock:
+        action = _approved(people)
+        assert action.status == Action.Status.QUEUED  # the window is open: straight to the queue
+        # The worker only gets to it after the window closed (a busy queue, a worker restart).
+        clock.move_to(SATURDAY_OPEN + timedelta(hours=2, minutes=1))
+        claimed = actions.action_run(action_id=action.pk, worker="test")
+        assert claimed.status == Action.Status.SCHEDULED
+        assert claimed.scheduled_for == NEXT_SATURDAY_OPEN
+        assert claimed.started_at is None
+    assert heads_of(staging) == ()
+
+
+def test_an_action_whose_forecast_exceeds_the_window_left_starts_in_the_next_one(
+    people: dict[str, Any], staging: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduling, "plan_forecast_seconds", lambda action: 3600.0)
+    with time_machine.travel(SATURDAY_OPEN + timedelta(minutes=90), tick=False):
+        action = _approved(people)
+    assert action.status == Action.Status.SCHEDULED
+    assert action.scheduled_for == NEXT_SATURDAY_OPEN
+    assert "forecast (1 h) exceeds the 30 min left in the window open now" in action.schedule_note
+    assert "next window that fits" in action.schedule_note
+
+
+def test_an_unknown_forecast_starts_in_the_window_open_now(
+    people: dict[str, Any], staging: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduling, "plan_forecast_seconds", lambda action: None)
+    with time_machine.travel(SATURDAY_OPEN + timedelta(minutes=119), tick=False):
+        assert _approved(people).status == Action.Status.QUEUED
+
+
+def test_run_at_must_be_in_the_future_and_inside_a_window(
+    people: dict[str, Any], staging: str
+) -> None:
+    with time_machine.travel(FRIDAY_NOON, tick=False):
+        request = {
+            "user": people["olga"],
+            "environment": "staging",
+            "direction": "upgrade",
+            "target": "heads",
+            "prepare": True,
+        }
+        with pytest.raises(actions.ActionRefused, match="is not in the future"):
+            actions.action_request(**request, run_at=FRIDAY_NOON - timedelta(hours=1))
+        with pytest.raises(actions.ActionRefused) as outside:
+            actions.action_request(**request, run_at=SATURDAY_OPEN + timedelta(hours=3))
+        assert str(outside.value) == (
+            "run at 2027-01-09 05:00 Europe/Berlin is outside staging's windows"
+            f" ({WINDOW}); the next one after it opens Sat 02:00 Europe/Berlin"
+        )
+        assert not Action.objects.exists()
+
+        chosen = SATURDAY_OPEN + timedelta(minutes=45)
+        action = _approved(people, run_at=chosen)
+        assert (action.status, action.run_at, action.scheduled_for) == ("scheduled", chosen, chosen)
+        assert action.schedule_note.startswith("run at 2027-01-09 02:45 Europe/Berlin as requested")
+
+
+def test_run_at_from_the_command_line_is_checked_and_shown(
+    people: dict[str, Any], staging: str
+) -> None:
+    with time_machine.travel(FRIDAY_NOON, tick=False):
+        argv = ["request", "--env", "staging", "--upgrade", "heads", "--user", "olga"]
+        with pytest.raises(CommandError, match="outside staging's windows"):
+            call_command("action", *argv, "--run-at", "2027-01-09T05:00:00Z", stdout=StringIO())
+        with pytest.raises(CommandError, match="run-at"):
+            call_command("action", *argv, "--run-at", "Saturday", stdout=StringIO())
+        out = StringIO()
+        call_command("action", *argv, "--run-at", "2027-01-09T02:30+01:00", stdout=out)
+    action = Action.objects.get()
+    assert action.run_at == datetime(2027, 1, 9, 1, 30, tzinfo=UTC)
+
+
+def test_a_scheduled_action_can_be_cancelled(people: dict[str, Any], staging: str) -> None:
+    with time_machine.travel(FRIDAY_NOON, tick=False) as clock:
+        action = _approved(people)
+        cancelled = actions.action_cancel(user=people["olga"], action_id=action.pk)
+        assert cancelled.status == Action.Status.CANCELLED
+        clock.move_to(SATURDAY_OPEN + timedelta(minutes=1))
+        assert Housekeeping().run_once().released == []
+        assert actions.action_run(action_id=action.pk, worker="test").status == "cancelled"
+    assert heads_of(staging) == ()
+
+
+def test_a_malformed_window_is_a_config_error_of_its_environment_alone(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "dashboard.toml",
+        {
+            "prod": {"url": "sqlite:///prod.db", "windows": ["Sat 2am-4am Europe/Berlin"]},
+            "qa": {"url": "sqlite:///qa.db", "windows": ["Sun 25:00-26:00 UTC"]},
+            "dev": {"url": "sqlite:///dev.db", "windows": [WINDOW]},
+        },
+    )
+    config = load_config(path)
+    assert config.environments["dev"].windows[0].zone == "Europe/Berlin"
+    assert config.environment_problems() == [
+        f"invalid window in {path} [environments.prod] windows: 'Sat 2am-4am Europe/Berlin' is"
+        ' not a window: write days, start-end and a zone, like "Sat 02:00-04:00 Europe/Berlin"'
+        ' or "Mon-Fri 22:00-01:00 UTC"',
+        f"invalid window in {path} [environments.qa] windows: 'Sun 25:00-26:00 UTC': 25:00 is not"
+        " a time of day (00:00 to 23:59, or 24:00 to end)",
+    ]
+    # No window can be trusted, so none opens: its actions wait, saying why.
+    prod = config.environments["prod"]
+    hold = scheduling.hold_for(Action(environment="prod", plan=[]), prod, now=FRIDAY_NOON)
+    assert hold is not None and hold.until is None
+    assert hold.note.startswith("invalid window in")
