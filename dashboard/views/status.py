@@ -38,8 +38,8 @@ def environment(request: HtmxHttpRequest, name: str) -> HttpResponse:
     if request.htmx:
         return render(request, "environment.html#status", {"name": name, "detail": detail})
     timeline = timeline_selectors.environment_timeline(name)
-    context = {"name": name, "detail": detail, "schema": schema, "timeline": timeline}
-    return render(request, "environment.html", context)
+    shown = {"name": name, "detail": detail, "schema": schema, "timeline": timeline}
+    return render(request, "environment.html", shown)
 
 
 @require_POST
