@@ -40,7 +40,13 @@ def staging(tmp_path: Path, settings: Any, sqlite_url: str) -> str:
     """An empty SQLite environment, one approval, open only on Saturday nights in Berlin."""
     path = write_config(
         tmp_path / "dashboard.toml",
-        {"staging": {"url": touch_sqlite(sqlite_url), "approvals_required": 1, "windows": [WINDOW]}},
+        {
+            "staging": {
+                "url": touch_sqlite(sqlite_url),
+                "approvals_required": 1,
+                "windows": [WINDOW],
+            }
+        },
     )
     settings.DASHBOARD_CONFIG = str(path)
     return sqlite_url
