@@ -104,3 +104,15 @@ def discover_fleets_periodically() -> int:
     finally:
         # Scheduled even when this look fails (a broken config), so fixing it needs no restart.
         fleets.schedule_periodic_discovery(delay=fleets.DISCOVERY_TICK)
+
+
+@queue.register
+@task(priority=CHECK_PRIORITY)
+def check_histories_periodically() -> list[str]:
+    """Ask Alembic to load each history whose files changed or whose check is old; reschedule."""
+    from dashboard.services import history_checks
+
+    try:
+        return history_checks.histories_check_due()
+    finally:
+        history_checks.schedule_periodic_history_checks(delay=history_checks.TICK)

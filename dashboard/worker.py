@@ -338,6 +338,14 @@ class Housekeeping:
         except Exception as exc:
             logger.exception("could not schedule the discovery of fleet members")
             report.problems.append(f"fleet discovery: {exc}")
+        try:
+            from dashboard.services import history_checks
+
+            # Not at once, like schema checks: waiting approved actions go first.
+            history_checks.schedule_periodic_history_checks(delay=history_checks.TICK)
+        except Exception as exc:
+            logger.exception("could not schedule the checks that Alembic loads each history")
+            report.problems.append(f"history checks: {exc}")
         schedule_housekeeping(delay=housekeeping_interval())
         return report
 

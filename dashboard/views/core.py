@@ -7,6 +7,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
+from dashboard.selectors import heads_guard, history_checks
 from dashboard.selectors import status as status_selectors
 from dashboard.selectors import workers as worker_selectors
 from dashboard.services import health
@@ -19,11 +20,14 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
     """Show the matrix of projects and environments from their latest snapshots."""
     # The matrix polls itself; its answer carries the worker banner out of band.
     template = "overview.html#poll" if request.htmx else "overview.html"
-    return render(
-        request,
-        template,
-        {"matrix": status_selectors.status_matrix(), "workers": worker_selectors.worker_liveness()},
-    )
+    context = {
+        "matrix": status_selectors.status_matrix(),
+        "workers": worker_selectors.worker_liveness(),
+        # Outside the cached matrix: banners of histories Alembic would refuse or cannot pick.
+        "heads_banners": heads_guard.heads_banners(),
+        "load_failures": history_checks.load_failures(),
+    }
+    return render(request, template, context)
 
 
 @login_not_required

@@ -15,6 +15,7 @@ from dashboard.config import ConfigError
 from dashboard.scripts import ScriptLocationError
 from dashboard.selectors import drift as drift_selectors
 from dashboard.selectors import graph as graph_selectors
+from dashboard.selectors import heads_guard, history_checks
 from dashboard.selectors.graph import GraphNotFound
 from dashboard.views import HtmxHttpRequest
 
@@ -87,7 +88,14 @@ def graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
     models = drift_selectors.project_models_note(
         project=name, heads=[link.revision for link in page.heads]
     )
-    context = {"page": page, "window": page.window, "panel": page.panel, "models": models}
+    context = {
+        "page": page,
+        "window": page.window,
+        "panel": page.panel,
+        "models": models,
+        "heads_banner": heads_guard.heads_banner(project=name),
+        "load_failure": history_checks.load_failure(project=name),
+    }
     return render(request, "graph.html", context)
 
 
@@ -110,6 +118,8 @@ def api_graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
         return api.error(404, str(exc))
     except (ConfigError, ScriptLocationError) as exc:
         return api.error(503, f"the revision history cannot be read: {exc}")
+    document["heads_guard"] = heads_guard.heads_guard_json(project=name)
+    document["history_check"] = history_checks.history_check_json(project=name)
     return JsonResponse(document)
 
 

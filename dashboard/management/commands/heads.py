@@ -32,9 +32,7 @@ class Command(BaseCommand):
         )
         where = parser.add_mutually_exclusive_group(required=True)
         where.add_argument("--project", metavar="NAME", help="a project from the config")
-        where.add_argument(
-            "--script-location", metavar="DIR", type=Path, help="a script directory"
-        )
+        where.add_argument("--script-location", metavar="DIR", type=Path, help="a script directory")
         where.add_argument(
             "--alembic-ini", metavar="FILE", type=Path, help="an alembic.ini naming one"
         )
@@ -56,9 +54,9 @@ class Command(BaseCommand):
             ) from exc
         graph = history.graph
         problems = list(graph.blocking_problems) + scripts.syntax_problems(history)
-        if not graph.revisions and problems:
+        if not graph.revisions and graph.problems:
             raise CommandError(
-                f"no revisions read from {history.script_location}: {problems[0]}",
+                f"no revisions read from {history.script_location}: {graph.problems[0]}",
                 returncode=USAGE_ERROR,
             )
         if project is None:

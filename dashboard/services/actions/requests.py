@@ -23,6 +23,7 @@ from dashboard.databases import versions
 from dashboard.models import Action
 from dashboard.runner import bundle, review
 from dashboard.services import queue, superseding
+from dashboard.services import history_checks
 from dashboard.services.actions import pinning as plans
 from dashboard.services.actions import queueing, scheduling
 from dashboard.services.actions.decisions import queue_action
@@ -108,6 +109,9 @@ def action_request(
             f"Alembic cannot load project {project.name}'s history: {broken[0]}{more};"
             " nothing can be planned until it is fixed"
         )
+    # Imports fail where parsing cannot tell: the worker's last check of these very files.
+    if refused := history_checks.refusal(project=project.name, fingerprint=loaded.fingerprint):
+        raise ActionRefused(refused)
     reading = versions.read_environment(env, project)
     if not reading.ok:
         raise EnvironmentUnavailable(f"cannot read {env.name} now: {reading.error}")

@@ -25,7 +25,7 @@ from dashboard.databases import versions
 from dashboard.models import Action, Rollout
 from dashboard.runner import bundle, review
 from dashboard.runner.process import child_secrets
-from dashboard.services import queue
+from dashboard.services import history_checks, queue
 from dashboard.services.actions import pinning as plans
 from dashboard.services.actions.errors import (
     EnvironmentUnavailable,
@@ -87,6 +87,9 @@ def rollout_request(
             f"Alembic cannot load project {project.name}'s history: {broken[0]};"
             " nothing can be planned until it is fixed"
         )
+    # Imports fail where parsing cannot tell: the worker's last check of these very files.
+    if refused := history_checks.refusal(project=project.name, fingerprint=loaded.fingerprint):
+        raise RolloutRefused(refused)
     readings = versions.read_many([(m, project) for m in chosen], max_workers=READ_POOL)
     busy = set(
         Action.objects.active()
