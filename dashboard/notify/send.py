@@ -86,14 +86,15 @@ def describe(exc: BaseException, connect_timeout: float, total_timeout: float) -
     """Say why an attempt failed in words of our own: urllib3's messages name the host and URL."""
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         exc = exc.reason
-    if isinstance(exc, ConnectTimeoutError):
-        return f"could not connect within {connect_timeout:g} s"
-    if isinstance(exc, ReadTimeoutError | TimeoutError):
-        return f"no answer within {total_timeout:g} s"
+    # NewConnectionError is a ConnectTimeoutError to urllib3: ask for it first.
     if isinstance(exc, NameResolutionError):
         return "the receiver's host name does not resolve"
     if isinstance(exc, NewConnectionError):
         return "could not connect: refused or unreachable"
+    if isinstance(exc, ConnectTimeoutError):
+        return f"could not connect within {min(connect_timeout, total_timeout):g} s"
+    if isinstance(exc, ReadTimeoutError | TimeoutError):
+        return f"no answer within {total_timeout:g} s"
     if isinstance(exc, SSLError):
         return "the TLS handshake failed"
     if isinstance(exc, ProtocolError):
