@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 from django import forms
+from django.utils import timezone
 
 from dashboard.models import Action
 
@@ -23,11 +26,35 @@ class ActionRequestForm(forms.Form):
     )
     # The unfinished action to queue behind (the page's checkbox carries its id).
     queue_behind = forms.IntegerField(required=False, min_value=1)
+    # The earliest start, read in the environment's window zone unless it carries an offset.
+    run_at = forms.CharField(
+        required=False,
+        max_length=40,
+        strip=True,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
 
-    def __init__(self, *args: Any, targets: list[tuple[str, str]], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, targets: list[tuple[str, str]], zone: str = "UTC", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.zone = zone
         # The picker's entries are the only targets the page offered.
         cast(forms.ChoiceField, self.fields["target"]).choices = targets
+
+    def clean_run_at(self) -> datetime | None:
+        text = self.cleaned_data.get("run_at") or ""
+        if not text:
+            return None
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise forms.ValidationError(
+                "Give a date and time like 2026-06-06T02:30 (or with an offset, +02:00)."
+            ) from None
+        if timezone.is_naive(moment):
+            moment = moment.replace(tzinfo=ZoneInfo(self.zone))
+        return moment
 
 
 class ApprovalForm(forms.Form):

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import time_machine
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from django_tasks_db.models import DBTaskResult
 
 from dashboard.config import load_config
@@ -208,3 +209,41 @@ def test_a_malformed_window_is_a_config_error_of_its_environment_alone(tmp_path:
     hold = scheduling.hold_for(Action(environment="prod", plan=[]), prod, now=FRIDAY_NOON)
     assert hold is not None and hold.until is None
     assert hold.note.startswith("invalid window in")
+
+
+def test_pages_show_the_next_window_the_schedule_and_take_a_run_at_time(
+    people: dict[str, Any], staging: str, client: Any
+) -> None:
+    with time_machine.travel(datetime(2027, 1, 6, 22, 0, tzinfo=UTC), tick=False):
+        client.force_login(people["olga"])
+        overview = client.get("/").content.decode()
+        assert "window next: Sat 02:00 Europe/Berlin, in 2 d 3 h" in overview
+        page = client.get("/environments/staging").content.decode()
+        assert WINDOW in page and "next: Sat 02:00 Europe/Berlin, in 2 d 3 h" in page
+
+        form = client.get("/environments/staging/request?direction=upgrade").content.decode()
+        assert 'name="run_at"' in form and "in Europe/Berlin unless you give an offset" in form
+        posted = {"direction": "upgrade", "target": "heads", "reason": "release 7"}
+        refused = client.post(
+            "/environments/staging/request", {**posted, "run_at": "2027-01-09T05:00"}
+        )
+        assert refused.status_code == 200
+        assert "is outside staging&#x27;s windows" in refused.content.decode()
+        assert not Action.objects.exists()
+        made = client.post(
+            "/environments/staging/request", {**posted, "run_at": "2027-01-09T02:30"}
+        )
+        assert made.status_code == 302, made.content.decode()
+        action = Action.objects.get()
+        assert action.run_at == datetime(2027, 1, 9, 1, 30, tzinfo=UTC)  # 02:30 CET
+
+        actions.action_prepare(action_id=action.pk)
+        client.force_login(people["alan"])
+        review = client.get(reverse("action-detail", args=[action.pk])).content.decode()
+        assert "Run at" in review and "Sat 2027-01-09 02:30 Europe/Berlin" in review
+        action = Action.objects.get(pk=action.pk)
+        actions.action_approve(user=people["alan"], action_id=action.pk, plan_hash=action.plan_hash)
+        shown = client.get(reverse("action-detail", args=[action.pk])).content.decode()
+        assert "Scheduled for" in shown
+        assert "Sat 2027-01-09 02:30 Europe/Berlin</time> — run at 2027-01-09 02:30" in shown
+        assert "state-scheduled" in shown

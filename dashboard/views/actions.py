@@ -14,6 +14,7 @@ from dashboard.selectors import drift as drift_selectors
 from dashboard.selectors import forecasts as forecast_selectors
 from dashboard.selectors import plan_marks as plan_marks_selectors
 from dashboard.selectors import targets as target_selectors
+from dashboard.selectors import windows as window_selectors
 from dashboard.services import actions as action_services
 from dashboard.views import HtmxHttpRequest
 
@@ -49,7 +50,12 @@ def action_request(request: HtmxHttpRequest, name: str) -> HttpResponse:
     if page is None:
         raise Http404("no such environment")
     initial = {"direction": page.direction, "target": page.targets[0].value if page.targets else ""}
-    form = ActionRequestForm(request.POST or None, initial=initial, targets=page.target_choices)
+    form = ActionRequestForm(
+        request.POST or None,
+        initial=initial,
+        targets=page.target_choices,
+        zone=window_selectors.run_at_zone(name),
+    )
     status = 200 if page.may_request else 403
     # While the environment cannot be read the page offers no form: a stale one is not sent on.
     if request.method == "POST" and not page.blocked and form.is_valid():
@@ -74,6 +80,7 @@ def action_request(request: HtmxHttpRequest, name: str) -> HttpResponse:
         "schema_notes": notes,
         "plan_marks": plan_marks_selectors.request_marks(page),
         "forecast": forecast_selectors.request_forecast(page),
+        "windows": window_selectors.environment_windows(name),
     }
     return render(request, template, shown, status=status)
 
@@ -95,6 +102,7 @@ def action_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "schema_notes": notes,
         "plan_marks": None if request.htmx else plan_marks_selectors.action_marks(page.action),
         "forecast": None if request.htmx else forecast_selectors.action_forecast(page.action),
+        "schedule": window_selectors.action_schedule(page.action),
     }
     return render(request, template, context)
 
