@@ -20,7 +20,8 @@ from dashboard.selectors.forecasts import plan_forecast_seconds, seconds_text
 from dashboard.services import actions
 from dashboard.services.runtimes import runs_of
 from dashboard.services.status import status_refresh
-from tests.actions_support import ROOT, touch_sqlite, write_config
+from tests.actions_support import ROOT, heads_of, touch_sqlite, write_config
+from tests.lock_support import run_cli, table_blocked
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
 
@@ -175,6 +176,34 @@ def test_pages_and_api_show_the_other_environments_time_and_the_timeline(
     assert f"{SLOW[:12]}</code> {seconds_text(slow.duration_s)}" in qa
     staging = client.get("/environments/staging").content.decode()
     assert "No run of a revision recorded here yet." in staging
+
+
+@pytest.mark.once
+@pytest.mark.postgres
+def test_a_lock_timeout_retry_is_kept_apart_per_attempt_and_never_forecast(
+    people: dict[str, Any], settings: Any, tmp_path: Path, project: Path, postgres_url: str
+) -> None:
+    config = write_config(
+        tmp_path / "pg.toml",
+        {"pg": {"url": postgres_url, "lock_timeout": "1s", "lock_retries": 1}},
+        alembic_ini=project / "alembic.ini",
+    )
+    settings.DASHBOARD_CONFIG = str(config)
+    assert run_cli(postgres_url, "upgrade", SECOND).returncode == 0
+    with table_blocked(postgres_url):
+        ran = _run(people, "pg", "heads")
+    assert ran.status == Action.Status.FAILED and ran.retries == 1, ran.error
+    rows = _rows(ran)
+    # Each attempt reached the step that alters posts and waited there for lock_timeout.
+    altering = rows[0].revision
+    assert [(r.revision, r.outcome, r.attempt) for r in rows] == [
+        (altering, "retried", 1),
+        (altering, "failed", 2),
+    ]
+    assert all(r.duration_s >= 1.0 for r in rows)
+    assert heads_of(postgres_url) == (SECOND,)
+    again = _upgrade(people, "pg", "heads")
+    assert plan_forecast_seconds(again) is None  # nothing of it ever succeeded anywhere
 
 
 def test_a_retried_attempts_last_step_is_retried_and_a_downgrade_times_what_it_leaves() -> None:
