@@ -77,8 +77,11 @@ class Broken:
 
 
 BROKEN = {
-    # The file the environment is at cannot be read: its head is missing, and we say why.
-    "syntax error": Broken(syntax_error, "unknown", "unknown", "syntax error", "syntax error"),
+    # The file the environment is at does not parse: it stays as a placeholder, and since
+    # Alembic would refuse to load the history, the history is invalid.
+    "syntax error": Broken(
+        syntax_error, "invalid", "invalid history", "syntax error", "syntax error"
+    ),
     # Alembic keeps the shadowed copy among its heads, so nothing can be planned.
     "duplicate id": Broken(
         duplicate_id, "invalid", "invalid history", "is defined twice", "is defined twice"
@@ -225,7 +228,7 @@ def test_manage_py_revisions_prints_a_broken_projects_problem(
     config = two_projects(settings, tmp_path, BROKEN["syntax error"])
     done = run_manage(config, tmp_path, "revisions", "--project", "broken")
     assert done.returncode == 0, done.stderr
-    assert "1 revision, 1 head" in done.stdout
+    assert "2 revisions, 1 head" in done.stdout
     assert re.search(r"aaaa00000002_step\.py:\d+: syntax error", done.stdout)
     assert "Traceback" not in done.stderr
 

@@ -133,9 +133,11 @@ class GraphStructure:
         probable_parents = {
             p for r in self.unreadable for p in self.revisions[r].probable_parents if p != r
         }
-        self.heads: tuple[str, ...] = tuple(
-            r for r, kids in self._children.items() if not kids and r not in probable_parents
-        )
+        childless = tuple(r for r, kids in self._children.items() if not kids)
+        self.heads: tuple[str, ...] = tuple(r for r in childless if r not in probable_parents)
+        self._head_set = frozenset(self.heads)
+        # The walk starts from every childless revision, or it would never reach those.
+        self._walk_heads = tuple(r for r in childless if not self._dependents[r])
         self.effective_heads: tuple[str, ...] = tuple(
             r for r in self.heads if not self._dependents[r]
         )
@@ -224,12 +226,13 @@ class GraphStructure:
         return self._dependents[rev]
 
     def is_head(self, rev: str) -> bool:
-        """Return whether no revision names `rev` as its down_revision."""
-        return not self.children(rev)
+        """Return whether `rev` is among the heads: no revision names it as its down_revision."""
+        return not self.children(rev) and rev in self._head_set
 
     def is_base(self, rev: str) -> bool:
-        """Return whether `rev` has no down_revision."""
-        return not self._get(rev).down_revisions
+        """Return whether `rev` has no down_revision (a placeholder's is unknown, so no)."""
+        revision = self._get(rev)
+        return not revision.down_revisions and not revision.unreadable
 
     def is_branch_point(self, rev: str) -> bool:
         """Return whether several revisions name `rev` as their down_revision."""
@@ -318,9 +321,7 @@ class GraphStructure:
             if self._cyclic:
                 cached = self._order_around_cycles(parents)
             else:
-                cached = walk_order(
-                    set(self.revisions), self.effective_heads, self._position, parents
-                )
+                cached = walk_order(set(self.revisions), self._walk_heads, self._position, parents)
             self._cache["topological"] = cached
         return list(cached)
 
