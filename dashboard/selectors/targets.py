@@ -106,7 +106,7 @@ def _upgrade_targets(graph: Graph, heads: list[str] | None) -> list[TargetChoice
     latest = ", ".join(short(h) for h in graph.heads)
     choices = [TargetChoice("heads", f"heads: every head ({latest})")]
     for rev in graph.topological():
-        if rev not in applied:
+        if rev not in applied and not graph.revisions[rev].unreadable:
             choices.append(TargetChoice(rev, _revision_label(graph, rev)))
     return choices
 
@@ -121,7 +121,7 @@ def _downgrade_targets(graph: Graph, heads: list[str] | None) -> list[TargetChoi
     choices = [
         TargetChoice(rev, _revision_label(graph, rev))
         for rev in graph.topological()
-        if rev in below
+        if rev in below and not graph.revisions[rev].unreadable
     ]
     choices.append(TargetChoice("base", "base: remove every revision"))
     return choices
@@ -132,6 +132,8 @@ def _stamp_targets(graph: Graph, exact: str | None) -> list[TargetChoice]:
     latest = ", ".join(short(h) for h in graph.heads)
     choices = [TargetChoice("heads", f"heads: every head ({latest})")]
     for rev in graph.topological():
+        if graph.revisions[rev].unreadable:
+            continue  # a file that does not parse is no revision Alembic could stamp
         label = _revision_label(graph, rev)
         if rev == exact:
             choices.insert(0, TargetChoice(rev, f"{label} — the schema matches it exactly"))

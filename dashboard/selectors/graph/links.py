@@ -92,7 +92,9 @@ def _tags(graph: Graph, rev: str, flagged: set[str]) -> list[Tag]:
         tags.append(Tag("merge point", "tag-merge"))
     if graph.is_branch_point(rev):
         tags.append(Tag("branch point", "tag-branch"))
-    if rev in flagged:
+    if graph.revisions[rev].unreadable:
+        tags.append(Tag("cannot be parsed", "tag-problem tag-unreadable"))
+    elif rev in flagged:
         tags.append(Tag("problem", "tag-problem"))
     return tags
 
