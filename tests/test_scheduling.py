@@ -14,12 +14,13 @@ from django.urls import reverse
 from django_tasks_db.models import DBTaskResult
 
 from dashboard.config import load_config
-from dashboard.models import Action, AuditEvent
-from dashboard.services import actions
+from dashboard.models import Action, AuditEvent, Rollout
+from dashboard.services import actions, rollouts
 from dashboard.services.actions import scheduling
 from dashboard.tasks import run_action
 from dashboard.worker import Housekeeping
 from tests.actions_support import HEAD, heads_of, make_people, touch_sqlite, write_config
+from tests.test_rollouts import fleet_config, member_url
 
 # Deferred runs are enqueued when the approval commits, so every test commits for real.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("keep_roles")]
@@ -247,3 +248,46 @@ def test_pages_show_the_next_window_the_schedule_and_take_a_run_at_time(
         assert "Scheduled for" in shown
         assert "Sat 2027-01-09 02:30 Europe/Berlin</time> — run at 2027-01-09 02:30" in shown
         assert "state-scheduled" in shown
+
+
+def test_rollout_members_wait_for_the_fleets_window_and_do_not_fail(
+    people: dict[str, Any], tmp_path: Path, settings: Any
+) -> None:
+    names = ["t1", "t2", "t3"]
+    config = fleet_config(
+        tmp_path, names, approvals_required=1, waves=[1, "100%"], parallel=2, windows=[WINDOW]
+    )
+    settings.DASHBOARD_CONFIG = str(config)
+    with time_machine.travel(FRIDAY_NOON, tick=False) as clock:
+        rollout = rollouts.rollout_request(
+            user=people["root"], fleet="tenants", direction="upgrade", target="heads", prepare=True
+        )
+        rollouts.rollout_approve(
+            user=people["alan"], rollout_id=rollout.pk, rollout_hash=rollout.rollout_hash
+        )
+        members = Action.objects.filter(rollout=rollout)
+        canary = members.get(wave=1)
+        # The canary's claim finds the window closed: it waits, scheduled, in its slot.
+        assert actions.action_run(action_id=canary.pk, worker="test").status == "scheduled"
+        Housekeeping().run_once()
+        rollout.refresh_from_db()
+        assert rollout.status == Rollout.Status.RUNNING
+        assert sorted(members.values_list("status", flat=True)) == [
+            "approved",
+            "approved",
+            "scheduled",
+        ]
+
+        clock.move_to(SATURDAY_OPEN + timedelta(minutes=1))
+        for _round in range(10):
+            Housekeeping().run_once()  # releases the due ones, advances the rollout
+            for member in members.filter(status=Action.Status.QUEUED):
+                ran = actions.action_run(action_id=member.pk, worker="test")
+                assert ran.status == Action.Status.SUCCEEDED, ran.error
+            rollout.refresh_from_db()
+            if rollout.is_finished:
+                break
+    assert rollout.status == Rollout.Status.SUCCEEDED, rollout.error
+    assert all(m.started_at >= SATURDAY_OPEN for m in members)
+    for name in names:
+        assert heads_of(member_url(tmp_path, name)) == (HEAD,)

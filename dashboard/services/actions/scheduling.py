@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -178,7 +179,7 @@ def actions_release_due() -> list[int]:
                 action = Action.objects.select_for_update().filter(pk=pk).first()
                 if action is None or not action_release(action):
                     continue
-                transaction.on_commit(lambda pk=pk: _enqueue_now(pk))
+                transaction.on_commit(functools.partial(_enqueue_now, pk))
         except Exception:  # one action's trouble must not hold up the others
             logger.exception("could not look at scheduled action %s", pk)
             continue
