@@ -483,7 +483,16 @@ def test_api_returns_the_documented_graph(viewer: Client, settings: Any, tmp_pat
     response = viewer.get("/api/projects/blog/graph")
     assert response.status_code == 200
     document = response.json()
-    assert set(document) == {"heads", "bases", "revisions", "problems"}
+    assert set(document) == {
+        "heads",
+        "bases",
+        "revisions",
+        "problems",
+        "heads_guard",
+        "history_check",
+    }
+    assert document["heads_guard"] == {"ok": True, "forks": []}
+    assert document["history_check"] == {"checked": False, "ok": None, "current": False}
     assert document["heads"] == [HEAD] and document["bases"] == [BASE]
     assert document["problems"] == []
     by_id = {item["revision"]: item for item in document["revisions"]}
