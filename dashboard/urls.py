@@ -14,6 +14,7 @@ from dashboard.views import audit as audit_views
 from dashboard.views import drift as drift_views
 from dashboard.views import fleets as fleet_views
 from dashboard.views import graph as graph_views
+from dashboard.views import notifications as notification_views
 from dashboard.views import rollouts as rollout_views
 from dashboard.views.auth import SignInView
 
@@ -30,6 +31,7 @@ urlpatterns = [
     *action_api.urlpatterns,
     *audit_views.urlpatterns,
     *graph_views.urlpatterns,
+    *notification_views.urlpatterns,
     path("accounts/login/", SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

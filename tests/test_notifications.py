@@ -553,3 +553,29 @@ def test_a_failed_run_posts_a_signed_notification_and_a_dead_receiver_never_dela
         assert str(port) not in stuck.last_error
     finally:
         stop_worker(proc)
+
+
+# The admins' page ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("keep_roles")
+def test_admins_see_every_delivery_and_its_last_error_others_are_refused(
+    hooked: Any, receiver: Receiver, people: dict[str, Any], client: Any
+) -> None:
+    receiver.script = [500]
+    [row] = _failed_event(_action())
+    notifications.deliveries_send_due()
+    client.force_login(people["vic"])
+    assert client.get("/notifications/").status_code == 403
+    client.force_login(people["root"])
+    page = client.get("/notifications/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f'id="delivery-{row.pk}"' in html and "HTTP 500" in html and "OPS_HOOK_URL" in html
+    assert receiver.url not in html and SECRET not in html
+    failed_only = client.get("/notifications/?status=failed").content.decode()
+    assert f'id="delivery-{row.pk}"' not in failed_only
+    pending = client.get("/notifications/?status=pending", headers={"HX-Request": "true"})
+    assert f'id="delivery-{row.pk}"' in pending.content.decode()
+    assert "<h1>" not in pending.content.decode()  # the htmx answer is the table alone

@@ -130,6 +130,9 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("audit",                   "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("audit-export",            "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
     ("audit-export",            "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    # Deliveries name receivers and their variables: for admins only.
+    ("notifications",           "GET"):  (SIGN_IN,       "403",         "403",         "403",         "200"),
+    ("notifications",           "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("graph-index",             "GET"):  (SIGN_IN,       GRAPH,         GRAPH,         GRAPH,         GRAPH),
     ("graph-index",             "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("graph",                   "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
