@@ -30,6 +30,10 @@ class Unresolved(Exception):
     """A value that cannot be read without running code; the message says which name and why."""
 
 
+class _NotLiteral(Unresolved):
+    """An expression of a kind that only running the module gives a value."""
+
+
 @dataclass(frozen=True)
 class _ModuleRef:
     """A module (or namespace package) found on the search roots, by its dotted name."""
@@ -204,7 +208,7 @@ class Resolver:
                     raise Unresolved(f"{ast.unparse(expr)} formats more than plain strings")
                 parts.append(inner)
             return "".join(parts)
-        raise Unresolved(f"{ast.unparse(expr)} is not a literal, a name or a module's constant")
+        raise _NotLiteral(f"{ast.unparse(expr)} is not a literal, a name or a module's constant")
 
     def _name(self, name: str, scope: _Bindings, where: str, hops: int) -> Any:
         binding = scope.values.get(name)
@@ -245,7 +249,14 @@ class Resolver:
                 raise self._missing(base)
             return self._attribute(found, attr, hops)
         # A literal assigned in this module: read it here, where its own names are bound.
-        return self._eval(detail, scope, where, hops)
+        try:
+            return self._eval(detail, scope, where, hops)
+        except _NotLiteral:
+            if module is None:
+                raise
+            raise Unresolved(
+                f"{name} in {where} is {ast.unparse(detail)}, which is not a literal"
+            ) from None
 
     def _attribute(self, module: _ModuleRef, attr: str, hops: int) -> Any:
         """Return module.attr: a name the module binds, else its submodule (as Python does)."""

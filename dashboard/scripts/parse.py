@@ -105,7 +105,7 @@ def placeholder(path: str, data: bytes, problem: str) -> Revision:
     elif shaped:
         revision = shaped.group(1)
     else:
-        revision = f"({filename})"
+        revision = re.sub(r"\W", "_", filename.removesuffix(".py")) or "_"
     parents: tuple[str, ...] = ()
     if down := _DOWN_LINE.search(text):
         parents = tuple(m[1] for m in _QUOTED_ID.findall(down["ids"]))
