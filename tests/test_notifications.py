@@ -579,3 +579,39 @@ def test_admins_see_every_delivery_and_its_last_error_others_are_refused(
     pending = client.get("/notifications/?status=pending", headers={"HX-Request": "true"})
     assert f'id="delivery-{row.pk}"' in pending.content.decode()
     assert "<h1>" not in pending.content.decode()  # the htmx answer is the table alone
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rollout_events_reach_a_fleet_filtered_notifier_in_slack_words(
+    tmp_path: Path, settings: Any
+) -> None:
+    from dashboard.models import Rollout
+
+    notify = (
+        '[notify.fleet]\nurl_env = "H"\nformat = "slack"\nfleets = ["tenants"]\n'
+        'events = ["rollout_paused", "rollout_succeeded"]\nbase_url = "https://dash.example.org/"\n'
+    )
+    settings.DASHBOARD_CONFIG = str(_config(tmp_path, "sqlite:///x.db", notify))
+    mine = Rollout.objects.create(
+        fleet="tenants", project="blog", direction="upgrade", target="heads",
+        requested_by_name="olga", status=Rollout.Status.PAUSED,
+        paused_reason="1 member failed (acme): no new member starts until an operator resumes",
+    )  # fmt: skip
+    other = Rollout.objects.create(
+        fleet="shards", project="blog", direction="upgrade", target="heads",
+        requested_by_name="olga",
+    )  # fmt: skip
+    for rollout in (mine, other):
+        audit.record(
+            "rollout.paused",
+            actor_name="system",
+            payload={"rollout": rollout.pk, "wave": 2, "failed": ["acme"]},
+        )
+    audit.record("rollout.started", actor_name="system", payload={"rollout": mine.pk})
+    [row] = NotificationDelivery.objects.all()
+    assert (row.event, row.rollout_id, row.environment) == ("rollout_paused", mine.pk, "")
+    assert json.loads(row.body)["text"] == (
+        f"fleet tenants: rollout #{mine.pk} upgrade to heads paused: 1 member failed (acme):"
+        " no new member starts until an operator resumes"
+        f" <https://dash.example.org/rollouts/{mine.pk}|open>"
+    )
