@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,24 +88,31 @@ def banner_of(
     return HeadsBanner(project=project.name, forks=tuple(forks))
 
 
-def heads_banner(*, project: str) -> HeadsBanner | None:
-    """Return a configured project's heads banner; None when all is well or it cannot be read."""
+def heads_banner(
+    *, project: str, history: scripts.LoadedHistory | None = None
+) -> HeadsBanner | None:
+    """Return a configured project's heads banner; None when all is well or it cannot be read.
+
+    A page that loaded the history already passes it: on a long history, checking every
+    file again costs more than the rest of the page.
+    """
     try:
         config = current_config()
         found = config.projects.get(project)
         if found is None:
             return None
         # Read statically, like the graph page: the web server never runs project code.
-        history = scripts.load_history(found.script_location, alembic_ini=found.alembic_ini)
+        if history is None:
+            history = scripts.load_history(found.script_location, alembic_ini=found.alembic_ini)
     except (ConfigError, scripts.ScriptLocationError, OSError):
         return None  # the pages say why the history cannot be read
     return banner_of(found, history, project_report(found, history, config))
 
 
-def heads_banners() -> list[HeadsBanner]:
-    """Return the banners of every configured project that has accidental heads."""
+def heads_banners(*, skip: Iterable[str] = ()) -> list[HeadsBanner]:
+    """Return the banners of every configured project (but those skipped) with accidental heads."""
     try:
-        names = sorted(current_config().projects)
+        names = sorted(set(current_config().projects) - set(skip))
     except ConfigError:
         return []
     return [banner for name in names if (banner := heads_banner(project=name)) is not None]

@@ -20,11 +20,14 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
     """Show the matrix of projects and environments from their latest snapshots."""
     # The matrix polls itself; its answer carries the worker banner out of band.
     template = "overview.html#poll" if request.htmx else "overview.html"
+    matrix = status_selectors.status_matrix()
+    # A history last read with one head has no fork to look for; the others are read again.
+    single = [project.name for project in matrix.projects if len(project.heads) == 1]
     context = {
-        "matrix": status_selectors.status_matrix(),
+        "matrix": matrix,
         "workers": worker_selectors.worker_liveness(),
         # Outside the cached matrix: banners of histories Alembic would refuse or cannot pick.
-        "heads_banners": heads_guard.heads_banners(),
+        "heads_banners": heads_guard.heads_banners(skip=single),
         "load_failures": history_checks.load_failures(),
     }
     return render(request, template, context)
