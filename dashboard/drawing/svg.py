@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from html import escape
 
 from dashboard.drawing.lanes import Row
 from dashboard.history import Graph
@@ -194,3 +195,27 @@ def gap_drawing(lanes: tuple[int, ...]) -> RowDrawing:
         edges=edges,
         node=(),
     )
+
+
+def markup(drawing: RowDrawing, *, href: str = "", hx_get: str = "", push_url: str = "") -> str:
+    """Return a row's `<svg>` element; with `href`, its node is a link (htmx attributes too).
+
+    Written out here rather than by the template: a long graph page is mostly these paths.
+    """
+    size = f'width="{drawing.width}" height="{drawing.height}"'
+    parts = [
+        f'<svg class="lanes" {size} viewBox="0 0 {drawing.width} {drawing.height}"'
+        ' aria-hidden="true" focusable="false">'
+    ]
+    parts += [f'<path d="{edge.d}" class="{edge.css}"/>' for edge in drawing.edges]
+    node = "".join(f'<path d="{shape.d}" class="{shape.css}"/>' for shape in drawing.node)
+    if href and node:
+        attrs = f'href="{escape(href)}"'
+        if hx_get:
+            attrs += f' hx-get="{escape(hx_get)}" hx-target="#panel"'
+        if push_url:
+            attrs += f' hx-push-url="{escape(push_url)}"'
+        node = f'<a {attrs} tabindex="-1">{node}</a>'
+    parts.append(node)
+    parts.append("</svg>")
+    return "".join(parts)

@@ -93,7 +93,7 @@ def graph(request: HtmxHttpRequest, name: str) -> HttpResponse:
         "window": page.window,
         "panel": page.panel,
         "models": models,
-        "heads_banner": heads_guard.heads_banner(project=name),
+        "heads_banner": heads_guard.heads_banner(project=name, history=page.history),
         "load_failure": history_checks.load_failure(project=name),
     }
     return render(request, "graph.html", context)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dashboard import scripts
@@ -31,6 +31,9 @@ class _Drawn:
     raw_problems: list[str]
     problems: list[str]
     flagged: set[str]
+    # Rows as a page shows them, by (project, revision, focused, badges): drawing 200 rows
+    # is most of a page's time, and most rows look the same from one request to the next.
+    shown: dict[tuple[object, ...], object] = field(default_factory=dict)
 
 
 _drawn: dict[tuple[Path, tuple[Path, ...]], _Drawn] = {}

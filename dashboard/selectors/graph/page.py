@@ -104,6 +104,7 @@ def graph_page(
         ],
         environments=heading.environments,
         fleets=heading.fleets,
+        history=drawn.history,
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from dashboard.drawing import svg
+from dashboard.scripts import LoadedHistory
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class GraphRow:
     badges: list[Badge]
     drawing: svg.RowDrawing
     focus: bool
+    svg: str = ""  # the drawing as markup, safe to show
     is_gap: ClassVar[bool] = False
 
 
@@ -71,6 +73,7 @@ class Gap:
     anchor: str
     expand_url: str  # the hidden rows: a fragment for htmx, a page of its own without it
     drawing: svg.RowDrawing
+    svg: str = ""  # the drawing as markup, safe to show
     is_gap: ClassVar[bool] = True
 
     @property
@@ -204,3 +207,4 @@ class GraphPage:
     stray_badges: list[tuple[str, Badge]]
     environments: list[Jump]
     fleets: list[FleetJump]
+    history: LoadedHistory  # what the page was drawn from, for other regions of the page

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
+from django.utils.safestring import mark_safe
+
 from dashboard.drawing import svg
 from dashboard.drawing.lanes import Row
 from dashboard.selectors.graph.links import SHORT_ID, _row_labels, _tags, graph_url, revision_url
@@ -85,6 +87,20 @@ def _newer_start(drawn: _Drawn, start: int, keep: Collection[str], limit: int) -
 def _row(
     project: str, drawn: _Drawn, row: Row, badges: Mapping[str, list[Badge]], focus: str | None
 ) -> GraphRow:
+    rev = row.revision
+    key = (project, rev, rev == focus, tuple(badges.get(rev, ())))
+    found = drawn.shown.get(key)
+    if isinstance(found, GraphRow):
+        return found
+    if len(drawn.shown) > 4 * len(drawn.order) + 1000:
+        drawn.shown.clear()  # badges moved on many times: start again
+    made = drawn.shown[key] = _new_row(project, drawn, row, badges, focus)
+    return made
+
+
+def _new_row(
+    project: str, drawn: _Drawn, row: Row, badges: Mapping[str, list[Badge]], focus: str | None
+) -> GraphRow:
     graph = drawn.history.graph
     rev = row.revision
     item = graph.revisions[rev]
@@ -101,6 +117,9 @@ def _row(
         css.append("is-focus")
     if marks.problem:
         css.append("has-problem")
+    panel_url = revision_url(project, rev)
+    focus_url = graph_url(project, revision=rev)
+    drawing = svg.row_drawing(row, marks)
     return GraphRow(
         revision=rev,
         short=rev[:SHORT_ID],
@@ -108,20 +127,24 @@ def _row(
         create_date=item.create_date or "",
         date=(item.create_date or "")[:10],
         anchor=f"rev-{rev}",
-        panel_url=revision_url(project, rev),
-        graph_url=graph_url(project, revision=rev),
+        panel_url=panel_url,
+        graph_url=focus_url,
         css=" ".join(css),
         tags=_tags(graph, rev, drawn.flagged),
         labels=_row_labels(graph, rev),
         badges=badges.get(rev, []),
-        drawing=svg.row_drawing(row, marks),
+        drawing=drawing,
         focus=marks.focus,
+        svg=mark_safe(  # noqa: S308 - markup() escapes the URLs; the rest are numbers and classes
+            svg.markup(drawing, href=panel_url, hx_get=panel_url, push_url=focus_url)
+        ),
     )
 
 
 def _gap(project: str, drawn: _Drawn, first: int, stop: int) -> Gap:
     rows = drawn.layout
     top = rows[first]
+    drawing = svg.gap_drawing(top.above)
     return Gap(
         start=first,
         count=stop - first,
@@ -129,7 +152,8 @@ def _gap(project: str, drawn: _Drawn, first: int, stop: int) -> Gap:
         last=rows[stop - 1].revision,
         anchor=f"gap-{top.revision}",
         expand_url=graph_url(project, start=first, open_rows=stop - first),
-        drawing=svg.gap_drawing(top.above),
+        drawing=drawing,
+        svg=mark_safe(svg.markup(drawing)),  # noqa: S308 - numbers and class names only
     )
 
 
