@@ -57,8 +57,8 @@ def action_request(
     request: HttpRequest | None = None,
     prepare: bool = False,
     queue_behind: int | None = None,
-) -> Action:
     run_at: datetime | None = None,
+) -> Action:
     """Plan an upgrade, downgrade or stamp from a fresh read of the environment; record it.
 
     prepare=True renders the offline SQL and its lint now (the command line); otherwise a
@@ -85,9 +85,9 @@ def action_request(
         )
     config = config_or_refuse()
     env, project = environment_or_refuse(config, environment)
-    try:
     if run_at is not None and (problem := scheduling.run_at_problem(env, run_at)):
         raise ActionRefused(problem)
+    try:
         loaded = plans.load_project_history(project, may_run_project_code=prepare)
     except plans.ProjectCodeNeeded as exc:
         raise ActionRefused(str(exc)) from exc
@@ -191,11 +191,11 @@ def action_request(
             requested_by_name=user.get_username(),
             reason=reason.strip(),
             progress_total=len(revisions),
+            run_at=run_at,
         )
         audit.record(
             "action.requested",
             actor=user,
-            run_at=run_at,
             request=request,
             environment=env.name,
             action_id=action.pk,
@@ -211,11 +211,11 @@ def action_request(
                 "fingerprint": fingerprint,
                 "approvals_required": action.approvals_required,
                 "reason": action.reason,
+                **({"run_at": run_at.isoformat()} if run_at is not None else {}),
                 # Whether the stamp's SQL must create the version table, as read now.
                 **({"version_table_exists": reading.table_exists} if stamp else {}),
             },
         )
-                **({"run_at": run_at.isoformat()} if run_at is not None else {}),
         if not prepare:
             action_id = action.pk
             transaction.on_commit(lambda: _enqueue_prepare(action_id))
