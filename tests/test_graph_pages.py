@@ -507,7 +507,9 @@ def test_api_returns_the_documented_graph(viewer: Client, settings: Any, tmp_pat
             "create_date",
             "path",
             "problems",
+            "unreadable",
         }
+        assert item["unreadable"] is False
     assert by_id[MERGE]["down_revisions"] == [VOTES, REPORTING_TIP]
     assert by_id[REPORTING_TIP]["depends_on"] == [VOTES]
     assert by_id["7a3c2e8b5f01"]["branch_labels"] == ["reporting"]
