@@ -130,6 +130,7 @@ def test_bad_arguments_exit_2(shop: dict[str, str], tmp_path: Path) -> None:
     assert code == 2 and "versions does not exist" in message
 
 
+@pytest.mark.once
 def test_the_real_command_line_exits_with_those_codes(tmp_path: Path) -> None:
     config = write_config(tmp_path / "empty.toml", {}, {})
     env = {**os.environ, "DASHBOARD_CONFIG": str(config), "DASHBOARD_INSECURE_DEV_KEY": "1"}
@@ -199,3 +200,18 @@ def test_the_sample_has_no_banner(viewer: Client, settings: Any, tmp_path: Path)
     assert "heads-guard" not in viewer.get("/").content.decode()
     document = json.loads(viewer.get("/api/projects/blog/graph").content)
     assert document["heads_guard"] == {"ok": True, "forks": []}
+
+
+def test_an_unparsable_revision_is_a_problem_not_a_head(settings: Any, tmp_path: Path) -> None:
+    settings.DASHBOARD_CONFIG = str(write_config(tmp_path / "empty.toml", {}, {}))
+    copy = shutil.copytree(TWO_HEADS_INI.parent, tmp_path / "copy")
+    index = copy / "versions" / f"{INDEX}_index_orders.py"
+    text = index.read_text().replace(f'down_revision = "{ORDERS}"', f'down_revision = "{ORDERS}')
+    index.write_text(text, encoding="utf-8")
+    code, out = heads("--check", "--script-location", str(copy))
+    assert code == 1
+    assert "problem(s) Alembic would refuse" in out
+    assert f"{INDEX}_index_orders.py cannot be parsed" in out
+    # Its parents and labels are unknown: it is never offered to a merge as a head.
+    merges = [line for line in out.splitlines() if line.startswith("Join them with")]
+    assert all(INDEX not in line for line in merges)

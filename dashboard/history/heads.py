@@ -119,7 +119,9 @@ def heads_report(
     maps each place (an environment, a fleet) to the heads of its databases' version tables;
     None when nothing is known of where the history is applied.
     """
-    heads = graph.heads  # what `alembic heads` lists: depended-on heads count too
+    # What `alembic heads` lists (depended-on heads count too), but a file that cannot be
+    # parsed: its parents and labels are unknown, and the history's problems name it already.
+    heads = tuple(h for h in graph.heads if not graph.revisions[h].unreadable)
     by_labels: dict[tuple[str, ...], list[str]] = {}
     for head in heads:
         by_labels.setdefault(graph.labels_of(head), []).append(head)
