@@ -511,14 +511,21 @@ def test_a_failed_run_posts_a_signed_notification_and_a_dead_receiver_never_dela
                 OPS_HOOK_URL=receiver.url,
                 OPS_HOOK_SECRET=SECRET,
                 STUCK_URL=f"http://127.0.0.1:{port}/",
+                # The first revision waits 2 s: the sender takes the stuck post meanwhile.
+                MIGRATIONS_PROJECT_SLEEP="2",
             ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
+            # Its SQL rendered here, without the worker's sleep; no approval needed: queued.
             action = actions.action_request(
-                user=people["root"], environment="staging", direction="upgrade", target="heads"
+                user=people["root"],
+                environment="staging",
+                direction="upgrade",
+                target="heads",
+                prepare=True,
             )
             failed = wait_for(lambda: [g for g in receiver.got if b'"event":"failed"' in g.body])
             action.refresh_from_db()
@@ -527,6 +534,7 @@ def test_a_failed_run_posts_a_signed_notification_and_a_dead_receiver_never_dela
             # "started" notification (a 10 s timeout): nothing waited on it.
             stuck = NotificationDelivery.objects.get(notifier="stuck", event="started")
             assert stuck.attempts == 0 and stuck.status == Status.PENDING
+            assert stuck.next_attempt_at > timezone.now()  # claimed: its post is in flight
             assert (action.finished_at - action.started_at).total_seconds() < 8
         except BaseException:
             stop_worker(proc)
