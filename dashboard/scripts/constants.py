@@ -189,7 +189,9 @@ class Resolver:
             right = self._eval(expr.right, scope, where, hops)
             if isinstance(left, str) and isinstance(right, str):
                 return left + right
-            if isinstance(left, tuple | list) and type(left) is type(right):
+            if isinstance(left, tuple) and isinstance(right, tuple):
+                return left + right
+            if isinstance(left, list) and isinstance(right, list):
                 return left + right
             raise Unresolved(f"{ast.unparse(expr)} does not add two strings or two sequences")
         if isinstance(expr, ast.JoinedStr):
@@ -198,13 +200,14 @@ class Resolver:
                 if isinstance(piece, ast.Constant):
                     parts.append(str(piece.value))
                     continue
-                inner = (
-                    self._eval(piece.value, scope, where, hops)
-                    if isinstance(piece, ast.FormattedValue)
-                    else None
-                )
-                plain = isinstance(piece, ast.FormattedValue) and piece.conversion == -1
-                if not isinstance(inner, str) or not plain or piece.format_spec:
+                inner = None
+                if (
+                    isinstance(piece, ast.FormattedValue)
+                    and piece.conversion == -1
+                    and piece.format_spec is None
+                ):
+                    inner = self._eval(piece.value, scope, where, hops)
+                if not isinstance(inner, str):
                     raise Unresolved(f"{ast.unparse(expr)} formats more than plain strings")
                 parts.append(inner)
             return "".join(parts)
