@@ -340,7 +340,7 @@ def test_the_graph_page_shows_the_placeholder_and_says_why(
     page = html.unescape(client.get("/projects/broken/graph").content.decode())
     row = re.search(r'<li id="rev-c3c3c3c3".*?</li>', page, re.DOTALL)
     assert row is not None
-    assert "cannot be parsed" in row.group(0) and "has-problem" in row.group(0)
+    assert "cannot be parsed" in row.group(0) and "is-unreadable" in row.group(0)
     problems = page.split('id="problems"', 1)[1].split("</section>", 1)[0]
     assert "Alembic would refuse to load the whole history" in problems
     assert re.search(r"c3c3c3c3_add_things\.py:\d+: syntax error", problems)

@@ -117,6 +117,8 @@ def _new_row(
         css.append("is-focus")
     if marks.problem:
         css.append("has-problem")
+    if item.unreadable:
+        css.append("is-unreadable")  # a placeholder for a file that does not parse
     panel_url = revision_url(project, rev)
     focus_url = graph_url(project, revision=rev)
     drawing = svg.row_drawing(row, marks)
