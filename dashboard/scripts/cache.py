@@ -260,9 +260,11 @@ def forget(script_location: Path | None = None, *, alembic_ini: Path | None = No
     key = _key(script_location, alembic_ini)
     with _entries_lock:
         _entries.pop(key, None)
+    constants.forget_modules()  # an edit that kept size and mtime is read again too
 
 
 def clear_cache() -> None:
     """Forget every cached script directory."""
     with _entries_lock:
         _entries.clear()
+    constants.forget_modules()

@@ -349,6 +349,12 @@ def _shown(module: _ModuleRef | None) -> str:
     return f"{module.name} ({module.path})" if module.path else module.name
 
 
+def forget_modules() -> None:
+    """Forget every application module's parse, so the next read parses them again."""
+    with _modules_lock:
+        _modules.clear()
+
+
 def still_true(sources: Iterable[Source]) -> bool:
     """Tell whether every file a value was read from (or looked for) is as it was."""
     for path, size, mtime_ns in sources:
