@@ -87,6 +87,8 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("action-list",             "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("action-detail",           "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
     ("action-detail",           "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
+    ("api-action",              "GET"):  ("401",         "200",         "200",         "200",         "200"),
+    ("api-action",              "POST"): ALL_405,
     ("action-progress",         "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
     ("action-progress",         "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
     # The operator requested every action here: a role refusal and a self-approval are both 403.
@@ -310,6 +312,9 @@ def concrete_url(key: str, pattern: URLPattern, site: Site) -> tuple[str, Action
             kwargs[param] = action.pk
         elif param == "rollout_id":
             kwargs[param] = str(site.requested.pk)
+        elif param == "action_id":
+            action = site.action()
+            kwargs[param] = str(action.pk)
         elif param == "name" and route.startswith(("fleets/", "api/fleets/")):
             kwargs[param] = "tenants"
         elif param == "name":
