@@ -97,7 +97,10 @@ def application(root: Path) -> None:
             CONDITIONAL = "maybe"
         """,
     )
-    write(root / "myapp" / "__init__.py", "from .labels import REPORTING as REPORTING_BRANCH\n")
+    write(
+        root / "myapp" / "__init__.py",
+        "from . import cli\nfrom .labels import REPORTING as REPORTING_BRANCH\n",
+    )
     write(root / "myapp" / "labels.py", 'from .cli import EXPAND_BRANCH\nREPORTING = "reporting"\n')
 
 

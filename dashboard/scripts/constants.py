@@ -247,6 +247,11 @@ class Resolver:
             return found
         if kind == "from":
             base, attr = detail
+            if module is not None and base == module.name:
+                # `from . import cli` in a package's __init__: its submodule, not a loop.
+                sub = self._module(f"{base}.{attr}")
+                if sub is not None:
+                    return sub
             found = self._module(base)
             if found is None:
                 raise self._missing(base)
@@ -290,16 +295,15 @@ class Resolver:
         parts = name.split(".")
         if not all(part.isidentifier() for part in parts):
             return None
+        namespace = False
         for root in self.roots:
             base = os.path.join(root, *parts)
-            for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+            # As Python's path finder: a package before a module, a namespace only if neither.
+            for candidate in (os.path.join(base, "__init__.py"), base + ".py"):
                 if self._exists(candidate):
                     return _ModuleRef(name, candidate)
-            if os.path.isdir(base) and all(
-                os.path.isdir(os.path.join(root, *parts[: i + 1])) for i in range(len(parts))
-            ):
-                return _ModuleRef(name, None)
-        return None
+            namespace = namespace or os.path.isdir(base)
+        return _ModuleRef(name, None) if namespace else None
 
     def _exists(self, path: str) -> bool:
         try:
