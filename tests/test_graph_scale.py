@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from dashboard import scripts
 from dashboard.drawing import svg
+from dashboard.drawing.lanes import Row
 from dashboard.models import Snapshot
 from dashboard.selectors.graph import (
     AROUND_CONTEXT,
@@ -325,3 +326,12 @@ def test_odd_window_parameters_answer_pages(
     ):
         assert viewer.get("/projects/big/graph", params).status_code == 200, params
         assert viewer.get("/projects/big/graph", params, **HTMX).status_code == 200, params
+
+
+def test_row_markup_escapes_its_links_and_draws_a_gap_without_a_node() -> None:
+    row = svg.row_drawing(Row("r", 0, 1, (0,), (0,), (0,), (0,)), svg.Marks())
+    text = svg.markup(row, href='/p?a="<b>', hx_get="/p'x", push_url="/g&h")
+    assert 'href="/p?a=&quot;&lt;b&gt;"' in text and 'hx-get="/p&#x27;x"' in text
+    assert 'hx-push-url="/g&amp;h"' in text and "<b>" not in text
+    gap = svg.markup(svg.gap_drawing((0, 2)))
+    assert gap.count("<path") == 2 and "<a " not in gap and "gap-edge lane-2" in gap
