@@ -73,6 +73,8 @@ DASHBOARD_CONFIG = os.environ.get("DASHBOARD_CONFIG", str(BASE_DIR / "demo" / "d
 # The worker marks a run whose heartbeat is older than this interrupted, checking this often.
 DASHBOARD_HEARTBEAT_LIMIT = float(os.environ.get("DASHBOARD_HEARTBEAT_LIMIT", "60"))
 DASHBOARD_HOUSEKEEPING_INTERVAL = float(os.environ.get("DASHBOARD_HOUSEKEEPING_INTERVAL", "30"))
+# How often the worker asks Alembic to load an unchanged script directory (a changed one: at once).
+DASHBOARD_HISTORY_CHECK_INTERVAL = float(os.environ.get("DASHBOARD_HISTORY_CHECK_INTERVAL", "600"))
 # Snapshots that record no change, and finished task rows, are deleted after this many days.
 DASHBOARD_RETENTION_DAYS = int(os.environ.get("DASHBOARD_RETENTION_DAYS", "30"))
 # How often the worker reads every environment's version table.
