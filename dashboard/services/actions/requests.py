@@ -22,8 +22,7 @@ from dashboard.config import (
 from dashboard.databases import versions
 from dashboard.models import Action
 from dashboard.runner import bundle, review
-from dashboard.services import queue, superseding
-from dashboard.services import history_checks
+from dashboard.services import history_checks, queue, superseding
 from dashboard.services.actions import pinning as plans
 from dashboard.services.actions import queueing, scheduling
 from dashboard.services.actions.decisions import queue_action

@@ -6,8 +6,8 @@ Create Date: 2024-05-01 10:00:00
 
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "1b2c3d4e5f6a"
 down_revision = None

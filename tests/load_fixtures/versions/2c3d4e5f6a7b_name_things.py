@@ -7,8 +7,8 @@ Create Date: 2024-05-02 10:00:00
 """
 
 import not_installed_pkg_h4  # noqa: F401
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "2c3d4e5f6a7b"
 down_revision = "1b2c3d4e5f6a"
