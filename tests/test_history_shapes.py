@@ -365,3 +365,34 @@ def test_the_placeholder_is_never_offered_as_a_target(tmp_path: Path) -> None:
     values = {choice.value for choice in offered}
     assert "c3c3c3c3" not in values
     assert {"a1a1a1a1", "b2b2b2b2", "d4d4d4d4"} <= values
+
+
+def test_branches_labelled_from_a_source_root_pass_the_heads_guard(
+    tmp_path: Path, settings: Any
+) -> None:
+    location = tmp_path / "deploy" / "migrations"
+    revision(location / "versions", "a1a1a1a1", "revision = 'a1a1a1a1'\ndown_revision = None\n")
+    for rev, name in (("b2b2b2b2", "EXPAND"), ("c3c3c3c3", "CONTRACT")):
+        revision(
+            location / "versions",
+            rev,
+            f"from otherapp.db import cli\nrevision = '{rev}'\ndown_revision = 'a1a1a1a1'\n"
+            f"branch_labels = (cli.{name},)\n",
+        )
+    source = tmp_path / "elsewhere" / "code"  # not a folder the search walks to by itself
+    write(source / "otherapp" / "__init__.py", "")
+    write(source / "otherapp" / "db" / "cli.py", 'EXPAND = "expand"\nCONTRACT = "contract"\n')
+    age(tmp_path)
+    settings.DASHBOARD_CONFIG = str(
+        write_config(
+            tmp_path / "dashboard.toml",
+            {},
+            {"app": {"script_location": str(location), "source_root": str(source)}},
+        )
+    )
+    # Both heads carry a label from the application, so they are intentional branches: with the
+    # project's source_root the guard sees the labels (without it, it saw two unlabelled heads).
+    call_command("heads", "--check", "--project", "app")
+    from dashboard.selectors.heads_guard import heads_banner
+
+    assert heads_banner(project="app") is None

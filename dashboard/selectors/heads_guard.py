@@ -103,7 +103,11 @@ def heads_banner(
             return None
         # Read statically, like the graph page: the web server never runs project code.
         if history is None:
-            history = scripts.load_history(found.script_location, alembic_ini=found.alembic_ini)
+            history = scripts.load_history(
+                found.script_location,
+                alembic_ini=found.alembic_ini,
+                source_root=found.source_root,
+            )
     except (ConfigError, scripts.ScriptLocationError, OSError):
         return None  # the pages say why the history cannot be read
     return banner_of(found, history, project_report(found, history, config))

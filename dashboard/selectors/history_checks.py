@@ -69,7 +69,9 @@ def _fingerprint(name: str) -> str | None:
         if project is None:
             return None
         return scripts.load_history(
-            project.script_location, alembic_ini=project.alembic_ini
+            project.script_location,
+            alembic_ini=project.alembic_ini,
+            source_root=project.source_root,
         ).fingerprint
     except (ConfigError, scripts.ScriptLocationError, OSError):
         return None

@@ -42,7 +42,9 @@ class Command(BaseCommand):
         try:
             if project is not None:
                 history = scripts.load_history(
-                    project.script_location, alembic_ini=project.alembic_ini
+                    project.script_location,
+                    alembic_ini=project.alembic_ini,
+                    source_root=project.source_root,
                 )
             else:
                 history = scripts.load_history(
