@@ -101,7 +101,7 @@ def test_overview_matrix_shows_each_environments_latest_snapshot(
     assert "not read yet" in prod
     assert 'hx-post="/environments/prod/refresh"' in prod
     # The project header shows the script directory's head as last seen.
-    assert f'href="/projects/blog/graph?rev={HEAD}"' in html
+    assert f'href="/projects/blog/graph?around={HEAD}#rev-{HEAD}"' in html
 
 
 def test_overview_and_environment_page_say_which_branch_a_head_is_on(
@@ -205,7 +205,7 @@ def test_environment_page_shows_heads_pending_position_history_and_error(
 ) -> None:
     html = lead.get("/environments/staging").content.decode()
 
-    assert f'href="/projects/blog/graph?rev={MID}"' in html
+    assert f'href="/projects/blog/graph?around={MID}#rev-{MID}"' in html
     assert "add owner_id foreign key to posts" in html
     assert "5 behind head 6c0a8d3f5e94" in html
     pending = re.search(r'<ol class="revisions pending">(.*?)</ol>', html, re.DOTALL)

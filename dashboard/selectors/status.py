@@ -189,7 +189,11 @@ class EnvironmentDetail:
 def graph_url(project: str, revision: str | None = None) -> str:
     """Return the graph page's address for a project, focused on a revision."""
     path = f"/projects/{quote(project, safe='')}/graph"
-    return f"{path}?{urlencode({'rev': revision})}" if revision else path
+    if not revision:
+        return path
+    # The rows around it, scrolled to its row: on a long history the revision's own block may
+    # start far above it.
+    return f"{path}?{urlencode({'around': revision})}#rev-{quote(revision, safe='/')}"
 
 
 def latest_snapshots(project: str | None = None) -> dict[str, Snapshot]:
