@@ -41,6 +41,7 @@ bench: venv
 	$(PY) bench/bench_locks.py
 	$(PY) bench/bench_fleet.py
 	$(PY) bench/bench_startup.py
+	$(PY) bench/bench_cli_gate.py
 
 clean:
 	rm -rf .venv var .mypy_cache .ruff_cache
