@@ -1,5 +1,6 @@
 """Django settings, read from the environment so one code base serves the demo and production."""
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -87,6 +88,15 @@ DASHBOARD_SIGNIN_WINDOW = int(os.environ.get("DASHBOARD_SIGNIN_WINDOW", str(15 *
 # unset means ten times DASHBOARD_SIGNIN_MAX_FAILURES, 0 no ceiling.
 _signin_address_max = os.environ.get("DASHBOARD_SIGNIN_ADDRESS_MAX_FAILURES", "").strip()
 DASHBOARD_SIGNIN_ADDRESS_MAX_FAILURES = int(_signin_address_max) if _signin_address_max else None
+# Client addresses that may read /metrics without a token: comma-separated CIDRs (empty: none).
+METRICS_ALLOWED_CIDRS = [
+    c.strip() for c in os.environ.get("METRICS_ALLOWED_CIDRS", "").split(",") if c.strip()
+]
+for _cidr in METRICS_ALLOWED_CIDRS:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_CIDRS: {_exc}") from _exc
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -101,6 +111,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so it counts every answer, the redirects and refusals of the others included.
+    "dashboard.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -148,6 +160,11 @@ TASKS = {
     }
 }
 
+# Passwords (unless [sso] local_accounts = false), then the [sso] table's OpenID Connect provider.
+AUTHENTICATION_BACKENDS = [
+    "dashboard.sso.backends.LocalAccountsBackend",
+    "dashboard.sso.backends.OIDCBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"

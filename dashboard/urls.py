@@ -1,7 +1,6 @@
 """URLs: page names are kebab-case and match their templates."""
 
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.templatetags.static import static
 from django.urls import path
@@ -14,8 +13,11 @@ from dashboard.views import audit as audit_views
 from dashboard.views import drift as drift_views
 from dashboard.views import fleets as fleet_views
 from dashboard.views import graph as graph_views
+from dashboard.views import metrics as metrics_views
 from dashboard.views import notifications as notification_views
 from dashboard.views import rollouts as rollout_views
+from dashboard.sso import urls as sso_urls
+from dashboard.sso.views import SignOutView
 from dashboard.views.auth import SignInView
 
 urlpatterns = [
@@ -32,8 +34,10 @@ urlpatterns = [
     *audit_views.urlpatterns,
     *graph_views.urlpatterns,
     *notification_views.urlpatterns,
+    *metrics_views.urlpatterns,
     path("accounts/login/", SignInView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", SignOutView.as_view(), name="logout"),
+    *sso_urls.urlpatterns,
     path("admin/", admin.site.urls),
     # Browsers ask for it on every site; the static URL may carry a content hash, so not 301.
     path(
