@@ -76,6 +76,9 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("api-environments",        "POST"): ALL_405,  # the API is read-only for everyone
     ("api-environment",         "GET"):  ("401",         "200",         "200",         "200",         "200"),
     ("api-environment",         "POST"): ALL_405,
+    # Prometheus: a token, a role's session, or an address in METRICS_ALLOWED_CIDRS (none here).
+    ("metrics",                 "GET"):  ("401",         "200",         "200",         "200",         "200"),
+    ("metrics",                 "POST"): ALL_405,
     # Reading a whole fleet now is for operators and above.
     ("fleet",                   "GET"):  (SIGN_IN,       "200",         "200",         "200",         "200"),
     ("fleet",                   "POST"): (SIGN_IN,       "405",         "405",         "405",         "405"),
@@ -148,6 +151,11 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("login",                   "POST"): ("200",         "302 /",       "302 /",       "302 /",       "302 /"),
     ("logout",                  "GET"):  (SIGN_IN,       "405",         "405",         "405",         "405"),
     ("logout",                  "POST"): (SIGN_IN,       SIGN_IN,       SIGN_IN,       SIGN_IN,       SIGN_IN),
+    # Single sign-on's start and callback need no session; without an [sso] table they are 404.
+    ("sso-start",               "GET"):  ("404",         "404",         "404",         "404",         "404"),
+    ("sso-start",               "POST"): ALL_405,
+    ("sso-callback",            "GET"):  ("404",         "404",         "404",         "404",         "404"),
+    ("sso-callback",            "POST"): ALL_405,
     # Django's admin site: only the admin role is staff; the rest go to the admin's own sign-in.
     ("admin:index",             "GET"):  (ADMIN_SIGN_IN, ADMIN_SIGN_IN, ADMIN_SIGN_IN, ADMIN_SIGN_IN, "200"),
     ("admin:index",             "POST"): (ADMIN_SIGN_IN, ADMIN_SIGN_IN, ADMIN_SIGN_IN, ADMIN_SIGN_IN, "200"),
@@ -158,7 +166,7 @@ MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
 
 # A signed-in account in no role group: refused everywhere (pages 403 with the no-role page, the
 # API 403 JSON) except signing in and out, the health check and the favicon.
-NO_ROLE_REACHES = {"healthz", "readyz", "favicon", "login", "logout"}
+NO_ROLE_REACHES = {"healthz", "readyz", "favicon", "login", "logout", "sso-start", "sso-callback"}
 
 # What each POST carries: everything a real form would send, so the answer is the decision's.
 BODIES: dict[str, Callable[[Any], dict[str, str]]] = {
@@ -415,8 +423,10 @@ def test_a_signed_in_account_without_a_role_reaches_nothing_but_sign_in_and_out(
                 if not matches(expected, actual, action):
                     wrong.append(f"{method} {key}: expected {expected}, got {actual}")
                 continue
-            # The API is read-only for everyone: a POST is refused before who sent it counts.
-            expected = "405" if key.startswith("api-") and method == "POST" else "403"
+            # The API and /metrics are read-only for everyone: a POST is refused before who sent
+            # it counts.
+            read_only = key.startswith("api-") or key == "metrics"
+            expected = "405" if read_only and method == "POST" else "403"
             if actual != expected:
                 wrong.append(f"{method} {key}: expected {expected}, got {actual}")
             elif expected == "405":
@@ -424,6 +434,8 @@ def test_a_signed_in_account_without_a_role_reaches_nothing_but_sign_in_and_out(
             elif key.startswith("api-"):
                 assert response["Content-Type"] == "application/json", key
                 assert "your account has no role" in response.json()["error"], key
+            elif key == "metrics":  # a scraper reads plain text
+                assert "your account has no role" in response.content.decode(), key
             else:
                 text = response.content.decode()
                 assert "Your account has no role" in text, key
