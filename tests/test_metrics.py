@@ -205,9 +205,7 @@ def test_actions_queue_workers_and_schema_differences(site: Site) -> None:
     assert value(samples, schema, environment="tenants/acme", project="blog", fleet="tenants") == 0
     # Never checked: no series, rather than a 0 that would read as "in sync".
     assert value(samples, schema, environment="dev", project="blog", fleet="") is None
-    assert all(
-        v == 1 for (name, _), v in samples.items() if name == "dashboard_metrics_part_ok"
-    )
+    assert all(v == 1 for (name, _), v in samples.items() if name == "dashboard_metrics_part_ok")
 
 
 @pytest.mark.django_db
@@ -228,6 +226,19 @@ def test_the_scrape_costs_the_same_queries_for_two_members_or_forty(
     many = scrape(site)
     assert sum(1 for (name, _) in many if name == "dashboard_environment_state") == 43 * len(STATES)
     assert queries() == few
+
+
+@pytest.mark.django_db
+def test_a_scraper_asking_for_openmetrics_gets_it(site: Site) -> None:
+    response = site.client.get(
+        "/metrics",
+        HTTP_AUTHORIZATION=f"Bearer {site.token}",
+        HTTP_ACCEPT="application/openmetrics-text; version=1.0.0",
+    )
+    assert response["Content-Type"].startswith("application/openmetrics-text")
+    body = response.content.decode()
+    assert body.endswith("# EOF\n")
+    assert "# TYPE dashboard_environment_state gauge" in body
 
 
 @pytest.mark.django_db
