@@ -39,6 +39,7 @@ from dashboard.config.base import (
 )
 from dashboard.config.fleets import Fleet, Wave, fleet_of, member_name_problem
 from dashboard.config.notify import Notifier, notifier_of
+from dashboard.config.sso import SSOConfig, sso_of
 
 __all__ = [
     "ENVIRONMENT_KEYS",
@@ -56,6 +57,7 @@ __all__ = [
     "NotConfigured",
     "Notifier",
     "Project",
+    "SSOConfig",
     "Wave",
     "current_config",
     "forget_discovered",
@@ -74,7 +76,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 MAX_FLEET_NAME = 39  # + "/" + a member name of at most 60
-TOP_LEVEL_KEYS = {"projects", "environments", "fleets", "notify"}
+TOP_LEVEL_KEYS = {"projects", "environments", "fleets", "notify", "sso"}
 # Seconds a process trusts its copy of the discovered members before reading them again.
 DISCOVERED_TTL = 5.0
 
@@ -91,6 +93,7 @@ class DashboardConfig:
     environments: dict[str, Environment]
     fleets: dict[str, Fleet] = field(default_factory=dict)
     notifiers: dict[str, Notifier] = field(default_factory=dict)
+    sso: SSOConfig | None = None
 
     def environments_of(self, project: str) -> list[Environment]:
         """Return a project's environments that are no fleet's members, in display order."""
@@ -159,6 +162,7 @@ def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
     envs_raw = table_of(path, raw, "environments")
     fleets_raw = table_of(path, raw, "fleets")
     notify_raw = table_of(path, raw, "notify")
+    sso_raw = table_of(path, raw, "sso")
     for kind, names in (
         ("project", projects_raw),
         ("environment", envs_raw),
@@ -208,6 +212,7 @@ def load_config(path: str | os.PathLike[str]) -> DashboardConfig:
         environments=environments,
         fleets=fleets,
         notifiers=notifiers,
+        sso=sso_of(path, sso_raw) if "sso" in raw else None,
     )
 
 

@@ -184,6 +184,8 @@ def child_secrets(config: DashboardConfig, env: Environment) -> set[str]:
         names.update(notifier.secret_variables)  # a webhook URL and its signing secret
     # The child gets its database through DATABASE_URL, never a scratch server's password.
     names.update(p.scratch_url_env for p in config.projects.values() if p.scratch_url_env)
+    if config.sso is not None:
+        names.update(config.sso.secret_variables)  # the OpenID Connect client secret
     return names
 
 
@@ -201,6 +203,8 @@ def replay_secrets(config: DashboardConfig) -> set[str]:
     for notifier in config.notifiers.values():
         names.update(notifier.secret_variables)  # a webhook URL and its signing secret
     names.update(p.scratch_url_env for p in config.projects.values() if p.scratch_url_env)
+    if config.sso is not None:
+        names.update(config.sso.secret_variables)
     return names
 
 

@@ -120,10 +120,26 @@ def signin_refuse(*, username: str, throttle: Throttle, request: HttpRequest) ->
             key.save(update_fields=["refusals"])
 
 
-def signin_failed(*, username: str, request: HttpRequest | None) -> None:
-    """Record a failed sign-in (never the password) and count it against its keys."""
+def signin_failed(
+    *,
+    username: str,
+    request: HttpRequest | None,
+    method: str | None = None,
+    reason: str | None = None,
+    groups: list[str] | None = None,
+) -> None:
+    """Record a failed sign-in (never the password) and count it against its keys.
+
+    A sign-in through the identity provider says so (method), why it was refused, and for a
+    refusal for want of a role, the groups the provider sent.
+    """
     tried = _tried(username)
-    audit.record(FAILED, actor_name=tried, request=request, payload={"username": tried})
+    payload: dict[str, Any] = {"username": tried}
+    if method is not None:
+        payload.update(method=method, reason=reason)
+    if groups is not None:
+        payload["groups"] = groups
+    audit.record(FAILED, actor_name=tried, request=request, payload=payload)
     limit = max_failures()
     if limit <= 0:
         return
@@ -138,9 +154,10 @@ def signin_failed(*, username: str, request: HttpRequest | None) -> None:
     _sweep(now)
 
 
-def signin_succeeded(*, user: Any, request: HttpRequest | None) -> None:
-    """Record a sign-in and forget the failures of that name from that address."""
-    audit.record(SUCCEEDED, actor=user, request=request)
+def signin_succeeded(*, user: Any, request: HttpRequest | None, method: str | None = None) -> None:
+    """Record a sign-in (and its method when not a password) and forget that name's failures."""
+    payload = {"method": method} if method is not None else None
+    audit.record(SUCCEEDED, actor=user, request=request, payload=payload)
     network = _network(audit.client_ip(request) if request is not None else None)
     # The address's own count stays: one person's success says nothing about the others' tries.
     SignInThrottle.objects.filter(

@@ -49,3 +49,23 @@ def user_set_role(
             payload={"username": username, "from": before, "to": role, "created": created},
         )
     return created
+
+
+@transaction.atomic
+def user_clear_role(*, username: str, actor_name: str = audit.SYSTEM) -> bool:
+    """Take every role from an existing user; return True when it had one (audited)."""
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        return False
+    before = role_of(user)
+    user.groups.clear()
+    user.is_staff = user.is_superuser = False
+    user.save(update_fields=["is_staff", "is_superuser"])
+    if before is None:
+        return False
+    audit.record(
+        "user.role_changed",
+        actor_name=actor_name,
+        payload={"username": username, "from": before, "to": None, "created": False},
+    )
+    return True
