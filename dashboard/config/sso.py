@@ -73,7 +73,7 @@ def sso_of(path: Path, table: dict[str, Any]) -> SSOConfig:
     """Read the [sso] table, raising ConfigError naming the key."""
     where = "sso"
     check_keys(path, where, table, SSO_KEYS)
-    issuer = _url(path, table, "issuer", required=True).rstrip("/")
+    issuer = (_url(path, table, "issuer", required=True) or "").rstrip("/")
     discovery = _url(path, table, "discovery_url", required=False) or issuer + DISCOVERY_PATH
     client_id = get_value(path, where, table, "client_id", str, None)
     if not client_id:

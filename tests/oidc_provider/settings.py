@@ -58,3 +58,6 @@ OAUTH2_PROVIDER = {
         "email": "Email address",
     },
 }
+# Cookies ignore ports: on 127.0.0.1 beside the dashboard, its own names keep the two apart.
+SESSION_COOKIE_NAME = "provider_sessionid"
+CSRF_COOKIE_NAME = "provider_csrftoken"
