@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from datetime import timedelta
@@ -149,3 +150,58 @@ def test_the_worker_schedules_the_periodic_check() -> None:
     assert waiting.run_after > timezone.now() + timedelta(seconds=history_checks.TICK - 5)
     # One waits already: a second worker starting does not add another.
     assert not history_checks.schedule_periodic_history_checks()
+
+
+SNOOPING_REVISION = """\
+import json, os
+with open({out!r}, "w", encoding="utf-8") as handle:
+    json.dump(dict(os.environ), handle)
+revision = "aaaaaaaaaaa1"
+down_revision = None
+branch_labels = None
+depends_on = None
+def upgrade(): pass
+def downgrade(): pass
+"""
+
+
+def test_a_revision_sees_none_of_the_dashboards_own_variables(
+    settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = tmp_path / "environ.json"
+    project = tmp_path / "snoop"
+    (project / "versions").mkdir(parents=True)
+    (project / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s\n")
+    (project / "env.py").write_text("from alembic import context\n")
+    (project / "versions" / "aaaaaaaaaaa1_x.py").write_text(SNOOPING_REVISION.format(out=str(seen)))
+    config = tmp_path / f"dashboard-{time.monotonic_ns()}.toml"
+    config.write_text(
+        f'[projects.snoop]\nalembic_ini = "{project / "alembic.ini"}"\n\n'
+        '[environments.prod]\nproject = "snoop"\nurl_env = "PYTHON_PROD_URL"\n',
+        encoding="utf-8",
+    )
+    settings.DASHBOARD_CONFIG = str(config)
+    secrets = {
+        "DATABASE_URL": "postgresql://dash:DashPw-7@db/dashboard",  # the dashboard's own
+        "SECRET_KEY": "sk-never-shown",
+        "DASHBOARD_PASSWORD": "admin-pw-9",
+        "DASHBOARD_OIDC_SECRET": "oidc-pw-3",
+        "DJANGO_EXTRA": "django-only",
+        "PYTHON_PROD_URL": "postgresql://app:ProdPw-5@prod/app",  # an environment's, PYTHON*
+        "AWS_SECRET_ACCESS_KEY": "aws-pw-1",  # nothing the check needs
+        "PYTHONPATH": str(tmp_path),
+    }
+    for name, value in {**secrets, "LC_ALL": "C.UTF-8", "PYTHONWARNINGS": "ignore"}.items():
+        monkeypatch.setenv(name, value)
+
+    assert history_checks.histories_check_due() == ["snoop"]
+    assert HistoryCheck.objects.get(project="snoop").ok
+    environ = json.loads(seen.read_text(encoding="utf-8"))
+    leaked = {name for name in secrets if name in environ}
+    leaked |= {name for name, value in environ.items() if value in secrets.values()}
+    assert leaked == set()
+    assert not [name for name in environ if name.startswith(("DJANGO_", "DASHBOARD_"))]
+    # What the interpreter and a revision's imports may need still passes.
+    assert environ["LC_ALL"] == "C.UTF-8"
+    assert environ["PYTHONWARNINGS"] == "ignore"
+    assert environ["PATH"] == os.environ["PATH"]

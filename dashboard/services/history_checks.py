@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping, Set
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 600.0  # seconds between checks of an unchanged script directory
 TICK = 60.0  # seconds between the worker's looks for changed or due directories
+# What an interpreter and a revision's imports may need to start: paths, locale, time zone.
+_PASSED = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
+)
+_PASSED_PREFIXES = ("LC_", "PYTHON")  # PYTHONWARNINGS, PYTHONUTF8, ...; not import overrides
 _URL_PASSWORD = re.compile(r"(?P<head>\b[\w+.-]+://[^\s:/@]*:)[^\s@]+@")
 
 
@@ -40,22 +46,30 @@ def check_interval() -> float:
     return float(getattr(settings, "DASHBOARD_HISTORY_CHECK_INTERVAL", DEFAULT_INTERVAL))
 
 
+def check_environment(inherited: Mapping[str, str], secret_names: Set[str]) -> dict[str, str]:
+    """Return the few variables the check's child gets: nothing of the dashboard's own."""
+    # An allowlist: revision files run here before anyone approved them, and the worker's
+    # environment holds its own DATABASE_URL, SECRET_KEY and every environment's URL.
+    env = {
+        name: value
+        for name, value in inherited.items()
+        if (name in _PASSED or name.startswith(_PASSED_PREFIXES))
+        and name not in secret_names
+        and name not in IMPORT_VARIABLES
+    }
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONIOENCODING="utf-8")
+    return env
+
+
 def history_check_run(*, project: Project, config: DashboardConfig | None = None) -> HistoryCheck:
     """Ask Alembic, in a subprocess of the project's interpreter, to load the history; store it."""
     config = config or current_config()
     secret_names = replay_secrets(config)
-    # Like a replay's child: no environment's URL, no dashboard secret, no import overrides.
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in secret_names and name not in IMPORT_VARIABLES
-    }
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONIOENCODING="utf-8")
     found = check_history_loads(
         project.script_location,
         alembic_ini=project.alembic_ini,
         python=project.python or sys.executable,
-        env=env,
+        env=check_environment(os.environ, secret_names),
     )
     error = _masked(found.error, secret_names)
     check, _ = HistoryCheck.objects.update_or_create(
