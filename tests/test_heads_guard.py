@@ -180,6 +180,7 @@ def test_graph_overview_and_api_show_the_banner(viewer: Client, shop: dict[str, 
                 "where": f"{EMAIL} on dev, qa; {INDEX} nowhere (part of its branch on staging)",
                 "merge_command": MERGE,
                 "reparent": None,
+                "unread": [],
             }
         ],
     }
@@ -215,3 +216,50 @@ def test_an_unparsable_revision_is_a_problem_not_a_head(settings: Any, tmp_path:
     # Its parents and labels are unknown: it is never offered to a merge as a head.
     merges = [line for line in out.splitlines() if line.startswith("Join them with")]
     assert all(INDEX not in line for line in merges)
+
+
+def test_no_re_parenting_while_an_environment_was_never_read(
+    viewer: Client, settings: Any, tmp_path: Path
+) -> None:
+    dev = empty_sqlite(tmp_path / "dev.db")
+    write_versions(dev, [EMAIL])
+    # Prod's database holds the other head, but the dashboard cannot read it: its URL names
+    # a directory. Re-parenting the "unapplied" head would rewrite what prod ran.
+    prod = empty_sqlite(tmp_path / "prod.db")
+    write_versions(prod, [INDEX])
+    (tmp_path / "prod_dir").mkdir()
+    path = write_config(
+        tmp_path / f"dashboard-{time.monotonic_ns()}.toml",
+        {
+            "dev": {"project": "shop", "url": dev},
+            "prod": {"project": "shop", "url": f"sqlite:///{tmp_path / 'prod_dir'}"},
+        },
+        {"shop": {"alembic_ini": str(TWO_HEADS_INI)}},
+    )
+    settings.DASHBOARD_CONFIG = str(path)
+    status.status_refresh()
+
+    code, out = heads("--check", "--project", "shop")
+    assert code == 1
+    assert "re-parent" not in out
+    assert f"{EMAIL} on dev; {INDEX} nowhere read; unknown on prod." in out
+    assert f"Join them with: {MERGE}" in out
+    assert "Nothing was read from prod yet" in out
+    page = viewer.get("/projects/shop/graph").content.decode()
+    assert "re-parent" not in page
+    assert f"{INDEX} nowhere read; unknown on prod" in page
+    fork = json.loads(viewer.get("/api/projects/shop/graph").content)["heads_guard"]["forks"][0]
+    assert (fork["reparent"], fork["unread"]) == (None, ["prod"])
+
+    # Once prod is read, where each head is applied is known again: nothing is "nowhere".
+    settings.DASHBOARD_CONFIG = str(
+        write_config(
+            tmp_path / f"dashboard-{time.monotonic_ns()}.toml",
+            {"dev": {"project": "shop", "url": dev}, "prod": {"project": "shop", "url": prod}},
+            {"shop": {"alembic_ini": str(TWO_HEADS_INI)}},
+        )
+    )
+    status.status_refresh()
+    code, out = heads("--check", "--project", "shop")
+    assert f"{EMAIL} on dev; {INDEX} on prod." in out
+    assert "re-parent" not in out and "unknown" not in out

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from dashboard.history.structure import GraphStructure
 
 SHORT = 12
+UNREAD_SHOWN = 5  # a fleet of hundreds never read: name a few, count the rest
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class HeadsFork:
     labels: tuple[str, ...]  # the labels they share (none for the unlabelled trunk)
     heads: tuple[HeadPlace, ...]
     reparent: Reparent | None
+    # Places with no successful read: any head may be applied there, so none is "nowhere".
+    unread: tuple[str, ...] = ()
 
     def merge_command(self, alembic_ini: str | None = None) -> str:
         """Return the `alembic merge` command that joins these heads."""
@@ -56,16 +59,25 @@ class HeadsFork:
     def where_text(self, *, known: bool = True) -> str:
         """Return "a1b2 on dev, qa; c3d4 nowhere" (or the bare heads when nothing is known)."""
         parts = []
+        nowhere = "nowhere read" if self.unread else "nowhere"
         for head in self.heads:
             short = head.revision[:SHORT]
             if not known:
                 parts.append(short)
                 continue
-            text = f"{short} on {', '.join(head.applied)}" if head.applied else f"{short} nowhere"
+            text = f"{short} on {', '.join(head.applied)}" if head.applied else f"{short} {nowhere}"
             if head.partly:
                 text += f" (part of its branch on {', '.join(head.partly)})"
             parts.append(text)
+        if known and self.unread:
+            parts.append(f"unknown on {self.unread_text()}")
         return "; ".join(parts)
+
+    def unread_text(self) -> str:
+        """Return "prod, t01" (or "t01, t02, t03 and 7 more"): the places never read."""
+        shown = self.unread[:UNREAD_SHOWN]
+        more = len(self.unread) - len(shown)
+        return ", ".join(shown) + (f" and {more} more" if more else "")
 
     def reparent_text(self) -> str:
         """Say which file to re-parent, or "" when merging is the only safe way."""
@@ -106,18 +118,26 @@ class HeadsReport:
             found.append(f"Join them with: {fork.merge_command(alembic_ini)}")
             if fork.reparent_text():
                 found.append(f"Or: {fork.reparent_text()}.")
+            elif self.known and fork.unread:
+                found.append(
+                    f"Nothing was read from {fork.unread_text()} yet: either head may be applied"
+                    " there, so merging is the only safe way."
+                )
         return found
 
 
 def heads_report(
-    graph: GraphStructure, applied: Mapping[str, Iterable[Sequence[str]]] | None = None
+    graph: GraphStructure,
+    applied: Mapping[str, Iterable[Sequence[str]]] | None = None,
+    unread: Iterable[str] = (),
 ) -> HeadsReport:
     """Group the heads by their branch labels; a group of several is an accidental fork.
 
     Two heads are separated when one carries a label (declared, or inherited from a labelled
     ancestor as Alembic assigns them) the other does not: `label@head` then names each. applied
     maps each place (an environment, a fleet) to the heads of its databases' version tables;
-    None when nothing is known of where the history is applied.
+    None when nothing is known of where the history is applied. unread names the places
+    (environments, fleet members) no read succeeded in: re-parenting is never offered then.
     """
     # What `alembic heads` lists (depended-on heads count too), but a file that cannot be
     # parsed: its parents and labels are unknown, and the history's problems name it already.
@@ -126,8 +146,9 @@ def heads_report(
     for head in heads:
         by_labels.setdefault(graph.labels_of(head), []).append(head)
     places = _applied_sets(graph, applied or {})
+    never = tuple(unread)
     forks = tuple(
-        _fork(graph, labels, members, places, known=applied is not None)
+        _fork(graph, labels, members, places, known=applied is not None, unread=never)
         for labels, members in by_labels.items()
         if len(members) > 1
     )
@@ -157,6 +178,7 @@ def _fork(
     places: Mapping[str, set[str]],
     *,
     known: bool,
+    unread: tuple[str, ...],
 ) -> HeadsFork:
     lines = {head: {head} | graph.ancestors(head, include_dependencies=False) for head in members}
     own: dict[str, set[str]] = {}
@@ -172,11 +194,12 @@ def _fork(
         heads.append(HeadPlace(head, graph.revisions[head].path, applied, partly))
     nowhere = [place for place in heads if place.nowhere]
     reparent = None
-    if known and len(members) == 2 and len(nowhere) == 1:
+    # "Applied nowhere" holds only when every place was read: an unread one may hold it.
+    if known and not unread and len(members) == 2 and len(nowhere) == 1:
         head = nowhere[0].revision
         other = next(m for m in members if m != head)
         reparent = _reparent(graph, head, own[head], other)
-    return HeadsFork(labels=labels, heads=tuple(heads), reparent=reparent)
+    return HeadsFork(labels=labels, heads=tuple(heads), reparent=reparent, unread=unread)
 
 
 def _reparent(graph: GraphStructure, head: str, own: set[str], onto: str) -> Reparent | None:

@@ -23,6 +23,7 @@ class ForkBanner:
     where: str
     merge_command: str
     reparent: str
+    unread: tuple[str, ...] = ()  # environments no read succeeded in: heads unknown there
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,13 @@ class HeadsBanner:
     forks: tuple[ForkBanner, ...]
 
 
-def applied_places(config: DashboardConfig, project: str) -> dict[str, list[list[str]]]:
-    """Return each environment's (and fleet's) version table heads, as last read and stored."""
+def applied_places(
+    config: DashboardConfig, project: str
+) -> tuple[dict[str, list[list[str]]], list[str]]:
+    """Return each environment's (and fleet's) version table heads, as last read and stored.
+
+    And the environments and fleet members of the project no read succeeded in.
+    """
     from dashboard.selectors.status import READ_STATES, newest_per_environment
 
     places: dict[str, list[str]] = {env.name: [env.name] for env in config.environments_of(project)}
@@ -44,13 +50,16 @@ def applied_places(config: DashboardConfig, project: str) -> dict[str, list[list
     # The newest snapshot that read the version table: an unreachable read knows no heads.
     newest = newest_per_environment(names, states=READ_STATES)
     found: dict[str, list[list[str]]] = {}
+    unread: list[str] = []
     for place, members in places.items():
-        found[place] = [
-            list(snap.heads)
-            for name in members
-            if (snap := newest.get(name)) is not None and snap.project == project
-        ]
-    return found
+        found[place] = []
+        for name in members:
+            snap = newest.get(name)
+            if snap is None or snap.project != project:
+                unread.append(name)  # never read, or read while it belonged to another project
+            else:
+                found[place].append(list(snap.heads))
+    return found, unread
 
 
 def project_report(
@@ -60,7 +69,8 @@ def project_report(
     report = heads_report(history.graph)
     if report.ok or config is None:
         return report  # one head per branch: no snapshot needs reading
-    return heads_report(history.graph, applied_places(config, project.name))
+    applied, unread = applied_places(config, project.name)
+    return heads_report(history.graph, applied, unread)
 
 
 def banner_of(
@@ -83,6 +93,7 @@ def banner_of(
                 where=fork.where_text(known=report.known),
                 merge_command=fork.merge_command(ini),
                 reparent=text,
+                unread=fork.unread,
             )
         )
     return HeadsBanner(project=project.name, forks=tuple(forks))
@@ -140,6 +151,7 @@ def heads_guard_json(*, project: str) -> dict[str, Any]:
                 "where": fork.where,
                 "merge_command": fork.merge_command,
                 "reparent": fork.reparent or None,
+                "unread": list(fork.unread),
             }
             for fork in forks
         ],
