@@ -291,3 +291,48 @@ def test_rollout_members_wait_for_the_fleets_window_and_do_not_fail(
     assert all(m.started_at >= SATURDAY_OPEN for m in members)
     for name in names:
         assert heads_of(member_url(tmp_path, name)) == (HEAD,)
+
+
+def test_a_plan_longer_than_any_window_waits_for_a_whole_one_like_a_shorter_one(
+    people: dict[str, Any], staging: str, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    last_minute = SATURDAY_OPEN + timedelta(minutes=119)  # 03:59 in Berlin
+    forecast = {"seconds": 3 * 3600.0}
+    monkeypatch.setattr(scheduling, "plan_forecast_seconds", lambda action: forecast["seconds"])
+    with time_machine.travel(last_minute, tick=False) as clock:
+        action = _approved(people)
+        assert (action.status, action.scheduled_for) == ("scheduled", NEXT_SATURDAY_OPEN)
+        assert "forecast (3 h) is longer than any window of staging" in action.schedule_note
+        assert "may run past its end (starts Sat 02:00 Europe/Berlin)" in action.schedule_note
+        env = load_config(Path(settings.DASHBOARD_CONFIG)).environments["staging"]
+        forecast["seconds"] = 1800.0  # a shorter plan waits for the same window
+        shorter = scheduling.hold_for(action, env, now=last_minute)
+        assert shorter is not None and shorter.until == NEXT_SATURDAY_OPEN
+        forecast["seconds"] = 3 * 3600.0
+        # Ten minutes into a window is no longer all of it: the one after is.
+        later = scheduling.hold_for(action, env, now=NEXT_SATURDAY_OPEN + timedelta(minutes=10))
+        assert later is not None and later.until == NEXT_SATURDAY_OPEN + timedelta(days=7)
+        # Its deferred run comes a moment after the opening: that is the whole window, it starts.
+        clock.move_to(NEXT_SATURDAY_OPEN + timedelta(seconds=3))
+        done = actions.action_run(action_id=action.pk, worker="test")
+    assert done.status == Action.Status.SUCCEEDED, done.error
+    assert heads_of(staging) == (HEAD,)
+
+
+def test_the_overview_shows_the_next_window_as_of_now_and_the_config_as_it_is(
+    people: dict[str, Any], staging: str, client: Any, settings: Any, tmp_path: Path
+) -> None:
+    with time_machine.travel(datetime(2027, 1, 6, 22, 0, tzinfo=UTC), tick=False) as clock:
+        client.force_login(people["olga"])
+        assert "window next: Sat 02:00 Europe/Berlin, in 2 d 3 h" in client.get("/").text
+        # The matrix is the same (nothing read yet): the window line moves on all the same.
+        clock.move_to(datetime(2027, 1, 6, 23, 0, tzinfo=UTC))
+        assert "window next: Sat 02:00 Europe/Berlin, in 2 d 2 h" in client.get("/").text
+        clock.move_to(SATURDAY_OPEN + timedelta(minutes=30))
+        assert "window open now until Sat 04:00 CET" in client.get("/").text
+        # The same environment without windows (its URL unchanged) shows none.
+        path = write_config(
+            tmp_path / "other.toml", {"staging": {"url": staging, "approvals_required": 1}}
+        )
+        settings.DASHBOARD_CONFIG = str(path)
+        assert "next-window" not in client.get("/").text

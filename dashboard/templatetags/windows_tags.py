@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from django import template
 
 from dashboard.selectors.windows import WindowsShown, environment_windows
@@ -22,3 +24,18 @@ def next_window(environment: str) -> str:
 def windows_of(environment: str) -> WindowsShown | None:
     """Return the environment's windows as pages show them (None without windows)."""
     return environment_windows(environment)
+
+
+@register.filter
+def with_windows(matrix: object) -> Hashable:
+    """Return the overview's cache key: the matrix and what each of its rows' next_window says.
+
+    The windows are not in the Matrix, yet its cached HTML shows them: without them in the key
+    a clock moving on or an edited window would be served the HTML of another.
+    """
+    names = [
+        row.name
+        for project in getattr(matrix, "projects", ())
+        for row in (*project.environments, *project.fleets)
+    ]
+    return (matrix, tuple(next_window(name) for name in names))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.db import transaction
@@ -19,6 +19,10 @@ from dashboard.selectors.forecasts import plan_forecast_seconds
 from dashboard.services import queue
 
 logger = logging.getLogger(__name__)
+
+# A plan longer than any window starts at an opening; this late still counts as at it, for
+# the deferred run's and housekeeping's (30 s) lag, or a short wait for the run lock.
+OPENING_GRACE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,13 @@ def hold_for(action: Action, env: Environment, *, now: datetime | None = None) -
     found = spans.earliest_start(env.windows, not_before, needs=needs)
     too_long = ""
     if found is None:
-        # Longer than any window: waiting for a longer one helps nothing, so the next will do.
-        found = spans.earliest_start(env.windows, not_before)
+        # Longer than any window: no window fits, so it gets a whole one, from its opening.
+        found = _whole_window(env.windows, not_before)
         if found is None:
             return Hold(None, f"no window of {env.name} opens in the next weeks")
         too_long = (
             f"its forecast ({spans.duration_text(needs or 0)}) is longer than any window of"
-            f" {env.name}: it starts in the next one and may run past its end"
+            f" {env.name}: it starts when one opens, to have all of it, and may run past its end"
         )
     start, span = found
     if start <= now:
@@ -72,6 +76,17 @@ def hold_for(action: Action, env: Environment, *, now: datetime | None = None) -
         reasons.append(f"{env.name}'s windows are closed {'then' if asked else 'now'}")
     when = spans.wall_clock(start, span.start_zone)
     return Hold(start, f"{'; '.join(reasons)} (starts {when})")
+
+
+def _whole_window(
+    windows: tuple[spans.Window, ...], at: datetime
+) -> tuple[datetime, spans.Span] | None:
+    """Return the first window opening at or after `at` (or at most OPENING_GRACE before it)."""
+    since = at - OPENING_GRACE
+    for span in spans.open_spans(windows, since, at + spans.HORIZON):
+        if span.start >= since:
+            return max(span.start, at), span
+    return None
 
 
 def _forecast(action: Action) -> float | None:
