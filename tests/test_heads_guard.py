@@ -263,3 +263,48 @@ def test_no_re_parenting_while_an_environment_was_never_read(
     code, out = heads("--check", "--project", "shop")
     assert f"{EMAIL} on dev; {INDEX} on prod." in out
     assert "re-parent" not in out and "unknown" not in out
+
+
+@pytest.mark.once
+def test_the_ci_gates_run_without_a_secret_key_and_a_bad_setup_exits_2(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "empty.toml", {}, {})
+    keyless = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"SECRET_KEY", "DASHBOARD_INSECURE_DEV_KEY", "DEBUG"}
+    }
+    keyless["DJANGO_SETTINGS_MODULE"] = "dashboard.settings"  # tests.settings sets a dev key
+    keyless["DASHBOARD_CONFIG"] = str(config)
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env={**keyless, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # A CI job holds no SECRET_KEY: exit 1 still means heads, and only that.
+    found = run("heads", "--check", "--alembic-ini", str(TWO_HEADS_INI))
+    assert found.returncode == 1, found.stderr
+    assert MERGE in found.stdout
+    one = run("heads", "--check", "--script-location", str(SAMPLE))
+    assert (one.returncode, one.stdout) == (0, f"OK: {SAMPLE} has 1 head\n")
+    listed = run("revisions", "--script-location", str(SAMPLE))
+    assert listed.returncode == 0, listed.stderr
+    assert "1 head" in listed.stdout
+    # A setup the dashboard refuses is a usage error, never "heads found".
+    broken = run("heads", "--check", "--script-location", str(SAMPLE), DATABASE_URL="mysql://h/d")
+    assert broken.returncode == 2
+    assert broken.stderr == (
+        "error: the dashboard is not set up: DATABASE_URL: unsupported database 'mysql'"
+        " (use sqlite or postgresql)\n"
+    )
+    status = run("status", "--fail-unless-current")
+    assert status.returncode == 2 and "SECRET_KEY is not set" in status.stderr
+    # What signs things still demands the key.
+    checked = run("check")
+    assert checked.returncode != 0 and "SECRET_KEY is not set" in checked.stderr
