@@ -516,6 +516,28 @@ def test_alembics_own_loader_reads_values_that_are_not_literals(tmp_path: Path) 
     assert load_history_with_alembic(tmp_path, python=sys.executable) is loaded
 
 
+def test_alembics_loader_runs_revision_files_without_the_dashboards_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = tmp_path / "seen.txt"
+    monkeypatch.setenv("DATABASE_URL", "postgresql://dashboard:own-db-pw@db/dashboard")
+    monkeypatch.setenv("SECRET_KEY", "the-dashboards-key")
+    monkeypatch.setenv("PROD_DATABASE_URL", "postgresql://app:prod-pw@prod/app")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    write(
+        tmp_path / "versions",
+        "a1_x.py",
+        simple("a1")
+        + f"\nimport os\nopen({str(seen)!r}, 'w').write(repr(sorted(os.environ.items())))\n",
+    )
+    loaded = load_history_with_alembic(tmp_path, python=sys.executable)
+    assert "a1" in loaded.graph.revisions, loaded.problems
+    text = seen.read_text()
+    for secret in ("own-db-pw", "the-dashboards-key", "prod-pw", "DATABASE_URL", "SECRET_KEY"):
+        assert secret not in text
+    assert "'LC_ALL', 'C.UTF-8'" in text and "'PATH'" in text  # what an interpreter needs
+
+
 def test_alembic_loader_failure_is_a_problem_not_an_exception(tmp_path: Path) -> None:
     write(tmp_path / "versions", "a1_x.py", simple("a1"))
     loaded = load_history_with_alembic(tmp_path, python=str(tmp_path / "no-python"))

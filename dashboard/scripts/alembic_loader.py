@@ -13,6 +13,7 @@ from typing import Any
 
 from dashboard.history import Graph, Revision
 from dashboard.scripts.cache import LoadedHistory, _entry
+from dashboard.scripts.childenv import allowed_environment
 from dashboard.scripts.ini import read_settings
 from dashboard.scripts.parse import _CREATE_DATE
 from dashboard.scripts.scan import _scan, fingerprint_files
@@ -137,6 +138,8 @@ def load_history_with_alembic(
                 done = subprocess.run(
                     [python, "-c", _ALEMBIC_LOADER, ini, location, out],
                     cwd=cwd,
+                    # The revision files run here: they see paths and locale, no secret.
+                    env=allowed_environment(os.environ),
                     capture_output=True,
                     text=True,
                     timeout=timeout,

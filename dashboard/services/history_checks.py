@@ -26,6 +26,7 @@ from dashboard.config import (
 from dashboard.databases.connect import mask_secrets
 from dashboard.models import HistoryCheck
 from dashboard.runner.process import IMPORT_VARIABLES, replay_secrets
+from dashboard.scripts.childenv import allowed_environment
 from dashboard.scripts.load_check import check_history_loads
 from dashboard.services import queue
 
@@ -33,11 +34,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 600.0  # seconds between checks of an unchanged script directory
 TICK = 60.0  # seconds between the worker's looks for changed or due directories
-# What an interpreter and a revision's imports may need to start: paths, locale, time zone.
-_PASSED = frozenset(
-    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
-)
-_PASSED_PREFIXES = ("LC_", "PYTHON")  # PYTHONWARNINGS, PYTHONUTF8, ...; not import overrides
 _URL_PASSWORD = re.compile(r"(?P<head>\b[\w+.-]+://[^\s:/@]*:)[^\s@]+@")
 
 
@@ -48,17 +44,8 @@ def check_interval() -> float:
 
 def check_environment(inherited: Mapping[str, str], secret_names: Set[str]) -> dict[str, str]:
     """Return the few variables the check's child gets: nothing of the dashboard's own."""
-    # An allowlist: revision files run here before anyone approved them, and the worker's
-    # environment holds its own DATABASE_URL, SECRET_KEY and every environment's URL.
-    env = {
-        name: value
-        for name, value in inherited.items()
-        if (name in _PASSED or name.startswith(_PASSED_PREFIXES))
-        and name not in secret_names
-        and name not in IMPORT_VARIABLES
-    }
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONIOENCODING="utf-8")
-    return env
+    # Import overrides too: the check must load the history as the project's own python does.
+    return allowed_environment(inherited, refused=secret_names | IMPORT_VARIABLES)
 
 
 def history_check_run(*, project: Project, config: DashboardConfig | None = None) -> HistoryCheck:
