@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import time_machine
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.urls import reverse
 from django_tasks_db.models import DBTaskResult
 
 from dashboard.config import load_config
-from dashboard.models import Action, AuditEvent, Rollout
+from dashboard.databases import runlock
+from dashboard.models import Action, AuditEvent, RevisionRun, Rollout
 from dashboard.services import actions, rollouts
 from dashboard.services.actions import scheduling
 from dashboard.tasks import run_action
 from dashboard.worker import Housekeeping
-from tests.actions_support import HEAD, heads_of, make_people, touch_sqlite, write_config
+from tests.actions_support import (
+    HEAD,
+    heads_of,
+    make_people,
+    schema_of,
+    touch_sqlite,
+    wait_for,
+    write_config,
+)
+from tests.lock_support import connect, run_cli, run_lock_held, table_blocked
 from tests.test_rollouts import fleet_config, member_url
 
 # Deferred runs are enqueued when the approval commits, so every test commits for real.
@@ -30,6 +44,9 @@ WINDOW = "Sat 02:00-04:00 Europe/Berlin"
 FRIDAY_NOON = datetime(2027, 1, 8, 12, 0, tzinfo=UTC)
 SATURDAY_OPEN = datetime(2027, 1, 9, 1, 0, tzinfo=UTC)
 NEXT_SATURDAY_OPEN = datetime(2027, 1, 16, 1, 0, tzinfo=UTC)
+LAST_MINUTE = SATURDAY_OPEN + timedelta(minutes=119)  # 03:59 in Berlin
+CLOSED = SATURDAY_OPEN + timedelta(minutes=121)  # 04:01 in Berlin
+POSTS = "a71e5c0d2f39"  # creates posts; the next revision alters it
 
 
 @pytest.fixture
@@ -336,3 +353,105 @@ def test_the_overview_shows_the_next_window_as_of_now_and_the_config_as_it_is(
         )
         settings.DASHBOARD_CONFIG = str(path)
         assert "next-window" not in client.get("/").text
+
+
+def _meanwhile(until: Callable[[], object], then: Callable[[], None]) -> threading.Thread:
+    """Start a thread that waits until `until()` holds (read on its own connection), then `then()`."""
+
+    def watch() -> None:
+        try:
+            wait_for(until, within=60)
+        finally:
+            then()
+            connection.close()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _postgres_staging(settings: Any, tmp_path: Path, url: str, **values: Any) -> None:
+    env = {"url": url, "approvals_required": 1, "windows": [WINDOW], **values}
+    settings.DASHBOARD_CONFIG = str(write_config(tmp_path / "dashboard.toml", {"staging": env}))
+
+
+@pytest.mark.postgres
+def test_an_action_whose_window_closes_while_it_waits_for_the_run_lock_is_scheduled_again(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduling, "plan_forecast_seconds", lambda action: None)
+    _postgres_staging(settings, tmp_path, postgres_url, run_lock_wait=120)
+    lock = connect(postgres_url)
+    key = runlock.postgresql_key("public", "alembic_version")
+    assert lock.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+    with time_machine.travel(LAST_MINUTE, tick=False) as clock:
+        action = _approved(people)
+        assert action.status == Action.Status.QUEUED  # claimed inside the window
+
+        def close_window_then_release() -> None:
+            clock.move_to(CLOSED)
+            lock.close()
+
+        waiting = Action.objects.filter(pk=action.pk, blockers__0__kind="run_lock")
+        helper = _meanwhile(waiting.exists, close_window_then_release)
+        back = actions.action_run(action_id=action.pk, worker="test")
+        helper.join(10)
+    assert back.status == Action.Status.SCHEDULED, back.error
+    assert (back.scheduled_for, back.started_at, back.worker) == (NEXT_SATURDAY_OPEN, None, "")
+    assert back.schedule_note == (
+        "its windows no longer let it start after its wait for the run lock (nothing ran);"
+        " staging's windows are closed now (starts Sat 02:00 Europe/Berlin)"
+    )
+    event = AuditEvent.objects.filter(action_id=action.pk, verb="action.scheduled").last()
+    assert event is not None and event.payload["from_status"] == "running"
+    assert not AuditEvent.objects.filter(action_id=action.pk, verb__in=["action.failed"]).exists()
+    assert schema_of(postgres_url) == {"tables": {}, "versions": []}
+    assert not RevisionRun.objects.filter(action_id=action.pk).exists()
+    assert not Action.objects.running().exists()  # the environment is free for its next run
+    with run_lock_held(postgres_url):  # and so is its run lock
+        pass
+    assert DBTaskResult.objects.get(id=back.task_id).run_after == NEXT_SATURDAY_OPEN
+
+    with time_machine.travel(NEXT_SATURDAY_OPEN + timedelta(seconds=2), tick=False):
+        done = actions.action_run(action_id=action.pk, worker="test")
+    assert done.status == Action.Status.SUCCEEDED, done.error
+    assert done.retries == 0
+
+
+@pytest.mark.postgres
+def test_a_lock_timeout_retry_after_the_window_closed_waits_for_the_next_window(
+    people: dict[str, Any],
+    settings: Any,
+    tmp_path: Path,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduling, "plan_forecast_seconds", lambda action: None)
+    done = run_cli(postgres_url, "upgrade", POSTS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _postgres_staging(settings, tmp_path, postgres_url, lock_timeout="1s", lock_retries=3)
+    with time_machine.travel(LAST_MINUTE, tick=False) as clock, table_blocked(postgres_url):
+        action = _approved(people)
+        assert action.status == Action.Status.QUEUED and action.from_heads == [POSTS]
+        retrying = Action.objects.filter(pk=action.pk, retries=1)  # counted before its backoff
+        helper = _meanwhile(retrying.exists, lambda: clock.move_to(CLOSED))
+        back = actions.action_run(action_id=action.pk, worker="test")
+        helper.join(10)
+    assert back.status == Action.Status.SCHEDULED, back.error
+    assert back.scheduled_for == NEXT_SATURDAY_OPEN
+    assert back.schedule_note.startswith(
+        "its windows no longer let it start after a lock timeout, before its retry"
+        f" (staging is still at {POSTS}: nothing stayed applied); staging's windows are closed"
+    ), back.schedule_note
+    assert back.retries == 1  # the one retry it announced; the second attempt never began
+    assert heads_of(postgres_url) == (POSTS,)
+    outcomes = set(
+        RevisionRun.objects.filter(action_id=action.pk).values_list("outcome", flat=True)
+    )
+    assert outcomes <= {RevisionRun.Outcome.RETRIED}  # no attempt counted as failed
+    assert not AuditEvent.objects.filter(action_id=action.pk, verb="action.failed").exists()
+    assert not Action.objects.running().exists()

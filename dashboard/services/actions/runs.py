@@ -368,6 +368,8 @@ def _run_checked(action: Action, held: contextlib.ExitStack) -> Action:
         runtimes.runtimes_record(action, monitor.take_attempt(), runtimes.outcome_of(broke))
         raise
     monitor.stop()
+    if ending is not None and ending.hold is not None:
+        return _put_back(action, ending.hold, ending.error)
     runtimes.runtimes_record(
         action,
         monitor.take_attempt(),
@@ -412,6 +414,8 @@ class _Ending:
     progress: int | None = None
     duration_s: float | None = None
     invalid_indexes: list[dict[str, Any]] | None = None
+    # Set when its window closed before Alembic (re)started: it goes back to scheduled.
+    hold: scheduling.Hold | None = None
 
 
 def _watch(
@@ -469,6 +473,8 @@ def _run_locked(run: _Run, waiting: attempts.LockWait) -> _Ending | None:
 def _run_held(run: _Run, *, waited: bool, locked: bool) -> _Ending | None:
     """Check the plan still holds now that nobody else may run, then run it, retrying if need be."""
     action, env, project, monitor = run.action, run.env, run.project, run.monitor
+    if closed := _window_closed(run, "after its wait for the run lock (nothing ran)"):
+        return closed
     before = versions.read_environment(env, project)
     if not before.ok:
         return _Ending(
@@ -602,6 +608,8 @@ def _run_attempts(
                 after_heads=list(again.heads) if again.ok else after_heads,
                 progress=0,
             )
+        if closed := _window_closed(run, f"after a lock timeout, before its retry ({place})"):
+            return closed
         attempt += 1
         monitor.steps = 0  # the next attempt announces its steps afresh
     if run.waiting.lost.is_set() and not result.succeeded:
@@ -667,6 +675,24 @@ def _stopped(run: _Run, when: str, *, after_heads: list[str] | None = None) -> _
         )
     who = run.action.cancel_requested_by or "someone"
     return _Ending(Action.Status.CANCELLED, f"cancelled by {who} {when}", after_heads=after_heads)
+
+
+def _window_closed(run: _Run, when: str) -> _Ending | None:
+    """End a run whose windows no longer let it start (the claim checked them before a wait)."""
+    hold = scheduling.hold_for(run.action, run.env)
+    if hold is None:
+        return None
+    return _Ending(Action.Status.SCHEDULED, f"its windows no longer let it start {when}", hold=hold)
+
+
+def _put_back(action: Action, hold: scheduling.Hold, why: str) -> Action:
+    """Put a run its window closed on back to scheduled; a cancel asked for meanwhile ends it."""
+    put_back = scheduling.action_put_back(action, hold, why=why)
+    action.refresh_from_db()
+    if put_back or action.status != Action.Status.RUNNING:
+        return action  # scheduled again, or declared interrupted meanwhile (its ending)
+    who = action.cancel_requested_by or "someone"
+    return _finish(action, Action.Status.CANCELLED, error=f"cancelled by {who}; {why}")
 
 
 def _record_retry(

@@ -124,13 +124,47 @@ def action_hold(action: Action, *, now: datetime | None = None) -> bool:
     hold = hold_for(action, env, now=now)
     if hold is None:
         return False
+    _apply_hold(action, hold)
+    return True
+
+
+def action_put_back(action: Action, hold: Hold, *, why: str) -> bool:
+    """Put a running action back to scheduled: its window closed before Alembic (re)started.
+
+    Nothing of it stayed applied. Says whether it was put back: not when it was declared
+    interrupted meanwhile, or a cancel was asked for (the caller ends it cancelled).
+    """
+    with transaction.atomic():
+        current = (
+            Action.objects.select_for_update()
+            .filter(pk=action.pk, status=Action.Status.RUNNING, cancel_requested=False)
+            .first()
+        )
+        if current is None:
+            return False
+        # As before its claim: the next window's run starts afresh.
+        Action.objects.filter(pk=current.pk).update(
+            started_at=None,
+            heartbeat_at=None,
+            worker="",
+            progress_done=0,
+            blockers=[],
+            blockers_at=None,
+        )
+        current.refresh_from_db()
+        _apply_hold(current, Hold(hold.until, f"{why}; {hold.note}"))
+    return True
+
+
+def _apply_hold(action: Action, hold: Hold) -> None:
+    """Store and audit the action's schedule unless it is already the one held."""
     changed = (
         action.status != Action.Status.SCHEDULED
         or action.scheduled_for != hold.until
         or action.schedule_note != hold.note
     )
     if not changed:
-        return True
+        return
     before = action.status
     Action.objects.filter(pk=action.pk).update(
         status=Action.Status.SCHEDULED,
@@ -154,7 +188,6 @@ def action_hold(action: Action, *, now: datetime | None = None) -> bool:
     if hold.until is not None:
         action_id, when = action.pk, hold.until
         transaction.on_commit(lambda: _enqueue_at(action_id, when))
-    return True
 
 
 def action_release(action: Action, *, now: datetime | None = None) -> bool:
