@@ -396,3 +396,205 @@ def test_branches_labelled_from_a_source_root_pass_the_heads_guard(
     from dashboard.selectors.heads_guard import heads_banner
 
     assert heads_banner(project="app") is None
+
+
+def alembic_refuses(location: Path, *, path: Path) -> str:
+    """Return the error Alembic's loader fails with on location (a subprocess); fail if it loads."""
+    done = subprocess.run(
+        [sys.executable, "-c", ALEMBIC_SEES, str(location)],
+        env={**os.environ, "PYTHONPATH": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0, done.stdout
+    return done.stderr
+
+
+def labelled(root: Path, header: str) -> Path:
+    """Write a two-revision project whose second revision's header is as given."""
+    versions = root / "migrations" / "versions"
+    revision(versions, "a1a1a1a1", "revision = 'a1a1a1a1'\ndown_revision = None\n")
+    revision(versions, "b2b2b2b2", f"{header}\nrevision = 'b2b2b2b2'\ndown_revision = 'a1a1a1a1'\n")
+    return root / "migrations"
+
+
+def test_a_constant_built_from_its_own_earlier_value_reads_as_python_does(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "__init__.py", "")
+    write(
+        tmp_path / "app" / "cli.py",
+        'EXPAND = "expand"\nEXPAND = EXPAND + "_v2"\nBASE = "a1a1a1a1"\nFIRST = BASE\nBASE = "zz"\n',
+    )
+    location = labelled(
+        tmp_path,
+        "from app import cli\nLABEL = cli.EXPAND\nLABEL = f'{LABEL}_x'\n"
+        "branch_labels = (cli.EXPAND, LABEL)\ndepends_on = cli.FIRST",
+    )
+    graph = scripts.load_history(location).graph
+    assert graph.revisions["b2b2b2b2"].problems == ()
+    assert graph.revisions["b2b2b2b2"].branch_labels == ("expand_v2", "expand_v2_x")
+    assert graph.dependencies("b2b2b2b2") == ("a1a1a1a1",)
+    seen = alembic_sees(location, path=tmp_path)["revisions"]["b2b2b2b2"]
+    assert seen["labels"] == sorted(graph.revisions["b2b2b2b2"].branch_labels)
+    assert seen["depends_on"] == ["a1a1a1a1"]
+
+
+def test_two_names_bound_from_each_other_in_one_module_are_unresolved(tmp_path: Path) -> None:
+    # In the revision itself Python stops at the first name used before it is assigned.
+    plain = labelled(tmp_path / "plain", "A = B\nB = A\nbranch_labels = (A,)")
+    (problem,) = scripts.load_history(plain).graph.revisions["b2b2b2b2"].problems
+    assert problem.startswith("branch_labels is not a literal: (A,); B is used in the revision")
+    assert "before it is assigned" in problem
+    assert "NameError" in alembic_refuses(plain, path=tmp_path / "plain")
+
+    # Through the module's own attributes the two names truly refer to each other.
+    loop = tmp_path / "loop"
+    write(loop / "app" / "__init__.py", "")
+    write(loop / "app" / "cli.py", "from app import cli\nA = cli.B\nB = cli.A\n")
+    location = labelled(loop, "from app import cli\nbranch_labels = (cli.A,)")
+    loaded = scripts.load_history(location)
+    (problem,) = loaded.graph.revisions["b2b2b2b2"].problems
+    assert "A in app.cli (" in problem
+    assert problem.endswith("refers to itself through app.cli.B -> app.cli.A"), problem
+    assert any("refers to itself" in p for p in loaded.problems)
+    assert "partially initialized module" in alembic_refuses(location, path=loop)
+
+
+def test_names_imported_from_each_other_across_two_modules_are_unresolved(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "a.py", "from app.b import Y\nX = Y\n")
+    write(tmp_path / "app" / "b.py", "from app.a import X\nY = X\n")
+    write(tmp_path / "app" / "s.py", "from app.t import *\n")
+    write(tmp_path / "app" / "t.py", "from app.s import *\n")
+    location = labelled(tmp_path, "from app import a, s\nbranch_labels = (a.X,)\ndepends_on = s.Z")
+    revision(
+        location / "versions",
+        "c3c3c3c3",
+        "from app import b\nrevision = 'c3c3c3c3'\ndown_revision = 'a1a1a1a1'\n",
+    )
+    graph = scripts.load_history(location).graph
+    depends, labels = graph.revisions["b2b2b2b2"].problems
+    assert labels.startswith("branch_labels is not a literal: (a.X,); X in app.a (")
+    assert labels.endswith("refers to itself through app.a.Y -> app.b.Y -> app.b.X -> app.a.X")
+    assert depends.startswith("depends_on is not a literal: s.Z; ")
+    assert depends.endswith(
+        "Z in app.s (" + str(tmp_path / "app" / "s.py") + ") refers to itself"
+        " through app.t.Z -> app.s.Z"
+    )
+    # The rest of the history still reads.
+    assert graph.revisions["c3c3c3c3"].problems == ()
+    assert sorted(graph.heads) == ["b2b2b2b2", "c3c3c3c3"]
+    assert "cannot import name" in alembic_refuses(location, path=tmp_path)
+
+    # A mutual import Python does finish (the name is bound before the other module runs).
+    write(tmp_path / "app" / "a.py", 'X = "x"\nfrom app.b import Y\n')
+    write(tmp_path / "app" / "b.py", 'from app.a import X\nY = X + "_y"\n')
+    revision(
+        location / "versions",
+        "b2b2b2b2",
+        "from app import a\nrevision = 'b2b2b2b2'\ndown_revision = 'a1a1a1a1'\n"
+        "branch_labels = (a.Y,)\n",
+    )
+    revision(
+        location / "versions", "c3c3c3c3", "revision = 'c3c3c3c3'\ndown_revision = 'a1a1a1a1'\n"
+    )
+    graph = scripts.load_history(location).graph
+    assert graph.revisions["b2b2b2b2"].branch_labels == ("x_y",)
+    assert alembic_sees(location, path=tmp_path)["revisions"]["b2b2b2b2"]["labels"] == ["x_y"]
+
+
+def test_constants_past_the_limits_are_unresolved_not_a_crash(tmp_path: Path) -> None:
+    from dashboard.scripts import constants
+
+    write(tmp_path / "app" / "__init__.py", "")
+    # Deeper than Python's recursion limit, and a module too large to read.
+    write(tmp_path / "app" / "deep.py", "X = " + " + ".join(['"a"'] * 5000) + "\n")
+    big = "X = 'x'\n" + "#" * (constants.MAX_MODULE_BYTES + 1) + "\n"
+    write(tmp_path / "app" / "big.py", big)
+    location = labelled(
+        tmp_path, "from app import deep, big\nbranch_labels = deep.X\ndepends_on = (big.X,)"
+    )
+    depends, labels = scripts.load_history(location).graph.revisions["b2b2b2b2"].problems
+    assert labels.startswith("branch_labels is not a literal: deep.X; ")
+    assert "too deeply" in labels, labels
+    assert depends.startswith("depends_on is not a literal: (big.X,); app.big (")
+    assert "is larger than" in depends, depends
+    # Parsed, but deeper than reading it may recurse.
+    write(tmp_path / "app" / "nested.py", "X = " + " + ".join(['"a"'] * 1500) + "\n")
+    revision(
+        location / "versions",
+        "c3c3c3c3",
+        "from app import nested\nrevision = 'c3c3c3c3'\ndown_revision = 'a1a1a1a1'\n"
+        "branch_labels = nested.X\n",
+    )
+    (problem,) = scripts.load_history(location).graph.revisions["c3c3c3c3"].problems
+    assert problem == "branch_labels is not a literal: nested.X; its value nests too deeply to read"
+    # The same depth in the revision's own header: a placeholder, the rest still reads.
+    revision(
+        location / "versions",
+        "c3c3c3c3",
+        "revision = 'c3c3c3c3'\ndown_revision = 'a1a1a1a1'\nbranch_labels = "
+        + " + ".join(['"a"'] * 1500),
+    )
+    loaded = scripts.load_history(location)
+    assert loaded.graph.revisions["c3c3c3c3"].unreadable
+    assert f"{location / 'versions' / 'c3c3c3c3_step.py'}: its header nests too deeply to read" in (
+        loaded.problems
+    )
+    assert loaded.graph.revisions["b2b2b2b2"].down_revisions == ("a1a1a1a1",)
+
+
+def test_wide_values_stop_at_the_step_limit(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "wide.py", 'X = "ab"\n' + "X = X + X\n" * 40)
+    location = labelled(tmp_path, "from app import wide\nbranch_labels = wide.X")
+    (problem,) = scripts.load_history(location).graph.revisions["b2b2b2b2"].problems
+    assert problem.startswith("branch_labels is not a literal: wide.X; ")
+    assert "takes more than" in problem, problem
+
+
+@pytest.mark.django_db
+def test_a_looping_constant_leaves_every_page_up_and_shows_why(
+    client: Client, settings: Any, tmp_path: Path
+) -> None:
+    from tests.statusenv import empty_sqlite
+
+    root = tmp_path / "project"
+    write(root / "app" / "__init__.py", "")
+    write(root / "app" / "cli.py", 'EXPAND = "expand"\nEXPAND = EXPAND + "_v2"\nA = B\nB = A\n')
+    write(root / "app" / "a.py", "from app.b import Y\nX = Y\n")
+    write(root / "app" / "b.py", "from app.a import X\nY = X\n")
+    location = labelled(
+        root, "from app import a, cli\nbranch_labels = (cli.EXPAND,)\ndepends_on = a.X"
+    )
+    revision(
+        location / "versions",
+        "c3c3c3c3",
+        "from app import cli\nrevision = 'c3c3c3c3'\ndown_revision = 'b2b2b2b2'\n"
+        "branch_labels = cli.A\n",
+    )
+    config = write_config(
+        tmp_path / "dashboard.toml",
+        {"dev": {"project": "app", "url": empty_sqlite(tmp_path / "dev.db")}},
+        {"app": {"script_location": str(location)}},
+    )
+    settings.DASHBOARD_CONFIG = str(config)
+    call_command("adduser", "vic", role="viewer", password="correct-horse-9")
+    client.login(username="vic", password="correct-horse-9")
+    client.raise_request_exception = False
+    for url in ("/", "/environments/dev", "/api/environments"):
+        assert client.get(url).status_code == 200, url
+    page = client.get("/projects/app/graph")
+    assert page.status_code == 200
+    problems = html.unescape(page.content.decode()).split('id="problems"', 1)[1]
+    assert "X in app.a (" in problems and "refers to itself through" in problems
+    assert "B is used in app.cli (" in problems and "before it is assigned" in problems
+    document = client.get("/api/projects/app/graph")
+    assert document.status_code == 200
+    shown = document.json()["problems"]
+    assert any("refers to itself through app.a.Y -> app.b.Y" in p for p in shown), shown
+    assert any("B is used in app.cli (" in p for p in shown), shown
+    (b2,) = [r for r in document.json()["revisions"] if r["revision"] == "b2b2b2b2"]
+    assert b2["branch_labels"] == ["expand_v2"]
+    call_command("heads", "--project", "app")  # reads the history as the heads banner does

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -15,8 +16,11 @@ from dashboard.scripts import constants
 from dashboard.scripts.constants import Resolver, Source
 from dashboard.scripts.ini import ScriptSettings, read_settings
 from dashboard.scripts.parse import read_revision_file
+from dashboard.scripts.placeholders import placeholder
 from dashboard.scripts.records import LoadedHistory
 from dashboard.scripts.scan import RACY_NS, Scan, _File, _scan, fingerprint_files
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ def load_history(
                     parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, data, None)
                 else:
                     resolver = Resolver(roots)
-                    result = read_revision_file(f.path, data, resolver)
+                    result = _read_revision(f.path, data, resolver)
                     sha = hashlib.sha256(data).hexdigest()
                     sources = tuple(sorted(resolver.sources.values()))
                     parsed[f.path] = _Parsed(f.size, f.mtime_ns, started_ns, result, sha, sources)
@@ -216,6 +220,17 @@ def load_history(
         entry.source_root = source_root
         entry.stamps = _stamps(scan, started_ns, _sources(parsed.values()))
         return history
+
+
+def _read_revision(path: str, data: bytes, resolver: Resolver) -> Revision | str:
+    """Read one revision file; one the reader fails on stands as a placeholder, never a 500."""
+    try:
+        return read_revision_file(path, data, resolver)
+    except RecursionError:
+        return placeholder(path, data, f"{path}: its header nests too deeply to read")
+    except Exception as exc:  # one file's header must not take the whole history down
+        logger.exception("reading %s failed", path)
+        return placeholder(path, data, f"{path}: its header cannot be read ({type(exc).__name__})")
 
 
 def _sources(parses: Iterable[_Parsed]) -> tuple[Source, ...]:

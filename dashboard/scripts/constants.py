@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ast
+import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dashboard.scripts.bindings import Binding, Bindings, bindings_of
 from dashboard.scripts.scan import RACY_NS
 
 # Folders above the script directory looked in for the application's package, and the files
@@ -19,7 +22,15 @@ MAX_LEVELS = 3
 ROOT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
 # Module boundaries one value may cross: revision -> cli -> a re-export -> its source.
 MAX_HOPS = 4
-_COMPOUND = (ast.If, ast.Try, ast.TryStar, ast.With, ast.For, ast.While, ast.Match)
+# The work one value may take: names looked up, modules parsed, the size of a module parsed
+# and the length of a string or sequence built (an application module is input, not trusted).
+MAX_STEPS = 10_000
+MAX_MODULES = 64
+MAX_MODULE_BYTES = 1 << 20
+MAX_LENGTH = 100_000
+_END = sys.maxsize  # a position after every statement: the module as it stands once run
+
+logger = logging.getLogger(__name__)
 
 # (path, size, mtime_ns) of a file a value was read from, or (path, -1, -1) of one looked
 # for and not found: either changing means the value must be read again.
@@ -34,6 +45,10 @@ class _NotLiteral(Unresolved):
     """An expression of a kind that only running the module gives a value."""
 
 
+class _Absent(Exception):
+    """A name the scope does not bind (the caller says where else to look, or why not)."""
+
+
 @dataclass(frozen=True)
 class _ModuleRef:
     """A module (or namespace package) found on the search roots, by its dotted name."""
@@ -42,12 +57,14 @@ class _ModuleRef:
     path: str | None  # None for a namespace package
 
 
-@dataclass
-class _Bindings:
-    """One module's top-level names: what binds each, and the star imports that may add more."""
+@dataclass(frozen=True)
+class _Frame:
+    """Where an expression is read: a module's names as they stand before statement `at`."""
 
-    values: dict[str, tuple[str, Any]] = field(default_factory=dict)
-    stars: list[str] = field(default_factory=list)
+    bindings: Bindings
+    module: _ModuleRef | None  # None: the revision file
+    at: int
+    hops: int
 
 
 def search_roots(
@@ -62,93 +79,16 @@ def search_roots(
     folder = Path(script_location).absolute().parent
     for _ in range(MAX_LEVELS):
         roots.append(folder)
-        if (folder / "src").is_dir():
+        if os.path.isdir(folder / "src"):  # os.path: an unreadable folder is no error here
             roots.append(folder / "src")
-        if any((folder / marker).exists() for marker in ROOT_MARKERS) or folder.parent == folder:
+        if any(os.path.exists(folder / m) for m in ROOT_MARKERS) or folder.parent == folder:
             break
         folder = folder.parent
     return tuple(dict.fromkeys(roots))
 
 
-def bindings_of(tree: ast.Module, package: str | None) -> _Bindings:
-    """Return a module's top-level bindings, as they stand once the module has run."""
-    found = _Bindings()
-    for node in tree.body:
-        _bind(node, package, found, top=True)
-    return found
-
-
-def _bind(node: ast.stmt, package: str | None, found: _Bindings, *, top: bool) -> None:
-    values = found.values
-    if isinstance(node, _COMPOUND):
-        for child in ast.walk(node):
-            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
-                values[child.id] = ("dynamic", f"is assigned inside a block (line {node.lineno})")
-            elif isinstance(child, ast.Import | ast.ImportFrom):
-                for alias in child.names:
-                    bound = alias.asname or alias.name.partition(".")[0]
-                    values[bound] = ("dynamic", f"is imported inside a block (line {node.lineno})")
-        return
-    if isinstance(node, ast.Assign):
-        for target in node.targets:
-            _assign(target, node.value, values, node.lineno)
-    elif isinstance(node, ast.AnnAssign) and node.value is not None:
-        _assign(node.target, node.value, values, node.lineno)
-    elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
-        values[node.target.id] = ("dynamic", f"is changed by {ast.unparse(node)}")
-    elif isinstance(node, ast.Import):
-        for alias in node.names:
-            if alias.asname:
-                values[alias.asname] = ("module", alias.name)
-            else:
-                top_name = alias.name.partition(".")[0]
-                values[top_name] = ("module", top_name)
-    elif isinstance(node, ast.ImportFrom):
-        base = _absolute(node.module, node.level, package)
-        for alias in node.names:
-            if alias.name == "*":
-                if base is not None:
-                    found.stars.append(base)
-                continue
-            bound = alias.asname or alias.name
-            if base is None:
-                values[bound] = ("dynamic", f"comes from a relative import (line {node.lineno})")
-            else:
-                values[bound] = ("from", (base, alias.name))
-    elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-        values[node.name] = ("dynamic", f"is a {type(node).__name__[:-3].lower()}")
-
-
-def _assign(
-    target: ast.expr, value: ast.expr, values: dict[str, tuple[str, Any]], line: int
-) -> None:
-    if isinstance(target, ast.Name):
-        values[target.id] = ("expr", value)
-    elif isinstance(target, ast.Tuple | ast.List):
-        if isinstance(value, ast.Tuple | ast.List) and len(value.elts) == len(target.elts):
-            for t, v in zip(target.elts, value.elts, strict=True):
-                _assign(t, v, values, line)
-            return
-        for child in ast.walk(target):
-            if isinstance(child, ast.Name):
-                values[child.id] = ("dynamic", f"is unpacked from a value (line {line})")
-
-
-def _absolute(module: str | None, level: int, package: str | None) -> str | None:
-    """Return a from-import's absolute module name, or None if relative to no package."""
-    if level == 0:
-        return module
-    if package is None:
-        return None
-    parts = package.split(".")
-    if level - 1 >= len(parts):
-        return None
-    base = ".".join(parts[: len(parts) - (level - 1)])
-    return f"{base}.{module}" if module else base
-
-
 # path -> ((size, mtime_ns), its bindings or why not); a module edited within RACY_NS is not kept.
-_modules: dict[str, tuple[tuple[int, int], _Bindings | str]] = {}
+_modules: dict[str, tuple[tuple[int, int], Bindings | str]] = {}
 _modules_lock = threading.Lock()
 
 
@@ -158,41 +98,60 @@ class Resolver:
     def __init__(self, roots: Sequence[Path]) -> None:
         self.roots = tuple(str(root) for root in roots)
         self.sources: dict[str, Source] = {}
+        self._parsed: set[str] = set()  # module files read for this revision file
+        self._resolving: list[tuple[tuple[str, str, int], str]] = []  # (module, name, at), shown
+        self._steps = 0
 
     def value(self, expr: ast.expr, tree: ast.Module) -> Any:
-        """Return the value expr has at the end of the revision module's run; raise Unresolved."""
-        return self._eval(expr, bindings_of(tree, None), "the revision file", 0)
+        """Return the value expr has where the revision module evaluates it; raise Unresolved."""
+        # Python reads a statement's names as the statements before it left them.
+        at = next((i for i, node in enumerate(tree.body) if _holds(node, expr)), _END)
+        self._resolving.clear()
+        self._parsed.clear()
+        self._steps = 0
+        try:
+            return self._eval(expr, _Frame(bindings_of(tree, None), None, at, 0))
+        except Unresolved:
+            raise
+        except RecursionError:
+            raise Unresolved("its value nests too deeply to read") from None
+        except Exception as exc:  # a bug here must cost one value, never the whole history
+            logger.exception("reading a constant failed")
+            raise Unresolved(f"reading it failed ({type(exc).__name__})") from None
 
-    def _eval(self, expr: ast.expr, scope: _Bindings, where: str, hops: int) -> Any:
+    def _eval(self, expr: ast.expr, frame: _Frame) -> Any:
+        self._steps += 1
+        if self._steps > MAX_STEPS:
+            raise Unresolved(f"reading it takes more than {MAX_STEPS} steps")
         if isinstance(expr, ast.Constant):
             return expr.value
         if isinstance(expr, ast.Tuple | ast.List | ast.Set):
             items: list[Any] = []
             for element in expr.elts:
                 if isinstance(element, ast.Starred):
-                    inner = self._eval(element.value, scope, where, hops)
+                    inner = self._eval(element.value, frame)
                     if not isinstance(inner, tuple | list):
                         raise Unresolved(f"{ast.unparse(element)} does not unpack a sequence")
                     items.extend(inner)
                 else:
-                    items.append(self._eval(element, scope, where, hops))
+                    items.append(self._eval(element, frame))
             return tuple(items) if isinstance(expr, ast.Tuple) else items
         if isinstance(expr, ast.Name):
-            return self._name(expr.id, scope, where, hops)
+            return self._name(expr.id, frame)
         if isinstance(expr, ast.Attribute):
-            base = self._eval(expr.value, scope, where, hops)
+            base = self._eval(expr.value, frame)
             if not isinstance(base, _ModuleRef):
                 raise Unresolved(f"{ast.unparse(expr.value)} is not a module")
-            return self._attribute(base, expr.attr, hops)
+            return self._attribute(base, expr.attr, frame.hops)
         if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
-            left = self._eval(expr.left, scope, where, hops)
-            right = self._eval(expr.right, scope, where, hops)
+            left = self._eval(expr.left, frame)
+            right = self._eval(expr.right, frame)
             if isinstance(left, str) and isinstance(right, str):
-                return left + right
+                return _bounded(left + right)
             if isinstance(left, tuple) and isinstance(right, tuple):
-                return left + right
+                return _bounded(left + right)
             if isinstance(left, list) and isinstance(right, list):
-                return left + right
+                return _bounded(left + right)
             raise Unresolved(f"{ast.unparse(expr)} does not add two strings or two sequences")
         if isinstance(expr, ast.JoinedStr):
             parts = []
@@ -206,38 +165,66 @@ class Resolver:
                     and piece.conversion == -1
                     and piece.format_spec is None
                 ):
-                    inner = self._eval(piece.value, scope, where, hops)
+                    inner = self._eval(piece.value, frame)
                 if not isinstance(inner, str):
                     raise Unresolved(f"{ast.unparse(expr)} formats more than plain strings")
                 parts.append(inner)
-            return "".join(parts)
+            return _bounded("".join(parts))
         raise _NotLiteral(f"{ast.unparse(expr)} is not a literal, a name or a module's constant")
 
-    def _name(self, name: str, scope: _Bindings, where: str, hops: int) -> Any:
-        binding = scope.values.get(name)
-        if binding is None:
-            for star in scope.stars:
-                module = self._module(star)
-                if module is not None:
-                    found = self._bindings(module)
-                    if name in found.values:
-                        return self._binding(found.values[name], name, found, module, hops + 1)
-            raise Unresolved(f"{name} is not imported or assigned at module level in {where}")
-        return self._binding(binding, name, scope, None, hops, where)
+    def _name(self, name: str, frame: _Frame) -> Any:
+        try:
+            return self._lookup(name, frame)
+        except _Absent:
+            where = _shown(frame.module)
+            if any(at >= frame.at for at, _ in frame.bindings.values.get(name, ())):
+                raise Unresolved(f"{name} is used in {where} before it is assigned") from None
+            raise Unresolved(
+                f"{name} is not imported or assigned at module level in {where}"
+            ) from None
 
-    def _binding(
-        self,
-        binding: tuple[str, Any],
-        name: str,
-        scope: _Bindings,
-        module: _ModuleRef | None,
-        hops: int,
-        where: str | None = None,
-    ) -> Any:
-        kind, detail = binding
-        where = where or _shown(module)
-        if hops > MAX_HOPS:
+    def _lookup(self, name: str, frame: _Frame) -> Any:
+        """Return what name is bound to before frame.at: its latest binding or star import."""
+        module = frame.module
+        key = (module.path or module.name if module else "", name, frame.at)
+        shown = f"{module.name}.{name}" if module else name
+        for index, (seen, _) in enumerate(self._resolving):
+            if seen == key:
+                chain = " -> ".join(label for _, label in self._resolving[index + 1 :])
+                raise Unresolved(
+                    f"{name} in {_shown(module)} refers to itself through {chain} -> {shown}"
+                )
+        if frame.hops > MAX_HOPS:
             raise Unresolved(f"{name} is re-exported through more than {MAX_HOPS} modules")
+        found = frame.bindings
+        events: list[tuple[int, Binding]] = [
+            (at, binding) for at, binding in found.values.get(name, ()) if at < frame.at
+        ]
+        events += [(at, ("star", base)) for at, base in found.stars if at < frame.at]
+        self._resolving.append((key, shown))
+        try:
+            for at, binding in sorted(events, key=lambda event: event[0], reverse=True):
+                if binding[0] != "star":
+                    inner = _Frame(found, module, at, frame.hops)
+                    return self._binding(binding, name, inner)
+                starred = self._module(binding[1])
+                if starred is not None and starred.path is not None:
+                    try:
+                        return self._member(starred, name, frame.hops + 1)
+                    except _Absent:
+                        continue
+            raise _Absent(name)
+        finally:
+            self._resolving.pop()
+
+    def _member(self, module: _ModuleRef, name: str, hops: int) -> Any:
+        """Return a name as the module binds it once run; raise _Absent if it binds none."""
+        return self._lookup(name, _Frame(self._bindings(module), module, _END, hops))
+
+    def _binding(self, binding: Binding, name: str, frame: _Frame) -> Any:
+        kind, detail = binding
+        module = frame.module
+        where = _shown(module)
         if kind == "dynamic":
             raise Unresolved(f"{name} {detail} in {where}; its value depends on running it")
         if kind == "module":
@@ -255,10 +242,10 @@ class Resolver:
             found = self._module(base)
             if found is None:
                 raise self._missing(base)
-            return self._attribute(found, attr, hops)
-        # A literal assigned in this module: read it here, where its own names are bound.
+            return self._attribute(found, attr, frame.hops)
+        # A literal assigned in this module: read it here, with the names bound before it.
         try:
-            return self._eval(detail, scope, where, hops)
+            return self._eval(detail, frame)
         except _NotLiteral:
             if module is None:
                 raise
@@ -269,18 +256,13 @@ class Resolver:
     def _attribute(self, module: _ModuleRef, attr: str, hops: int) -> Any:
         """Return module.attr: a name the module binds, else its submodule (as Python does)."""
         if module.path is not None:
-            found = self._bindings(module)
-            if attr in found.values:
-                return self._binding(found.values[attr], attr, found, module, hops + 1)
+            try:
+                return self._member(module, attr, hops + 1)
+            except _Absent:
+                pass
         sub = self._module(f"{module.name}.{attr}")
         if sub is not None:
             return sub
-        if module.path is not None:
-            found = self._bindings(module)
-            for star in found.stars:
-                starred = self._module(star)
-                if starred is not None and attr in self._bindings(starred).values:
-                    return self._attribute(starred, attr, hops + 1)
         raise Unresolved(f"{_shown(module)} defines no {attr} at module level")
 
     def _missing(self, name: str) -> Unresolved:
@@ -314,12 +296,18 @@ class Resolver:
         self.sources[path] = (path, stat.st_size, stat.st_mtime_ns)
         return True
 
-    def _bindings(self, module: _ModuleRef) -> _Bindings:
+    def _bindings(self, module: _ModuleRef) -> Bindings:
         path = module.path
         if path is None:
-            return _Bindings()  # a namespace package binds nothing but its submodules
+            return Bindings()  # a namespace package binds nothing but its submodules
         source = self.sources.get(path)
         stamp = (source[1], source[2]) if source else (-1, -1)
+        if path not in self._parsed:
+            if len(self._parsed) >= MAX_MODULES:
+                raise Unresolved(f"reading it takes more than {MAX_MODULES} modules")
+            self._parsed.add(path)
+        if stamp[0] > MAX_MODULE_BYTES:
+            raise Unresolved(f"{_shown(module)} is larger than {MAX_MODULE_BYTES} bytes")
         with _modules_lock:
             known = _modules.get(path)
         if known is not None and known[0] == stamp:
@@ -334,17 +322,33 @@ class Resolver:
         return result
 
 
-def _read_module(name: str, path: str) -> _Bindings | str:
+def _read_module(name: str, path: str) -> Bindings | str:
     """Parse one application module (never run it) into its bindings, or say why not."""
     try:
         with open(path, "rb") as handle:
-            tree = ast.parse(handle.read(), filename=path)
+            data = handle.read(MAX_MODULE_BYTES + 1)
+        if len(data) > MAX_MODULE_BYTES:
+            return f"{path} is larger than {MAX_MODULE_BYTES} bytes"
+        tree = ast.parse(data, filename=path)
     except SyntaxError as exc:
         return f"{path}:{exc.lineno}: syntax error: {exc.msg}"
     except (OSError, ValueError) as exc:
         return f"{path} cannot be read: {exc}"
+    except (RecursionError, MemoryError):
+        return f"{path} nests too deeply to read"
     package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
     return bindings_of(tree, package or None)
+
+
+def _holds(node: ast.AST, expr: ast.expr) -> bool:
+    return any(child is expr for child in ast.walk(node))
+
+
+def _bounded(value: Any) -> Any:
+    """Return a built string or sequence, unless it is longer than any identifier needs."""
+    if len(value) > MAX_LENGTH:
+        raise Unresolved(f"its value grows past {MAX_LENGTH} characters or items")
+    return value
 
 
 def _shown(module: _ModuleRef | None) -> str:
