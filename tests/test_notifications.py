@@ -6,11 +6,15 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -470,10 +474,11 @@ def test_the_sender_thread_posts_while_a_dead_receiver_holds_another(
         try:
             rows = _failed_event(_action())
             assert sorted(r.notifier for r in rows) == ["ops", "stuck"]
-            wait_for(lambda: receiver.got, within=3)
+            # The receiver has it before the sender records it: wait for the record.
+            ops = NotificationDelivery.objects.filter(notifier="ops", status=Status.DELIVERED)
+            wait_for(ops.exists, within=3)
             stuck = NotificationDelivery.objects.get(notifier="stuck")
             assert stuck.attempts == 0  # still waiting on the silent receiver
-            assert NotificationDelivery.objects.get(notifier="ops").status == Status.DELIVERED
         finally:
             sender.stop()
 
@@ -623,3 +628,128 @@ def test_rollout_events_reach_a_fleet_filtered_notifier_in_slack_words(
         " no new member starts until an operator resumes"
         f" <https://dash.example.org/rollouts/{mine.pk}|open>"
     )
+
+
+# The deadline and the claim -------------------------------------------------------------------
+
+
+@contextmanager
+def dripping_server(*, every: float, drips: int) -> Iterator[tuple[int, list[float]]]:
+    """Yield a port whose server answers one header byte every `every` s, and when POSTs came."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    posts: list[float] = []
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                posts.append(time.monotonic())
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(drips):  # every byte well within any read timeout
+                    if stop.wait(every):
+                        return
+                    conn.sendall(b"X")
+                conn.sendall(b": y\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                return  # the sender cut it
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, name="dripping-server", daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], posts
+    finally:
+        stop.set()
+        thread.join(1)
+        listener.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dripping_receiver_is_cut_off_at_the_deadline(
+    hooked: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    with dripping_server(every=0.3, drips=20) as (port, posts):  # 6 s for its headers
+        monkeypatch.setenv("OPS_HOOK_URL", f"http://127.0.0.1:{port}/hook")
+        [row] = _failed_event(_action())
+        started = time.monotonic()
+        assert notifications.deliveries_send_due() == [row.pk]
+        took = time.monotonic() - started
+    assert len(posts) == 1
+    assert took < 2.5  # the 1 s deadline for the whole attempt, not the receiver's 6 s
+    assert "/hook" not in caplog.text  # urllib3's words on the cut-off headers name no URL
+    row.refresh_from_db()
+    assert (row.status, row.attempts, row.response_status, row.last_error) == (
+        Status.PENDING,
+        1,
+        None,
+        "no answer within 1 s",
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_senders_with_a_short_lease_post_once_and_count_the_attempt(
+    hooked: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shorter than the 1 s deadline: the claim stretches it past the attempt.
+    monkeypatch.setattr(notifications, "LEASE", timedelta(seconds=0.5))
+    with dripping_server(every=0.3, drips=30) as (port, posts):
+        monkeypatch.setenv("OPS_HOOK_URL", f"http://127.0.0.1:{port}/hook")
+        [row] = _failed_event(_action())
+        senders = [NotificationSender(interval=0.1), NotificationSender(interval=0.1)]
+        for sender in senders:
+            sender.start()
+        try:
+            wait_for(lambda: NotificationDelivery.objects.get(pk=row.pk).attempts, within=6)
+            time.sleep(2)  # past any lease: nobody posts it again before its backoff
+        finally:
+            for sender in senders:
+                sender.stop()
+    row.refresh_from_db()
+    assert len(posts) == 1
+    assert (row.status, row.attempts, row.last_error) == (
+        Status.PENDING,
+        1,
+        "no answer within 1 s",
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_attempt_that_lost_its_claim_is_not_counted_and_never_claimed_by_its_own_sender(
+    hooked: Any, receiver: Receiver, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.DASHBOARD_NOTIFY_TIMEOUT = 5.0
+    receiver.script = ["sleep:2"]
+    [row] = _failed_event(_action())
+    sender = NotificationSender()  # looks when told to, not on its own
+    caplog.set_level(logging.WARNING, logger="dashboard.services.notifications")
+    try:
+        assert sender.look_once() == [row.pk]
+        wait_for(lambda: receiver.got, within=3)  # its post is in flight
+        # Its lease runs out while the receiver takes its time (the clock moves past it).
+        NotificationDelivery.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now())
+        assert sender.look_once() == []  # never its own post in flight again
+        assert notifications.deliveries_claim_due(limit=5) == [row.pk]  # another sender's now
+        wait_for(lambda: "lost its claim" in caplog.text, within=6)
+    finally:
+        sender.stop()
+    row.refresh_from_db()
+    assert (row.status, row.attempts) == (Status.PENDING, 0)  # its late 200 is not counted
+    assert str(receiver.port) not in caplog.text
+    notifications.delivery_attempt(delivery_id=row.pk)  # the other sender's attempt
+    row.refresh_from_db()
+    assert (row.status, row.attempts, row.response_status) == (Status.DELIVERED, 1, 200)
+    assert len(receiver.got) == 2

@@ -1,15 +1,25 @@
-"""Post one notification body to a receiver, signed, within tight timeouts; say what happened."""
+"""Post one notification body to a receiver, signed, within a wall-clock deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import logging
+import re
+import socket
+import ssl
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
+    LocationValueError,
     MaxRetryError,
     NameResolutionError,
     NewConnectionError,
@@ -17,11 +27,28 @@ from urllib3.exceptions import (
     ReadTimeoutError,
     SSLError,
 )
+from urllib3.util import parse_url
 
 CONNECT_TIMEOUT = 3.0
 TOTAL_TIMEOUT = 10.0
 SIGNATURE_HEADER = "X-Dashboard-Signature"
 USER_AGENT = "migration-dashboard-notify/1"
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_REQUEST_PATH = re.compile(r'("[A-Z]+ )\S+')  # its debug line: '"POST /path HTTP/1.1" 200'
+
+
+class _NoURLs(logging.Filter):
+    """Mask URLs in urllib3's own log lines: a receiver's URL (a Slack hook's path) is a secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _URL.sub("<url>", record.getMessage())
+        record.msg, record.args = _REQUEST_PATH.sub(r"\1<path>", message), None
+        return True
+
+
+# urllib3 warns "Failed to parse headers (url=…)" about a receiver's broken or cut-off headers.
+for _name in ("urllib3.connection", "urllib3.connectionpool"):
+    logging.getLogger(_name).addFilter(_NoURLs())
 
 
 @dataclass(frozen=True)
@@ -51,7 +78,7 @@ def post(
     connect_timeout: float = CONNECT_TIMEOUT,
     total_timeout: float = TOTAL_TIMEOUT,
 ) -> Outcome:
-    """POST body as JSON to url once (no retries, no redirects) and return the outcome."""
+    """POST body as JSON to url once (no retries, no redirects), all within total_timeout."""
     sent = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -59,27 +86,118 @@ def post(
     }
     if secret is not None:
         sent[SIGNATURE_HEADER] = signature(secret, body)
-    timeout = urllib3.Timeout(
-        connect=min(connect_timeout, total_timeout), read=total_timeout, total=total_timeout
-    )
-    # One pool per attempt: attempts are seconds apart at least, and nothing lingers.
-    with urllib3.PoolManager(retries=False, timeout=timeout) as pool:
+    # Per socket operation; the deadline below bounds the whole attempt.
+    timeout = urllib3.Timeout(connect=min(connect_timeout, total_timeout), read=total_timeout)
+    deadline = _Deadline(total_timeout)
+    try:
+        target = parse_url(url)
+        pool_class = _POOLS[target.scheme or ""]
+        if not target.host:
+            raise LocationValueError("no host")
+        # One pool per attempt: attempts are seconds apart at least, and nothing lingers.
+        pool = pool_class(
+            target.host, target.port, timeout=timeout, retries=False, maxsize=1, deadline=deadline
+        )
+    except (LookupError, ValueError):
+        return Outcome(None, "the receiver's URL cannot be used")
+    status: int | None = None
+    failure: BaseException | None = None
+    with pool, deadline:
         try:
-            response = pool.request(
-                "POST", url, body=body, headers=sent, redirect=False, preload_content=False
+            response = pool.urlopen(
+                "POST",
+                target.request_uri,
+                body=body,
+                headers=sent,
+                redirect=False,
+                preload_content=False,  # the body is never read: only the status counts
             )
-        except Exception as exc:  # every failure becomes a recorded attempt, never a crash
-            return Outcome(None, describe(exc, connect_timeout, total_timeout))
-        try:
             status = response.status
-        finally:
-            response.release_conn()
             response.close()
+        except Exception as exc:  # every failure becomes a recorded attempt, never a crash
+            failure = exc
+        late = deadline.stop()
+    if late:  # cut at the deadline: a status read from a cut stream proves nothing
+        return Outcome(None, f"no answer within {total_timeout:g} s")
+    if failure is not None or status is None:
+        return Outcome(None, describe(failure or ProtocolError(), connect_timeout, total_timeout))
     if 200 <= status < 300:
         return Outcome(status, "")
     if 300 <= status < 400:
         return Outcome(status, f"HTTP {status}: a redirect, not followed")
     return Outcome(status, f"HTTP {status}")
+
+
+class _Deadline:
+    """Cut an attempt's connection once its time is up, in whatever phase it is."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.connections: list[HTTPConnection] = []
+        self._expired = False
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="notify-deadline", daemon=True)
+
+    def __enter__(self) -> _Deadline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._thread.join(timeout=1)
+
+    def stop(self) -> bool:
+        """Stop watching; say whether the time ran out first."""
+        with self._lock:
+            self._done.set()
+            return self._expired
+
+    def _watch(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._expired = True
+        # Per-read timeouts let a receiver that drips a byte at a time go on for ever; cutting
+        # the socket ends any read. Again and again: a connect may still hand over its socket.
+        while True:
+            for conn in list(self.connections):
+                _cut(conn.sock)
+            if self._done.wait(0.05):
+                return
+
+
+def _cut(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    # The plain socket's shutdown, even under TLS: a blocked read wakes up at once.
+    with contextlib.suppress(OSError):  # closed already
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _HTTPConnection(HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        deadline.connections.append(self)
+
+
+class _HTTPSConnection(HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        deadline.connections.append(self)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def describe(exc: BaseException, connect_timeout: float, total_timeout: float) -> str:
@@ -95,10 +213,12 @@ def describe(exc: BaseException, connect_timeout: float, total_timeout: float) -
         return f"could not connect within {min(connect_timeout, total_timeout):g} s"
     if isinstance(exc, ReadTimeoutError | TimeoutError):
         return f"no answer within {total_timeout:g} s"
-    if isinstance(exc, SSLError):
+    if isinstance(exc, SSLError | ssl.SSLError):
         return "the TLS handshake failed"
     if isinstance(exc, ProtocolError):
         return "the connection closed without an answer"
+    if isinstance(exc, LocationValueError):
+        return "the receiver's URL cannot be used"
     if isinstance(exc, HTTPError):
         return f"HTTP client error ({type(exc).__name__})"
     if isinstance(exc, ValueError | LookupError):

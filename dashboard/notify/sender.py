@@ -60,9 +60,11 @@ class NotificationSender:
         self._prune()
         with self._lock:
             free = self.senders - len(self._busy)
+            busy = set(self._busy)
         if free <= 0:
             return []
-        claimed = notifications.deliveries_claim_due(limit=free)
+        # Never our own posts in flight: claiming one again would post it twice.
+        claimed = notifications.deliveries_claim_due(limit=free, skip=busy)
         for pk in claimed:
             with self._lock:
                 self._busy.add(pk)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -15,7 +16,10 @@ from django.utils import timezone
 
 from dashboard.config import ConfigError, DashboardConfig, NotConfigured, Notifier, current_config
 from dashboard.models import Action, AuditEvent, NotificationDelivery, Rollout
-from dashboard.notify import bodies, send
+from dashboard.notify import bodies
+
+if TYPE_CHECKING:
+    from dashboard.notify import send
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,10 @@ VERB_EVENTS = {
 # Attempts and the waits after each failed one: 10 s, 30 s, 2 min, 10 min, then given up.
 BACKOFF = (10.0, 30.0, 120.0, 600.0)
 MAX_ATTEMPTS = len(BACKOFF) + 1
-# A claimed delivery is another sender's again after this long: past any attempt's timeout.
+# A claimed delivery is another sender's again after this long: well past any attempt's
+# deadline (DASHBOARD_NOTIFY_TIMEOUT), which is why a longer deadline makes it longer.
 LEASE = timedelta(seconds=60)
+LEASE_DEADLINES = 3
 Status = NotificationDelivery.Status
 
 
@@ -230,11 +236,12 @@ def deliveries_send_due(*, limit: int = 20, config: DashboardConfig | None = Non
     return claimed
 
 
-def deliveries_claim_due(*, limit: int) -> list[int]:
-    """Claim up to limit due deliveries, oldest first, and return their ids."""
+def deliveries_claim_due(*, limit: int, skip: Collection[int] = ()) -> list[int]:
+    """Claim up to limit due deliveries, oldest first, but none of skip; return their ids."""
     now = timezone.now()
     due = list(
         NotificationDelivery.objects.filter(status=Status.PENDING, next_attempt_at__lte=now)
+        .exclude(pk__in=list(skip))
         .order_by("next_attempt_at", "id")
         .values_list("pk", "next_attempt_at")[:limit]
     )
@@ -246,18 +253,34 @@ def delivery_claim(pk: int, due_at: datetime | None, *, now: datetime | None = N
     now = now or timezone.now()
     moved = NotificationDelivery.objects.filter(
         pk=pk, status=Status.PENDING, next_attempt_at=due_at
-    ).update(next_attempt_at=now + LEASE)
+    ).update(next_attempt_at=now + lease())
     return moved == 1
+
+
+def lease() -> timedelta:
+    """Return how long a claim holds: LEASE, or three attempt deadlines if that is longer."""
+    return max(LEASE, timedelta(seconds=LEASE_DEADLINES * _timeouts()[1]))
 
 
 def delivery_attempt(
     *, delivery_id: int, config: DashboardConfig | None = None
 ) -> NotificationDelivery:
-    """Post a delivery once and record the attempt: delivered, or the next try, or given up."""
+    """Post a claimed delivery once and record the attempt, unless its claim ran out meanwhile."""
     delivery = NotificationDelivery.objects.get(pk=delivery_id)
+    # The claim's own values: a sender that claims the row after this one changes them.
+    held_until, attempts = delivery.next_attempt_at, delivery.attempts
+    deadline = timedelta(seconds=_timeouts()[1])
+    if delivery.status != Status.PENDING or held_until is None:
+        return delivery  # delivered or given up by another sender meanwhile
+    if held_until - timezone.now() < deadline:
+        logger.warning(
+            "notification %s: its claim runs out before an attempt could end; left to the next",
+            delivery.pk,
+        )
+        return delivery
     outcome = _post(delivery, config)
     now = timezone.now()
-    delivery.attempts += 1
+    delivery.attempts = attempts + 1
     delivery.response_status = outcome.status
     delivery.last_error = outcome.error
     if outcome.delivered:
@@ -269,16 +292,26 @@ def delivery_attempt(
         delivery.next_attempt_at = None
     else:
         delivery.next_attempt_at = now + timedelta(seconds=BACKOFF[delivery.attempts - 1])
-    delivery.save(
-        update_fields=[
-            "attempts",
-            "response_status",
-            "last_error",
-            "status",
-            "delivered_at",
-            "next_attempt_at",
-        ]
+    # Saved only while the claim holds: a row claimed again is the other sender's to count.
+    saved = NotificationDelivery.objects.filter(
+        pk=delivery.pk, status=Status.PENDING, attempts=attempts, next_attempt_at=held_until
+    ).update(
+        attempts=delivery.attempts,
+        response_status=delivery.response_status,
+        last_error=delivery.last_error,
+        status=delivery.status,
+        delivered_at=delivery.delivered_at,
+        next_attempt_at=delivery.next_attempt_at,
     )
+    if not saved:
+        logger.warning(
+            "notification %s to %s (%s) lost its claim during the attempt (%s); not counted",
+            delivery.pk,
+            delivery.notifier,
+            delivery.event,
+            outcome.error or "delivered",
+        )
+        return NotificationDelivery.objects.get(pk=delivery.pk)
     if not outcome.delivered:
         logger.warning(
             "notification %s to %s (%s) failed, attempt %s: %s",
@@ -291,7 +324,18 @@ def delivery_attempt(
     return delivery
 
 
+def _timeouts() -> tuple[float, float]:
+    """Return the attempt's connect timeout and its whole deadline, in seconds."""
+    from dashboard.notify import send
+
+    connect = getattr(settings, "DASHBOARD_NOTIFY_CONNECT_TIMEOUT", send.CONNECT_TIMEOUT)
+    return float(connect), float(getattr(settings, "DASHBOARD_NOTIFY_TIMEOUT", send.TOTAL_TIMEOUT))
+
+
 def _post(delivery: NotificationDelivery, config: DashboardConfig | None) -> send.Outcome:
+    # Only the sender posts: everything that audits (CLI reads too) skips importing urllib3.
+    from dashboard.notify import send
+
     try:
         config = config or current_config()
     except ConfigError:
@@ -303,15 +347,14 @@ def _post(delivery: NotificationDelivery, config: DashboardConfig | None) -> sen
         url, secret = notifier.url(), notifier.secret()
     except NotConfigured as exc:
         return send.Outcome(None, str(exc))  # names the variable, never its value
+    connect, total = _timeouts()
     return send.post(
         url,
         delivery.body.encode(),
         secret=secret,
         headers={"X-Dashboard-Event": delivery.event, "X-Dashboard-Delivery": str(delivery.pk)},
-        connect_timeout=float(
-            getattr(settings, "DASHBOARD_NOTIFY_CONNECT_TIMEOUT", send.CONNECT_TIMEOUT)
-        ),
-        total_timeout=float(getattr(settings, "DASHBOARD_NOTIFY_TIMEOUT", send.TOTAL_TIMEOUT)),
+        connect_timeout=connect,
+        total_timeout=total,
     )
 
 
