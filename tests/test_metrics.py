@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dashboard.models import Action, SchemaCheck
 from dashboard.selectors.metrics import STATES
 from dashboard.services import queue, status, tokens, users, workers
+from dashboard.views import metrics as metrics_views
 from tests.statusenv import (
     HEAD,
     MID,
@@ -287,6 +288,33 @@ def test_allowed_addresses_read_without_a_token(site: Site, settings: Any) -> No
     assert seen.status_code == 200
     spoofed = client.get("/metrics", HTTP_X_FORWARDED_FOR="10.1.2.3, 203.0.113.9", **proxied)
     assert spoofed.status_code == 401
+
+
+@pytest.mark.django_db
+def test_an_allowed_proxy_not_trusted_lets_no_one_in_by_address(
+    site: Site, settings: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.METRICS_ALLOWED_CIDRS = ["10.0.0.0/8"]
+    monkeypatch.setattr(metrics_views, "_warned", [])
+    client = site.client
+    proxy = {"REMOTE_ADDR": "10.0.3.4"}  # the proxy's address, allowed; BEHIND_PROXY unset
+    with caplog.at_level("WARNING", logger="dashboard.views.metrics"):
+        assert (
+            client.get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9", **proxy).status_code == 401
+        )
+        assert client.get("/metrics", HTTP_FORWARDED="for=203.0.113.9", **proxy).status_code == 401
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dashboard.views.metrics"]
+    assert len(warnings) == 1 and "BEHIND_PROXY" in warnings[0], warnings  # once, not per scrape
+    bearer = f"Bearer {site.token}"
+    with_token = client.get(
+        "/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9", HTTP_AUTHORIZATION=bearer, **proxy
+    )
+    assert with_token.status_code == 200
+    assert client.get("/metrics", **proxy).status_code == 200  # the scraper on the proxy's host
+    # Behind the trusted proxy, a Forwarded header alone names nobody the dashboard reads.
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    assert client.get("/metrics", HTTP_FORWARDED="for=10.1.1.1", **proxy).status_code == 401
+    assert client.get("/metrics", HTTP_X_FORWARDED_FOR="10.1.1.1", **proxy).status_code == 200
 
 
 def test_a_bad_cidr_stops_the_start_with_a_clear_error() -> None:

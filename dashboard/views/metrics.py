@@ -66,13 +66,38 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
 def _allowed_address(request: HttpRequest) -> bool:
     """Say whether the client's address (as the audit trail records it) is in an allowed CIDR."""
     networks = allowed_networks(tuple(getattr(settings, "METRICS_ALLOWED_CIDRS", ())))
+    if not networks or _proxied_unknown(request):
+        return False
     found = audit.client_ip(request)
-    if not networks or found is None:
+    if found is None:
         return False
     address = ipaddress.ip_address(found)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # a dual-stack socket's ::ffff:10.0.0.5 is 10.0.0.5
     return any(address in network for network in networks if network.version == address.version)
+
+
+def _proxied_unknown(request: HttpRequest) -> bool:
+    """Say whether a proxy forwarded this request without naming the client in a trusted way."""
+    meta = request.META
+    forwarded_for = meta.get("HTTP_X_FORWARDED_FOR", "").strip()
+    if not forwarded_for and not meta.get("HTTP_FORWARDED", "").strip():
+        return False
+    if getattr(settings, "SECURE_PROXY_SSL_HEADER", None) and forwarded_for:
+        return False  # BEHIND_PROXY: the audit trail's address is the one the proxy saw
+    # Otherwise REMOTE_ADDR is the proxy's, and an allowed proxy would let every client in.
+    if not _warned:
+        _warned.append(True)
+        logger.warning(
+            "metrics: a request came through a proxy (X-Forwarded-For or Forwarded) but the "
+            "dashboard does not trust it: address-based access to /metrics is refused for "
+            "such requests (a token still works); set BEHIND_PROXY=1 if the proxy sets "
+            "X-Forwarded-For"
+        )
+    return True
+
+
+_warned: list[bool] = []  # the warning above is logged once per process
 
 
 @lru_cache(maxsize=8)
