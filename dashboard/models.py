@@ -363,6 +363,25 @@ class ApiToken(models.Model):
         return f"{self.prefix}… ({self.user})"
 
 
+class SSOIdentity(models.Model):
+    """The provider's account (issuer, subject) an account signs in as; never matched by name."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_identities"
+    )
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)  # OpenID Connect Core 2: sub is at most 255
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="sso_identity_one_per_sub")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.issuer} {self.subject} -> {self.user_id}"
+
+
 class SignInThrottle(models.Model):
     """Failed sign-ins counted for one username from one address, or for one whole address."""
 
