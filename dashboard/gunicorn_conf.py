@@ -15,10 +15,13 @@ from typing import Any
 
 wsgi_app = "dashboard.wsgi:application"
 
-# Set before any worker imports prometheus_client: it picks its storage when imported.
-_made = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _made:
+# Set before any worker imports prometheus_client: it picks its storage when imported. The
+# folder made is remembered apart, since gunicorn re-reads this file on SIGHUP, and by then
+# PROMETHEUS_MULTIPROC_DIR is set: it alone cannot tell a made folder from a named one.
+MADE = "DASHBOARD_MADE_MULTIPROC_DIR"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dashboard-metrics-")
+    os.environ[MADE] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def on_starting(server: Any) -> None:
@@ -38,5 +41,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
 def on_exit(server: Any) -> None:
     """Remove the temporary folder this config made (never one the environment named)."""
-    if _made:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    made = os.environ.get(MADE)
+    if made and made == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(made, ignore_errors=True)

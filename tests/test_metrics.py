@@ -537,3 +537,54 @@ def test_gunicorn_refuses_strangers_and_lets_tokens_and_allowed_addresses_in(
     code, body = served.get("/metrics", token=False, source="127.0.0.2")
     assert code == 200
     assert "dashboard_environment_state" in body
+
+
+@pytest.mark.once  # a gunicorn of its own, on the module's SQLite dashboard database
+def test_gunicorn_removes_the_folder_it_made_even_after_a_reload(
+    served: Served, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in served.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["TMPDIR"] = str(tmp_path)  # where the config makes its temporary folder
+    log_path = tmp_path / "gunicorn.log"
+    port = free_port()
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "dashboard" / "gunicorn_conf.py")]
+            + ["--bind", f"127.0.0.1:{port}", "--workers", "1", "--log-level", "info"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+
+            def wait_for(booted: int) -> None:
+                """Wait until this many workers have booted and one answers /healthz."""
+                deadline = time.monotonic() + 60
+                while True:
+                    text = log_path.read_text()
+                    assert server.poll() is None, text
+                    if text.count("Booting worker") >= booted:
+                        check = Served(port, "", served.folder, env, served.multiproc)
+                        try:
+                            if check.get("/healthz", token=False)[0] == 200:
+                                return
+                        except OSError:
+                            pass
+                    assert time.monotonic() < deadline, text
+                    time.sleep(0.2)
+
+            wait_for(1)
+            made = list(tmp_path.glob("dashboard-metrics-*"))
+            assert len(made) == 1 and made[0].is_dir()
+            server.send_signal(signal.SIGHUP)  # gunicorn re-reads its config and new workers boot
+            wait_for(2)
+            assert "Hang up" in log_path.read_text()
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=30) == 0
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+    assert not made[0].exists(), log_path.read_text()
