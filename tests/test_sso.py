@@ -13,7 +13,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.test import Client
 
 from dashboard.config import ConfigError, Environment, load_config
-from dashboard.models import AuditEvent
+from dashboard.models import AuditEvent, SSOIdentity
 from dashboard.roles import role_of
 from dashboard.runner.process import child_secrets, replay_secrets
 from dashboard.services import users
@@ -324,3 +324,44 @@ def test_a_bad_sso_table_names_the_key(tmp_path: Path, table: str, message: str)
     path.write_text(f"[sso]\n{table}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_a_provider_user_never_takes_over_or_demotes_a_local_account_of_its_name(
+    sso_site: Provider,
+) -> None:
+    users.user_set_role(username="root", role="admin", password="correct-horse-9")
+    users.user_set_role(username="opal", role="approver")  # no usable password
+    sso_site.set_groups(root=["dash-viewers"], Opal=["marketing"])
+    client = Client()
+    answer = sso_sign_in(client, sso_site, "root")
+    assert answer.status_code == 403
+    assert b"An account named root already exists here" in answer.content
+    assert b"ask a dashboard admin" in answer.content
+    assert "_auth_user_id" not in client.session
+    # A case variant of a name, with no role at the provider, is refused before any role change.
+    assert sso_sign_in(Client(), sso_site, "Opal").status_code == 403
+    root = get_user_model().objects.get(username="root")
+    assert role_of(root) == "admin" and root.is_superuser
+    assert authenticate(None, username="root", password="correct-horse-9") == root
+    assert role_of(get_user_model().objects.get(username="opal")) == "approver"
+    assert not get_user_model().objects.filter(username="Opal").exists()
+    assert [
+        (e.payload["username"], e.payload["reason"]) for e in events("auth.sign_in_failed")
+    ] == [
+        ("root", "name_taken"),
+        ("Opal", "name_taken"),
+    ]
+    assert [e.payload["to"] for e in events("user.role_changed")] == ["admin", "approver"]
+
+
+def test_the_account_follows_the_providers_subject_not_the_name(sso_site: Provider) -> None:
+    sso_site.set_groups(jay=["dash-viewers"])
+    assert sso_sign_in(Client(), sso_site, "jay").status_code == 302
+    jay = get_user_model().objects.get(username="jay")
+    (link,) = SSOIdentity.objects.filter(user=jay)
+    assert link.issuer == sso_site.issuer and link.subject
+    get_user_model().objects.filter(pk=jay.pk).update(username="jay.renamed")
+    client = Client()
+    assert sso_sign_in(client, sso_site, "jay").status_code == 302
+    assert client.session["_auth_user_id"] == str(jay.pk)
+    assert not get_user_model().objects.filter(username="jay").exists()

@@ -18,9 +18,17 @@ def user_exists(*, username: str) -> bool:
 
 @transaction.atomic
 def user_set_role(
-    *, username: str, role: str, password: str | None = None, actor_name: str = audit.SYSTEM
+    *,
+    username: str,
+    role: str,
+    password: str | None = None,
+    actor_name: str = audit.SYSTEM,
+    new: bool = False,
 ) -> bool:
-    """Create the user or change its role (and password if given); return True when created."""
+    """Create the user or change its role (and password if given); return True when created.
+
+    With new, an account of that name that exists already raises IntegrityError, untouched.
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     # As the sign-in form will see it: stripped and NFKC-normalised.
@@ -28,7 +36,10 @@ def user_set_role(
     if not username:
         raise ValueError("a username is required")
     user_model = get_user_model()
-    user, created = user_model.objects.get_or_create(username=username)
+    if new:
+        user, created = user_model.objects.create(username=username), True
+    else:
+        user, created = user_model.objects.get_or_create(username=username)
     before = None if created else role_of(user)
     if password:
         validate_password(password, user)  # ValidationError names what the rules want

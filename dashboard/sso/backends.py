@@ -11,10 +11,12 @@ import requests
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import SuspiciousOperation, ValidationError
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from dashboard.config import NotConfigured
+from dashboard.models import SSOIdentity
 from dashboard.services import users
 from dashboard.sso.provider import ProviderUnavailable, current_sso, local_accounts_allowed
 from dashboard.sso.provider import oidc_setting as _oidc_setting
@@ -22,6 +24,7 @@ from dashboard.sso.provider import oidc_setting as _oidc_setting
 logger = logging.getLogger(__name__)
 ACTOR = "sso"  # who changed a role the provider's groups gave
 MAX_GROUPS = 200  # a claim beyond this is refused: no one is in that many groups on purpose
+SUBJECT_MAX = 255  # OpenID Connect Core 2: sub is at most 255 ASCII characters
 
 
 @dataclass
@@ -164,12 +167,28 @@ class OIDCBackend(OIDCAuthenticationBackend):
                 "bad_groups", f"the {sso.groups_claim} claim is no list of groups", username
             )
         groups = [g for g in groups if isinstance(g, str)]
-        existing = self.UserModel.objects.filter(username=username).first()
-        if existing is not None and not existing.is_active:
-            return self._fail("inactive", "this account is deactivated in the dashboard", username)
+        subject = payload.get("sub")
+        if not isinstance(subject, str) or not subject or len(subject) > SUBJECT_MAX:
+            return self._fail("no_subject", "the provider sent no usable sub claim", username)
+        link = (
+            SSOIdentity.objects.select_related("user")
+            .filter(issuer=sso.issuer, subject=subject)
+            .first()
+        )
+        user = link.user if link is not None else None
+        if user is None and self.UserModel.objects.filter(username__iexact=username).exists():
+            # The name is taken by an account the provider never signed in: a local one, or one
+            # another provider user holds. Matching by name would hand it over.
+            return self._fail("name_taken", _taken(username, sso.display_name), username, groups)
+        if user is not None:
+            username = user.get_username()  # the linked account's, whatever the claim says now
+            if not user.is_active:
+                return self._fail(
+                    "inactive", "this account is deactivated in the dashboard", username
+                )
         role = sso.role_for(groups)
         if role is None:
-            if existing is not None:
+            if user is not None:
                 # The provider took the groups away: the role goes too, audited.
                 users.user_clear_role(username=username, actor_name=ACTOR)
             return self._fail(
@@ -178,8 +197,20 @@ class OIDCBackend(OIDCAuthenticationBackend):
                 username,
                 groups,
             )
-        users.user_set_role(username=username, role=role, actor_name=ACTOR)
-        user = self.UserModel.objects.get(username=username)
+        if user is None:
+            try:
+                with transaction.atomic():
+                    users.user_set_role(username=username, role=role, actor_name=ACTOR, new=True)
+                    user = self.UserModel.objects.get(username=username)
+                    SSOIdentity.objects.create(user=user, issuer=sso.issuer, subject=subject)
+            except IntegrityError:
+                # Another sign-in took the name (or linked this subject) a moment ago.
+                return self._fail(
+                    "name_taken", _taken(username, sso.display_name), username, groups
+                )
+        else:
+            users.user_set_role(username=username, role=role, actor_name=ACTOR)
+            user.refresh_from_db()
         email = claims.get("email")
         if isinstance(email, str) and len(email) <= 254 and user.email != email:
             user.email = email
@@ -194,3 +225,10 @@ class OIDCBackend(OIDCAuthenticationBackend):
             request.sso_failure = Failure(reason, detail, username, list(groups or [])[:20])
         logger.info("single sign-on refused (%s): %s", reason, detail)
         return None
+
+
+def _taken(username: str, provider: str) -> str:
+    return (
+        f"an account named {username} already exists here and is not linked to your"
+        f" {provider} account; ask a dashboard admin"
+    )

@@ -28,7 +28,13 @@ from dashboard.sso.provider import (
 
 logger = logging.getLogger(__name__)
 TRIED = "(sso)"  # the name failures count under before the provider said who it was
-STATUS = {"no_role": 403, "inactive": 403, "provider_unavailable": 503, "not_configured": 503}
+STATUS = {
+    "no_role": 403,
+    "inactive": 403,
+    "name_taken": 403,
+    "provider_unavailable": 503,
+    "not_configured": 503,
+}
 
 
 def _sso_or_404() -> SSOConfig:
