@@ -365,3 +365,28 @@ def test_the_account_follows_the_providers_subject_not_the_name(sso_site: Provid
     assert sso_sign_in(client, sso_site, "jay").status_code == 302
     assert client.session["_auth_user_id"] == str(jay.pk)
     assert not get_user_model().objects.filter(username="jay").exists()
+
+
+def test_callbacks_without_this_browsers_state_never_lock_sign_in_out(sso_site: Provider) -> None:
+    attacker = Client()
+    for _ in range(6):  # as an <img> on any web page can make a browser fetch them
+        assert attacker.get("/accounts/sso/callback/?error=x").status_code == 400
+        assert attacker.get("/accounts/sso/callback/?code=x&state=y").status_code == 400
+    sso_site.set_groups(kit=["dash-viewers"])
+    victim = Client()
+    answer = sso_sign_in(victim, sso_site, "kit")
+    assert answer.status_code == 302 and victim.get("/").status_code == 200
+    assert events("auth.sign_in_throttled") == []
+
+
+def test_a_stray_error_answer_leaves_the_session_signed_in(sso_site: Provider) -> None:
+    sso_site.set_groups(lou=["dash-viewers"])
+    client = Client()
+    assert sso_sign_in(client, sso_site, "lou").status_code == 302
+    answer = client.get("/accounts/sso/callback/?error=access_denied")
+    assert answer.status_code == 400 and b"Test IdP answered access_denied" in answer.content
+    assert client.get("/").status_code == 200
+    # The provider's error for a sign-in this browser started does end the session.
+    state = parse_qs(urlsplit(start(client)).query)["state"][0]
+    answer = client.get("/accounts/sso/callback/?" + urlencode({"error": "x", "state": state}))
+    assert answer.status_code == 400 and client.get("/").status_code == 302

@@ -127,11 +127,13 @@ def signin_failed(
     method: str | None = None,
     reason: str | None = None,
     groups: list[str] | None = None,
+    keys: tuple[str, ...] = (USER, ADDRESS),
 ) -> None:
     """Record a failed sign-in (never the password) and count it against its keys.
 
     A sign-in through the identity provider says so (method), why it was refused, and for a
-    refusal for want of a role, the groups the provider sent.
+    refusal for want of a role, the groups the provider sent. Keys says which throttles count
+    it: the name from the address, the whole address, or none.
     """
     tried = _tried(username)
     payload: dict[str, Any] = {"username": tried}
@@ -141,15 +143,16 @@ def signin_failed(
         payload["groups"] = groups
     audit.record(FAILED, actor_name=tried, request=request, payload=payload)
     limit = max_failures()
-    if limit <= 0:
+    if limit <= 0 or not keys:
         return
     now = timezone.now()
     network = _network(audit.client_ip(request) if request is not None else None)
     ceiling = address_max_failures()
     # Always the name's key first, then the address's: one order, so no two writers deadlock.
     with transaction.atomic():
-        _count_failure(scope=USER, username=tried, address=network, limit=limit, now=now)
-        if network and ceiling > 0:
+        if USER in keys:
+            _count_failure(scope=USER, username=tried, address=network, limit=limit, now=now)
+        if ADDRESS in keys and network and ceiling > 0:
             _count_failure(scope=ADDRESS, username="", address=network, limit=ceiling, now=now)
     _sweep(now)
 

@@ -6,9 +6,9 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
+from django.contrib import auth
 from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.auth.views import LogoutView
-from django.core.exceptions import SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -35,6 +35,7 @@ STATUS = {
     "provider_unavailable": 503,
     "not_configured": 503,
 }
+COUNTED = {"token_refused", "token_invalid", "token_expired", "refused"}
 
 
 def _sso_or_404() -> SSOConfig:
@@ -52,6 +53,10 @@ def _refuse(request: HttpRequest, sso: SSOConfig, failure: Failure) -> HttpRespo
         method="oidc",
         reason=failure.reason,
         groups=failure.groups if failure.reason == "no_role" else None,
+        # Only a bad answer to this browser's own sign-in counts, against the address: anyone
+        # can make a browser fetch a callback without its state (an <img>), and the refusals
+        # of a person the provider named are no guessing.
+        keys=(signin.ADDRESS,) if failure.reason in COUNTED else (),
     )
     status = STATUS.get(failure.reason, 400)
     if failure.reason == "no_role":
@@ -88,6 +93,20 @@ class SSOCallbackView(OIDCAuthenticationCallbackView):
 
     def get(self, request: HttpRequest) -> HttpResponse:
         self.sso = _sso_or_404()
+        state = request.GET.get("state")
+        states = request.session.get("oidc_states")
+        error = request.GET.get("error", "")
+        if not isinstance(states, dict) or state not in states:
+            # Not this browser's sign-in: refused, never counted, and its session left alone.
+            if error:
+                failure = _provider_error(self.sso, error)
+            elif not isinstance(states, dict):
+                failure = Failure("state", "no sign-in was started in this browser")
+            else:
+                failure = Failure(
+                    "state", "the answer's state matches no sign-in this browser started"
+                )
+            return _refuse(request, self.sso, failure)
         throttle = signin.signin_throttle(username=TRIED, ip=audit.client_ip(request))
         if throttle is not None:
             signin.signin_refuse(username=TRIED, throttle=throttle, request=request)
@@ -96,28 +115,31 @@ class SSOCallbackView(OIDCAuthenticationCallbackView):
             response = render(request, "sso-failed.html", context, status=429)
             response["Retry-After"] = str(throttle.retry_after)
             return response
+        if error:
+            del states[state]  # used up, as the library does
+            request.session.modified = True
+            # The provider declined this browser's own sign-in (or a session renewal): any
+            # session it holds ends, as the one the provider would not renew must.
+            if request.user.is_authenticated:
+                auth.logout(request)
+            return _refuse(request, self.sso, _provider_error(self.sso, error))
         try:
             return super().get(request)
-        except SuspiciousOperation:
-            # The library's check: this state was never handed out by this browser's session.
-            detail = "the answer's state matches no sign-in this browser started"
-            return _refuse(request, self.sso, Failure("state", detail))
         except NotConfigured as exc:
             return _refuse(request, self.sso, Failure("not_configured", str(exc)))
 
     def login_failure(self) -> HttpResponse:
         request = self.request
-        failure = failure_of(request)
-        if failure is None:
-            error = request.GET.get("error", "")
-            if error:
-                code = "".join(c for c in error[:40] if c.isalnum() or c == "_")
-                failure = Failure("provider_error", f"{self.sso.display_name} answered {code}")
-            elif "oidc_states" not in request.session:
-                failure = Failure("state", "no sign-in was started in this browser")
-            else:
-                failure = Failure("refused", "the provider's answer was incomplete")
+        # The state matched: a failed renewal must not leave the old session signed in.
+        if request.user.is_authenticated:
+            auth.logout(request)
+        failure = failure_of(request) or Failure("refused", "the provider's answer was incomplete")
         return _refuse(request, self.sso, failure)
+
+
+def _provider_error(sso: SSOConfig, error: str) -> Failure:
+    code = "".join(c for c in error[:40] if c.isalnum() or c == "_")
+    return Failure("provider_error", f"{sso.display_name} answered {code}")
 
 
 class SignOutView(LogoutView):
