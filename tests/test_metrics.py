@@ -26,6 +26,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from dashboard.models import Action, SchemaCheck
+from dashboard.selectors import drift as drift_selectors
+from dashboard.selectors import status as status_selectors
 from dashboard.selectors.metrics import STATES
 from dashboard.services import queue, status, tokens, users, workers
 from dashboard.views import metrics as metrics_views
@@ -210,23 +212,40 @@ def test_actions_queue_workers_and_schema_differences(site: Site) -> None:
 
 
 @pytest.mark.django_db
-def test_the_scrape_costs_the_same_queries_for_two_members_or_forty(
-    site: Site, settings: Any, tmp_path: Path
+def test_the_scrape_costs_a_few_queries_per_batch_of_environments_never_one_each(
+    site: Site, settings: Any
 ) -> None:
     def queries() -> int:
         with CaptureQueriesContext(connection) as captured:
             scrape(site)
         return len(captured)
 
+    def members(count: int) -> Samples:
+        names = ", ".join(f'"t{n}"' for n in range(count))
+        config.write_text(original.replace('"acme", "globex"', names), encoding="utf-8")
+        stamp = time.time_ns() + count * 10**9  # a new mtime re-reads the config
+        os.utime(config, ns=(stamp, stamp))
+        return scrape(site)
+
+    config = Path(settings.DASHBOARD_CONFIG)
+    original = config.read_text()
     queries()  # the first use of the token records it
     few = queries()
-    config = Path(settings.DASHBOARD_CONFIG)
-    names = ", ".join(f'"t{n}"' for n in range(40))
-    config.write_text(config.read_text().replace('"acme", "globex"', names), encoding="utf-8")
-    os.utime(config, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime re-reads it
-    many = scrape(site)
-    assert sum(1 for (name, _) in many if name == "dashboard_environment_state") == 43 * len(STATES)
+    assert few == 7  # the README's figure: token, config-independent tables, one batch each
+    # Three environments beside the members; up to a batch of names, the count stays put.
+    assert sum(1 for (name, _) in members(40) if name == "dashboard_environment_state") == 43 * len(
+        STATES
+    )
     assert queries() == few
+    # Past a batch, the newest snapshots and the latest checks take one more query each per batch.
+    assert status_selectors.NEWEST_BATCH == drift_selectors.NEWEST_BATCH
+    many = members(450)
+    assert sum(1 for (name, _) in many if name == "dashboard_environment_state") == 453 * len(
+        STATES
+    )
+    batches = -(-453 // status_selectors.NEWEST_BATCH)
+    assert batches == 3
+    assert queries() == few + 2 * (batches - 1)
 
 
 @pytest.mark.django_db
