@@ -16,7 +16,6 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from dashboard.models import AuditEvent
-from dashboard.services import notifications
 
 GENESIS = "0" * 64
 SYSTEM = "system"
@@ -91,6 +90,8 @@ def record(
                 event.hash = event_hash(event)
                 event.save()
                 # Registered inside the block: a retried append drops it with the savepoint.
+                from dashboard.services import notifications  # not at the top: CLI reads audit too
+
                 notifications.notify_after_commit(event)
                 return event
         except IntegrityError:

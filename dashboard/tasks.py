@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from django.tasks import task
 
-from dashboard.services import queue, status
+# Light on purpose: ready() imports this module, so CLI reads pay for what it imports.
+from dashboard.services import queue
 
 
 @queue.register
 @task
 def refresh_status_periodically() -> int:
     """Read every environment, store snapshots, then schedule the next run; return the count."""
+    from dashboard.services import status
+
     try:
         return len(status.status_refresh())
     finally:

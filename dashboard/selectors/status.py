@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from django.db.models import Subquery
@@ -16,8 +16,10 @@ from django.urls import reverse
 from dashboard import states
 from dashboard.config import ConfigError, DashboardConfig, Environment, Fleet, current_config
 from dashboard.models import SchemaCheck, Snapshot
-from dashboard.selectors import drift as drift_selectors
 from dashboard.templatetags.dashboard_tags import ago
+
+if TYPE_CHECKING:
+    from dashboard.selectors import drift as drift_selectors
 
 SHORT_ID = 12
 HISTORY_CHANGES = 20
@@ -212,6 +214,8 @@ def status_matrix() -> Matrix:
         config = current_config()
     except ConfigError as exc:
         return Matrix(projects=(), config_error=str(exc))
+    from dashboard.selectors import drift as drift_selectors  # its checks are heavy
+
     latest = latest_of(config.ordered_environments())
     badges = drift_selectors.schema_badges(config.ordered_environments())
     rows = []
@@ -339,6 +343,8 @@ def environment_cell(*, name: str) -> EnvironmentCell | None:
     env = current_config().environments.get(name)
     if env is None:
         return None
+    from dashboard.selectors import drift as drift_selectors  # its checks are heavy
+
     badge = drift_selectors.schema_badges([env])[name]
     return cell_of(env, latest_of([env]).get(env.name), badge)
 
@@ -350,6 +356,8 @@ def environment_detail(
 
     schema: the badge the page already read with its schema section (else it is read here).
     """
+    from dashboard.selectors import drift as drift_selectors  # its checks are heavy
+
     env = current_config().environments.get(name)
     if env is None:
         return None
@@ -432,6 +440,8 @@ def environment_item_named(*, name: str) -> dict[str, Any] | None:
 
 def with_schema(envs: list[Environment], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add each item's `schema` from its environment's latest stored check (never checks now)."""
+    from dashboard.selectors import drift as drift_selectors  # its checks are heavy
+
     summaries = drift_selectors.schema_summaries(envs)
     for env, item in zip(envs, items, strict=True):
         item["schema"] = summaries[env.name]

@@ -13,7 +13,6 @@ from datetime import datetime
 from dashboard import scripts
 from dashboard.config import DashboardConfig
 from dashboard.models import Action, Snapshot
-from dashboard.runner import bundle
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +123,9 @@ def project_fingerprints(
     config: DashboardConfig, names: set[str], *, for_page: bool = False
 ) -> dict[str, str]:
     """Return the current fingerprint of each named project whose files can be read."""
+    # The runner's package starts Alembic; a status refresh that supersedes nothing skips it.
+    from dashboard.runner import bundle
+
     found = {}
     for name in names:
         project = config.projects.get(name)

@@ -7,8 +7,6 @@ from django import template
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from dashboard.selectors import actions
-
 register = template.Library()
 
 
@@ -25,4 +23,7 @@ def ago(moment: datetime | None) -> str:
 @register.filter
 def run_lock_text(holder: dict[str, Any] | None) -> str:
     """Render who holds an environment's run lock ("" when nobody does)."""
+    # Here, not at the top: selectors import ago() from this module, CLI reads among them.
+    from dashboard.selectors import actions
+
     return actions.run_lock_text(holder or {})
