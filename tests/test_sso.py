@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -390,3 +393,59 @@ def test_a_stray_error_answer_leaves_the_session_signed_in(sso_site: Provider) -
     state = parse_qs(urlsplit(start(client)).query)["state"][0]
     answer = client.get("/accounts/sso/callback/?" + urlencode({"error": "x", "state": state}))
     assert answer.status_code == 400 and client.get("/").status_code == 302
+
+
+class BrokenProvider(BaseHTTPRequestHandler):
+    """A provider whose token endpoint answers 200 with whatever the test sets."""
+
+    token_body = b"[]"
+
+    def log_message(self, *args: Any) -> None:
+        pass  # quiet in the test output
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        base = f"http://127.0.0.1:{self.server.server_port}"
+        endpoints = {"authorization_endpoint": "/auth", "token_endpoint": "/token"}
+        document = {"issuer": base, "jwks_uri": base + "/jwks"}
+        document.update({key: base + path for key, path in endpoints.items()})
+        self._send(json.dumps(document).encode() if "well-known" in self.path else b'{"keys":[]}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(self.token_body)
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b'{"id_token": 5}', b'{"a": 1}'])
+def test_a_token_answer_that_is_no_object_is_refused_not_a_500(
+    settings: Any, tmp_path: Path, monkeypatch: Any, body: bytes
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BrokenProvider)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    BrokenProvider.token_body = body
+    monkeypatch.setenv(SECRET_ENV, "s3cret")
+    config = tmp_path / "dashboard.toml"
+    issuer = f"http://127.0.0.1:{server.server_port}"
+    config.write_text(
+        f'[sso]\nissuer = "{issuer}"\nclient_id = "c"\nclient_secret_env = "{SECRET_ENV}"\n'
+        + ROLES,
+        encoding="utf-8",
+    )
+    settings.DASHBOARD_CONFIG = str(config)
+    forget_discovery()
+    try:
+        client = Client(raise_request_exception=False)
+        state = parse_qs(urlsplit(start(client)).query)["state"][0]
+        answer = client.get("/accounts/sso/callback/?" + urlencode({"code": "x", "state": state}))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.status_code == 400 and b"answer was refused" in answer.content
+    (failed,) = events("auth.sign_in_failed")
+    assert failed.payload["reason"] == "token_invalid"

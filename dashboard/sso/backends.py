@@ -107,7 +107,7 @@ class OIDCBackend(OIDCAuthenticationBackend):
             )
         except SuspiciousOperation as exc:
             self._fail("token_invalid", f"the provider's answer was refused: {exc}")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._fail(
                 "token_invalid", f"the provider's answer is malformed ({type(exc).__name__})"
             )
@@ -116,6 +116,14 @@ class OIDCBackend(OIDCAuthenticationBackend):
     def get_user(self, user_id: Any) -> Any:
         # ModelBackend's: a deactivated account's session ends; so do all without [sso].
         return ModelBackend.get_user(self, user_id) if current_sso() is not None else None
+
+    def get_token(self, payload: dict[str, Any]) -> Any:
+        answer = super().get_token(payload)
+        if not isinstance(answer, dict):
+            raise SuspiciousOperation("the token endpoint's answer is no JSON object")
+        if not isinstance(answer.get("id_token"), str):
+            raise SuspiciousOperation("the token endpoint's answer holds no ID token")
+        return answer
 
     def verify_token(self, token: str, **kwargs: Any) -> Any:
         payload = super().verify_token(token, **kwargs)
