@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Django's command-line utility for the migration dashboard."""
 
+import gc
 import os
 import secrets
 import sys
@@ -32,6 +33,9 @@ def _set_up(*, keyless: bool) -> None:
     if throwaway:
         # Random and gone once the settings are read: nothing is signed, no child inherits it.
         os.environ["SECRET_KEY"] = secrets.token_urlsafe(50)
+    # What the set-up allocates lives as long as the process: collecting it during the imports
+    # is wasted work (about a twentieth of a gate's run), so collect only what comes after.
+    gc.disable()
     try:
         django.setup()
     except ImproperlyConfigured as exc:
@@ -40,6 +44,8 @@ def _set_up(*, keyless: bool) -> None:
     finally:
         if throwaway:
             os.environ.pop("SECRET_KEY", None)
+        gc.freeze()
+        gc.enable()
 
 
 if __name__ == "__main__":
