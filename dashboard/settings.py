@@ -119,6 +119,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before the role check: a session the provider no longer backs must not use its role.
+    "dashboard.sso.middleware.SSOSessionRefresh",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "dashboard.middleware.RoleRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -320,6 +321,11 @@ def test_the_client_secret_never_reaches_alembic(sso_site: Provider, settings: A
             "local_accounts must be true or false",
         ),
         ('issuer = "https://idp"\nclient_id = "x"\nclient_secret_env = "S"', "roles must be"),
+        (
+            'issuer = "https://idp"\nclient_id = "x"\nclient_secret_env = "S"\n'
+            'roles = {viewer = ["a"]}\nsession_refresh = 0',
+            "session_refresh must be 1 to 86400 seconds",
+        ),
     ],
 )
 def test_a_bad_sso_table_names_the_key(tmp_path: Path, table: str, message: str) -> None:
@@ -449,3 +455,38 @@ def test_a_token_answer_that_is_no_object_is_refused_not_a_500(
     assert answer.status_code == 400 and b"answer was refused" in answer.content
     (failed,) = events("auth.sign_in_failed")
     assert failed.payload["reason"] == "token_invalid"
+
+
+def test_a_role_taken_away_at_the_provider_ends_within_session_refresh(
+    sso_site: Provider, settings: Any
+) -> None:
+    write_sso_config(Path(settings.DASHBOARD_CONFIG), sso_site, "session_refresh = 1")
+    sso_site.set_groups(mia=["dash-operators"])
+    client = Client()
+    browser = requests.Session()
+    assert come_back(client, provider_sign_in(browser, start(client), "mia")).status_code == 302
+    assert client.get("/audit/").status_code == 200
+    time.sleep(1.2)
+    # An htmx fetch or a POST cannot go through the provider: htmx is told to reload the page.
+    polled = client.get("/", headers={"HX-Request": "true"})
+    assert polled.status_code == 403 and polled["HX-Refresh"] == "true"
+    assert client.post("/").status_code == 403
+    # Still in the group: the page's GET goes through the provider (no password) and back.
+    renew = client.get("/audit/")
+    assert renew.status_code == 302 and "prompt=none" in renew["Location"]
+    back = come_back(client, provider_sign_in(browser, renew["Location"], "mia"))
+    assert back.status_code == 302 and back["Location"] == "/audit/"
+    assert client.get("/audit/").status_code == 200
+    sso_site.set_groups(mia=["marketing"])
+    time.sleep(1.2)
+    renew = client.get("/audit/")
+    answer = come_back(client, provider_sign_in(browser, renew["Location"], "mia"))
+    assert answer.status_code == 403 and b"no group that gives a dashboard role" in answer.content
+    assert client.get("/audit/").status_code == 302
+    assert role_of(get_user_model().objects.get(username="mia")) is None
+    # Password sessions are never sent to the provider.
+    users.user_set_role(username="pam", role="viewer", password="correct-horse-9")
+    local = Client()
+    assert local.login(username="pam", password="correct-horse-9")
+    time.sleep(1.2)
+    assert local.get("/").status_code == 200

@@ -25,10 +25,12 @@ SSO_KEYS = {
     "scopes",
     "timeout",
     "sign_algorithm",
+    "session_refresh",
 }
 SIGN_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 MAX_TIMEOUT = 60.0
+MAX_SESSION_REFRESH = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class SSOConfig:
     scopes: tuple[str, ...] = ("openid", "email", "profile")
     timeout: float = 5.0
     sign_algorithm: str = "RS256"
+    # seconds a session signed in through the provider lasts before the provider is asked again
+    session_refresh: float = 900.0
 
     @property
     def secret_variables(self) -> set[str]:
@@ -114,6 +118,11 @@ def sso_of(path: Path, table: dict[str, Any]) -> SSOConfig:
         raise ConfigError(
             f"{path}: [sso] sign_algorithm must be one of {', '.join(SIGN_ALGORITHMS)}"
         )
+    refresh = get_value(path, where, table, "session_refresh", float, 900.0)
+    if not 1 <= refresh <= MAX_SESSION_REFRESH:
+        raise ConfigError(
+            f"{path}: [sso] session_refresh must be 1 to {MAX_SESSION_REFRESH:g} seconds"
+        )
     local = table.get("local_accounts", True)
     if not isinstance(local, bool):
         raise ConfigError(f"{path}: [sso] local_accounts must be true or false")
@@ -132,6 +141,7 @@ def sso_of(path: Path, table: dict[str, Any]) -> SSOConfig:
         scopes=tuple(scopes),
         timeout=timeout,
         sign_algorithm=algorithm,
+        session_refresh=refresh,
     )
 
 

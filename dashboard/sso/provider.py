@@ -96,6 +96,8 @@ def oidc_setting(attr: str, *default: Any) -> Any:
         return " ".join(sso.scopes)
     if attr == "OIDC_TIMEOUT":
         return sso.timeout
+    if attr == "OIDC_RENEW_ID_TOKEN_EXPIRY_SECONDS":
+        return sso.session_refresh
     fixed = {
         "OIDC_USE_PKCE": True,
         "OIDC_PKCE_CODE_CHALLENGE_METHOD": "S256",
