@@ -490,3 +490,28 @@ def test_a_role_taken_away_at_the_provider_ends_within_session_refresh(
     assert local.login(username="pam", password="correct-horse-9")
     time.sleep(1.2)
     assert local.get("/").status_code == 200
+
+
+def test_callbacks_from_a_browser_that_started_no_sign_in_add_no_audit_rows(
+    sso_site: Provider,
+) -> None:
+    stranger = Client()
+    for _ in range(30):
+        assert stranger.get("/accounts/sso/callback/?code=x&state=y").status_code == 400
+        assert stranger.get("/accounts/sso/callback/?error=x").status_code == 400
+    # The append-only trail is no sink for anyone's requests: nothing of these is kept.
+    assert events("auth.sign_in_failed") == [] and events("auth.sign_in_throttled") == []
+
+
+def test_repeated_foreign_states_end_in_one_block_with_one_event(
+    sso_site: Provider, settings: Any
+) -> None:
+    settings.DASHBOARD_SIGNIN_ADDRESS_MAX_FAILURES = 3
+    client = Client()
+    start(client)  # this browser started a sign-in, so answers to it are audited and counted
+    answers = [
+        client.get("/accounts/sso/callback/?code=x&state=forged").status_code for _ in range(12)
+    ]
+    assert answers[:3] == [400, 400, 400] and set(answers[3:]) == {429}
+    assert len(events("auth.sign_in_failed")) == 3
+    assert len(events("auth.sign_in_throttled")) == 1

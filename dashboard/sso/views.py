@@ -45,7 +45,9 @@ def _sso_or_404() -> SSOConfig:
     return sso
 
 
-def _refuse(request: HttpRequest, sso: SSOConfig, failure: Failure) -> HttpResponse:
+def _refuse(
+    request: HttpRequest, sso: SSOConfig, failure: Failure, *, counted: bool = False
+) -> HttpResponse:
     """Audit a refused sign-in through the provider and answer with a page that says why."""
     signin.signin_failed(
         username=failure.username or TRIED,
@@ -56,8 +58,13 @@ def _refuse(request: HttpRequest, sso: SSOConfig, failure: Failure) -> HttpRespo
         # Only a bad answer to this browser's own sign-in counts, against the address: anyone
         # can make a browser fetch a callback without its state (an <img>), and the refusals
         # of a person the provider named are no guessing.
-        keys=(signin.ADDRESS,) if failure.reason in COUNTED else (),
+        keys=(signin.ADDRESS,) if counted or failure.reason in COUNTED else (),
     )
+    return _page(request, sso, failure)
+
+
+def _page(request: HttpRequest, sso: SSOConfig, failure: Failure) -> HttpResponse:
+    """Answer a refused sign-in with a page that says why."""
     status = STATUS.get(failure.reason, 400)
     if failure.reason == "no_role":
         return render(request, "no-role.html", {"message": failure.detail}, status=status)
@@ -96,25 +103,29 @@ class SSOCallbackView(OIDCAuthenticationCallbackView):
         state = request.GET.get("state")
         states = request.session.get("oidc_states")
         error = request.GET.get("error", "")
-        if not isinstance(states, dict) or state not in states:
-            # Not this browser's sign-in: refused, never counted, and its session left alone.
+        if not isinstance(states, dict):
+            # No sign-in was started in this browser: a stray link or an <img> on some page.
+            # Refused and logged, never audited or counted: anyone could add rows to the
+            # append-only trail, or lock an office out, with such requests.
             if error:
                 failure = _provider_error(self.sso, error)
-            elif not isinstance(states, dict):
+            else:
                 failure = Failure("state", "no sign-in was started in this browser")
+            logger.info("sign-in callback without a sign-in in this browser: %s", failure.reason)
+            return _page(request, self.sso, failure)
+        throttled = self._throttled(request)
+        if throttled is not None:
+            return throttled
+        if state not in states:
+            # This browser started a sign-in, and the answer is not its: audited, and counted
+            # against the address, so repeating it ends in one block with one event.
+            if error:
+                failure = _provider_error(self.sso, error)
             else:
                 failure = Failure(
                     "state", "the answer's state matches no sign-in this browser started"
                 )
-            return _refuse(request, self.sso, failure)
-        throttle = signin.signin_throttle(username=TRIED, ip=audit.client_ip(request))
-        if throttle is not None:
-            signin.signin_refuse(username=TRIED, throttle=throttle, request=request)
-            failure = Failure("throttled", throttle.message)
-            context = {"sso": self.sso, "failure": failure}
-            response = render(request, "sso-failed.html", context, status=429)
-            response["Retry-After"] = str(throttle.retry_after)
-            return response
+            return _refuse(request, self.sso, failure, counted=True)
         if error:
             del states[state]  # used up, as the library does
             request.session.modified = True
@@ -127,6 +138,18 @@ class SSOCallbackView(OIDCAuthenticationCallbackView):
             return super().get(request)
         except NotConfigured as exc:
             return _refuse(request, self.sso, Failure("not_configured", str(exc)))
+
+    def _throttled(self, request: HttpRequest) -> HttpResponse | None:
+        """Refuse the callback while its address is blocked (one audit event per block)."""
+        throttle = signin.signin_throttle(username=TRIED, ip=audit.client_ip(request))
+        if throttle is None:
+            return None
+        signin.signin_refuse(username=TRIED, throttle=throttle, request=request)
+        failure = Failure("throttled", throttle.message)
+        context = {"sso": self.sso, "failure": failure}
+        response = render(request, "sso-failed.html", context, status=429)
+        response["Retry-After"] = str(throttle.retry_after)
+        return response
 
     def login_failure(self) -> HttpResponse:
         request = self.request
