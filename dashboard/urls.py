@@ -8,6 +8,8 @@ from django.utils.functional import lazy
 from django.views.decorators.http import require_GET
 from django.views.generic import RedirectView
 
+from dashboard.sso import urls as sso_urls
+from dashboard.sso.views import SignOutView
 from dashboard.views import action_api, actions, core, rollout_api, status
 from dashboard.views import audit as audit_views
 from dashboard.views import drift as drift_views
@@ -16,8 +18,6 @@ from dashboard.views import graph as graph_views
 from dashboard.views import metrics as metrics_views
 from dashboard.views import notifications as notification_views
 from dashboard.views import rollouts as rollout_views
-from dashboard.sso import urls as sso_urls
-from dashboard.sso.views import SignOutView
 from dashboard.views.auth import SignInView
 
 urlpatterns = [
