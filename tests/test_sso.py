@@ -20,7 +20,7 @@ from dashboard.config import ConfigError, Environment, load_config
 from dashboard.models import AuditEvent, SSOIdentity
 from dashboard.roles import role_of
 from dashboard.runner.process import child_secrets, replay_secrets
-from dashboard.services import users
+from dashboard.services import tokens, users
 from dashboard.sso.provider import forget_discovery
 from tests.oidc_provider.server import (
     CLIENT_ID,
@@ -515,3 +515,34 @@ def test_repeated_foreign_states_end_in_one_block_with_one_event(
     assert answers[:3] == [400, 400, 400] and set(answers[3:]) == {429}
     assert len(events("auth.sign_in_failed")) == 3
     assert len(events("auth.sign_in_throttled")) == 1
+
+
+def test_a_signed_in_browser_opening_stray_callbacks_adds_no_audit_rows(
+    sso_site: Provider,
+) -> None:
+    sso_site.set_groups(rex=["dash-viewers"])
+    client = Client()
+    assert sso_sign_in(client, sso_site, "rex").status_code == 302
+    # Its sign-in is over (the library leaves an empty dict of states): a page it visits that
+    # opens callbacks in a popup is a stranger's request, and counts for nothing.
+    for _ in range(30):
+        assert client.get("/accounts/sso/callback/?state=x").status_code == 400
+        assert client.get("/accounts/sso/callback/?error=x").status_code == 400
+    assert events("auth.sign_in_failed") == [] and events("auth.sign_in_throttled") == []
+    assert client.get("/").status_code == 200
+
+
+def test_the_api_answers_json_to_a_session_due_for_renewal_and_takes_tokens(
+    sso_site: Provider, settings: Any
+) -> None:
+    write_sso_config(Path(settings.DASHBOARD_CONFIG), sso_site, "session_refresh = 1")
+    sso_site.set_groups(sue=["dash-viewers"])
+    client = Client()
+    assert sso_sign_in(client, sso_site, "sue").status_code == 302
+    assert client.get("/api/environments").status_code == 200
+    time.sleep(1.2)
+    stale = client.get("/api/environments")
+    assert stale.status_code == 401 and "renewing" in stale.json()["error"]
+    key = tokens.token_create(username="sue")
+    auth = {"Authorization": f"Bearer {key}"}
+    assert client.get("/api/environments", headers=auth).status_code == 200

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import cached_property
 
 from django.contrib.auth import BACKEND_SESSION_KEY
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from mozilla_django_oidc.middleware import SessionRefresh
@@ -17,6 +17,7 @@ from dashboard.sso.backends import Failure
 from dashboard.sso.provider import BACKEND, ProviderUnavailable, current_sso, oidc_setting
 
 EXEMPT = ("sso-start", "sso-callback", "login", "logout")
+MACHINE_PATHS = ("/api/", "/metrics")
 RENEW = "your sign-in needs renewing with {provider}: reload the page"
 
 
@@ -57,6 +58,12 @@ class SSOSessionRefresh:
             return None  # without [sso] the backend ends these sessions itself
         if request.path in {reverse(name) for name in EXEMPT}:
             return None
+        if request.path_info.startswith(MACHINE_PATHS):
+            # The API and metrics answer machines: a token speaks for itself, and a session
+            # due for renewal gets the API's JSON, never a redirect to the provider.
+            if request.headers.get("Authorization", "").startswith("Bearer "):
+                return None
+            return JsonResponse({"error": RENEW.format(provider=sso.display_name)}, status=401)
         if request.method != "GET" or request.headers.get("HX-Request") == "true":
             # Neither a form's POST nor an htmx fetch survives a trip to the provider: refuse,
             # and have htmx reload the page, whose GET renews.

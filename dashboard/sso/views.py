@@ -103,8 +103,9 @@ class SSOCallbackView(OIDCAuthenticationCallbackView):
         state = request.GET.get("state")
         states = request.session.get("oidc_states")
         error = request.GET.get("error", "")
-        if not isinstance(states, dict):
-            # No sign-in was started in this browser: a stray link or an <img> on some page.
+        if not isinstance(states, dict) or not states:
+            # No sign-in is under way in this browser (a finished one leaves an empty dict): a
+            # stray link, an <img> or a popup some page opened.
             # Refused and logged, never audited or counted: anyone could add rows to the
             # append-only trail, or lock an office out, with such requests.
             if error:
