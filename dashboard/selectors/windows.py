@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -56,6 +57,28 @@ def windows_shown(env: Environment | None, *, now: datetime | None = None) -> Wi
         return None
     summary = spans.describe(env.windows, now or timezone.now())
     return WindowsShown(tuple(w.text for w in env.windows), summary, env.windows[0].zone)
+
+
+def windows_summaries(names: Iterable[str]) -> tuple[str, ...]:
+    """Return what each named environment's next window says, from one read of the config."""
+    try:
+        config = current_config()
+    except ConfigError:
+        return ()
+    now = timezone.now()
+    found = []
+    for name in names:
+        fleet = config.fleets.get(name)
+        env = config.environments.get(name) or (fleet.policy if fleet is not None else None)
+        found.append(window_line(windows_shown(env, now=now)))
+    return tuple(found)
+
+
+def window_line(shown: WindowsShown | None) -> str:
+    """Return the one line a row shows of its windows ("" without windows)."""
+    if shown is None:
+        return ""
+    return f"window {shown.summary}" if not shown.problem else "windows unreadable"
 
 
 def environment_windows(name: str, *, now: datetime | None = None) -> WindowsShown | None:

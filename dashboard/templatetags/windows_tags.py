@@ -6,7 +6,12 @@ from collections.abc import Hashable
 
 from django import template
 
-from dashboard.selectors.windows import WindowsShown, environment_windows
+from dashboard.selectors.windows import (
+    WindowsShown,
+    environment_windows,
+    window_line,
+    windows_summaries,
+)
 
 register = template.Library()
 
@@ -14,10 +19,7 @@ register = template.Library()
 @register.filter
 def next_window(environment: str) -> str:
     """Return when the environment's window next lets actions start ("" without windows)."""
-    shown = environment_windows(environment)
-    if shown is None:
-        return ""
-    return f"window {shown.summary}" if not shown.problem else "windows unreadable"
+    return window_line(environment_windows(environment))
 
 
 @register.filter
@@ -38,4 +40,4 @@ def with_windows(matrix: object) -> Hashable:
         for project in getattr(matrix, "projects", ())
         for row in (*project.environments, *project.fleets)
     ]
-    return (matrix, tuple(next_window(name) for name in names))
+    return (matrix, windows_summaries(names))
