@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from dashboard.history import Graph, Revision
 from dashboard.scripts import constants
@@ -157,6 +158,24 @@ def _entry(script_location: Path | None, alembic_ini: Path | None) -> _Entry:
         if entry is None:
             entry = _entries[key] = _Entry()
         return entry
+
+
+class ProjectFiles(Protocol):
+    """Where a configured project's files are: what a static read of its history needs."""
+
+    @property
+    def script_location(self) -> Path | None: ...
+    @property
+    def alembic_ini(self) -> Path | None: ...
+    @property
+    def source_root(self) -> Path | None: ...
+
+
+def load_project_files(project: ProjectFiles) -> LoadedHistory:
+    """Return a configured project's history, read statically as load_history reads it."""
+    return load_history(
+        project.script_location, alembic_ini=project.alembic_ini, source_root=project.source_root
+    )
 
 
 def load_history(

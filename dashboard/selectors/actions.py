@@ -18,7 +18,7 @@ from dashboard.history import Graph
 from dashboard.models import Action, ActionQuerySet, Approval
 from dashboard.roles import ADMIN, can_approve, can_request, role_of
 from dashboard.runner.monitor import heartbeat_limit
-from dashboard.scripts import ScriptLocationError, load_history
+from dashboard.scripts import ScriptLocationError, load_project_files
 from dashboard.selectors.sql import highlight_sql
 from dashboard.services import holding
 
@@ -185,9 +185,7 @@ def short(revision: str) -> str:
 
 def project_graph(project: Project) -> Graph:
     """Return the project's revision graph (static parse, cached by fingerprint)."""
-    return load_history(
-        project.script_location, alembic_ini=project.alembic_ini, source_root=project.source_root
-    ).graph
+    return load_project_files(project).graph
 
 
 def silent_since(action: Action, *, now: datetime | None = None) -> datetime | None:

@@ -114,11 +114,7 @@ def heads_banner(
             return None
         # Read statically, like the graph page: the web server never runs project code.
         if history is None:
-            history = scripts.load_history(
-                found.script_location,
-                alembic_ini=found.alembic_ini,
-                source_root=found.source_root,
-            )
+            history = scripts.load_project_files(found)
     except (ConfigError, scripts.ScriptLocationError, OSError):
         return None  # the pages say why the history cannot be read
     return banner_of(found, history, project_report(found, history, config))

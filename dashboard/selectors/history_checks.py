@@ -68,10 +68,6 @@ def _fingerprint(name: str) -> str | None:
         project = current_config().projects.get(name)
         if project is None:
             return None
-        return scripts.load_history(
-            project.script_location,
-            alembic_ini=project.alembic_ini,
-            source_root=project.source_root,
-        ).fingerprint
+        return scripts.load_project_files(project).fingerprint
     except (ConfigError, scripts.ScriptLocationError, OSError):
         return None

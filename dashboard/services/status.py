@@ -109,11 +109,7 @@ def project_history(project: Project) -> ProjectHistory:
                 python=project.python or "python",
             )
         else:
-            loaded = scripts.load_history(
-                project.script_location,
-                alembic_ini=project.alembic_ini,
-                source_root=project.source_root,
-            )
+            loaded = scripts.load_project_files(project)
     except (scripts.ScriptLocationError, HistoryError, OSError) as exc:
         return ProjectHistory(graph=None, error=str(exc) or type(exc).__name__)
     return ProjectHistory(graph=loaded.graph, error=None)

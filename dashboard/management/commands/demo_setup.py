@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from dashboard import runner
 from dashboard.config import Environment, Project, current_config
 from dashboard.history import Graph
-from dashboard.scripts import load_history
+from dashboard.scripts import load_project_files
 from dashboard.services import drift, users
 
 USERS = (("admin", "admin"), ("operator", "operator"), ("approver", "approver"))
@@ -127,11 +127,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         config = current_config()
         for project in config.projects.values():
-            graph = load_history(
-                project.script_location,
-                alembic_ini=project.alembic_ini,
-                source_root=project.source_root,
-            ).graph
+            graph = load_project_files(project).graph
             envs = config.environments_of(project.name)
             targets = demo_targets(graph, [e.name for e in envs])
             for env in envs:

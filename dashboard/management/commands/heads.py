@@ -43,11 +43,7 @@ class Command(BaseCommand):
         config, project = self.project(options)
         try:
             if project is not None:
-                history = scripts.load_history(
-                    project.script_location,
-                    alembic_ini=project.alembic_ini,
-                    source_root=project.source_root,
-                )
+                history = scripts.load_project_files(project)
             else:
                 history = scripts.load_history(
                     options["script_location"], alembic_ini=options["alembic_ini"]

@@ -84,8 +84,4 @@ class Command(BaseCommand):
                 alembic_ini=project.alembic_ini,
                 python=project.python or sys.executable,
             )
-        return scripts.load_history(
-            project.script_location,
-            alembic_ini=project.alembic_ini,
-            source_root=project.source_root,
-        )
+        return scripts.load_project_files(project)

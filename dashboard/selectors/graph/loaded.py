@@ -42,9 +42,7 @@ _drawn_lock = threading.Lock()
 
 def load_project_history(project: Project) -> scripts.LoadedHistory:
     """Return the project's history read statically: the web server never runs project code."""
-    return scripts.load_history(
-        project.script_location, alembic_ini=project.alembic_ini, source_root=project.source_root
-    )
+    return scripts.load_project_files(project)
 
 
 def _project(name: str) -> Project:

@@ -59,9 +59,7 @@ def load_project_history(project: Project, *, may_run_project_code: bool) -> scr
             alembic_ini=project.alembic_ini,
             python=project.python or sys.executable,
         )
-    return scripts.load_history(
-        project.script_location, alembic_ini=project.alembic_ini, source_root=project.source_root
-    )
+    return scripts.load_project_files(project)
 
 
 def current_fingerprint(project: Project) -> str:
